@@ -1,0 +1,82 @@
+"""Activation functions and weight initialisations: name -> torch, as plain dicts."""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "prelu": nn.PReLU,
+    "elu": nn.ELU,
+    "selu": nn.SELU,
+    "celu": nn.CELU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "mish": nn.Mish,
+    "softplus": nn.Softplus,
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "hardswish": nn.Hardswish,
+    "identity": nn.Identity,
+}
+
+# Config keys that are not arguments of the activation's torch class.
+_NOT_KWARGS = {"name", "init"}
+
+
+def make_activation(act_cfg: Any) -> nn.Module:
+    """A fresh activation module; every key of `act` but name/init is an argument of its class."""
+    kwargs = {k: v for k, v in dict(act_cfg).items() if k not in _NOT_KWARGS}
+    if act_cfg["name"] == "prelu":  # learnable slope: torch calls the start value `init`
+        kwargs = {"init": kwargs.pop("init_slope", 0.25), **kwargs}
+    return ACTIVATIONS[act_cfg["name"]](**kwargs)
+
+
+def _gain_name(act_name: str) -> str:
+    """The nonlinearity name torch.nn.init.calculate_gain understands for this activation."""
+    return {"leaky_relu": "leaky_relu", "prelu": "leaky_relu", "tanh": "tanh",
+            "sigmoid": "sigmoid", "selu": "selu", "identity": "linear"}.get(act_name, "relu")
+
+
+def _he(w: torch.Tensor, act_cfg: Any) -> None:
+    slope = act_cfg.get("negative_slope", act_cfg.get("init_slope", 0.0)) or 0.0
+    nonlinearity = "leaky_relu" if _gain_name(act_cfg["name"]) == "leaky_relu" else "relu"
+    nn.init.kaiming_normal_(w, a=slope, nonlinearity=nonlinearity)
+
+
+def _xavier(w: torch.Tensor, act_cfg: Any) -> None:
+    nn.init.xavier_uniform_(w)  # Glorot & Bengio 2010's "normalised" init, gain 1
+
+
+def _lecun(w: torch.Tensor, act_cfg: Any) -> None:
+    fan_in = w[0].numel()
+    nn.init.normal_(w, 0.0, 1.0 / math.sqrt(fan_in))
+
+
+def _orthogonal(w: torch.Tensor, act_cfg: Any) -> None:
+    nn.init.orthogonal_(w, gain=nn.init.calculate_gain(_gain_name(act_cfg["name"])))
+
+
+INITS: dict[str, Callable[[torch.Tensor, Any], None] | None] = {
+    "he": _he,
+    "xavier": _xavier,
+    "lecun": _lecun,
+    "orthogonal": _orthogonal,
+    "torch": None,  # keep PyTorch's own default (Kaiming-uniform with a=sqrt(5))
+}
+
+
+def init_weights(model: nn.Module, init_name: str, act_cfg: Any) -> None:
+    """Initialise every Linear/Conv weight with `init_name`, and zero their biases."""
+    init = INITS[init_name]
+    if init is None:
+        return
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            init(module.weight.data, act_cfg)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)

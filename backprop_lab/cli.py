@@ -1,0 +1,120 @@
+"""The `backprop-lab` command: subcommands in front of Hydra's own command line.
+
+`backprop-lab train ...` hands everything after `train` to a Hydra app, so `-m`, `--cfg`, `--info`,
+`--config-dir` and overrides work as in any Hydra app. torch is imported only inside a run.
+"""
+from __future__ import annotations
+
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+GROUPS = ("data", "model", "act", "regularizer", "optimizer", "scheduler", "pretrain", "trainer", "experiment")
+USAGE = """\
+usage: backprop-lab COMMAND [ARGS...]
+
+Train and compare the techniques that make backpropagation work, from YAML configs.
+
+commands:
+  train [OVERRIDES...]   train one run, or a sweep with -m (every Hydra option works: --cfg job, --info, ...)
+
+examples:
+  backprop-lab train                                         MNIST-1D, MLP, relu, adam
+  backprop-lab train optimizer=sgd act=tanh seed=1
+  backprop-lab train -m optimizer=sgd,adam act=relu,sigmoid seed=0,1,2
+  backprop-lab train 'regularizer=[l2,dropout]' regularizer.dropout=0.3
+  backprop-lab train --cfg job                               print the composed config, train nothing
+  backprop-lab train --help                                  the config groups and their options
+
+config groups (group=option):
+{groups}
+Runs go to outputs/DATE/TIME/ (sweeps: multirun/DATE/TIME/N/): config, metrics.jsonl, summary.json, weights.
+"""
+
+# Outcomes of the runs of this process (a sweep runs its jobs here, one after another).
+_unfinished: list[tuple[str, str]] = []
+
+
+def group_options() -> dict[str, list[str]]:
+    """The options of every config group, read from the configs shipped in the package."""
+    root = resources.files("backprop_lab.configs")
+    return {g: sorted(p.name[:-5] for p in (root / g).iterdir() if p.name.endswith(".yaml")) for g in GROUPS}
+
+
+def _chosen_options(value: Any) -> list[str]:
+    """The option names an override's value selects: 'relu', 'relu,tanh', '[l2,dropout]'."""
+    from hydra.core.override_parser.types import ChoiceSweep
+    if isinstance(value, ChoiceSweep):
+        return [name for v in value.list for name in _chosen_options(v)]
+    if isinstance(value, (list, tuple)):
+        return [name for v in value for name in _chosen_options(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def check_group_choices(overrides: list[str]) -> str | None:
+    """A one-line error for an unknown option of a config group, else None (Hydra checks the rest)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides=overrides)
+    except Exception:
+        return None  # let Hydra explain its own syntax errors
+    options = group_options()
+    for o in parsed:
+        group = o.key_or_group
+        if group not in options or o.package is not None or o.is_delete():
+            continue
+        for name in _chosen_options(o.value()):
+            if name not in options[group] and name != "null":
+                return f"{group}={name} is not an option of '{group}'; choose one of: {', '.join(options[group])}"
+    return None
+
+
+@hydra.main(config_path="configs", config_name="train", version_base="1.3")
+def train_app(cfg: DictConfig) -> float | None:
+    """The Hydra task function: one run into Hydra's output folder; returns the best validation value."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from .train import run
+    hc = HydraConfig.get()
+    choices = {g: str(hc.runtime.choices.get(g)) for g in GROUPS if hc.runtime.choices.get(g) is not None}
+    run_dir = Path(hc.runtime.output_dir)
+    summary = run(cfg, run_dir, choices, list(hc.overrides.task))
+    if summary["status"] != "completed":
+        _unfinished.append((str(run_dir), summary["status"]))
+    return summary["metrics"].get(summary.get("monitor", "val/acc"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        groups = "".join(f"  {g:<12} {', '.join(opts)}\n" for g, opts in group_options().items())
+        print(USAGE.format(groups=groups), end="")
+        return
+    if argv[0] == "--version":
+        from importlib.metadata import version
+        print(f"backprop-lab {version('backprop-lab')}")
+        return
+    command, rest = argv[0], argv[1:]
+    if command != "train":
+        print(f"error: unknown command '{command}'; commands: train (see backprop-lab --help)", file=sys.stderr)
+        sys.exit(2)
+    problem = check_group_choices([a for a in rest if not a.startswith("-")])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    sys.argv = [sys.argv[0], *rest]
+    try:
+        train_app()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    if _unfinished:
+        if len(_unfinished) > 1 or "-m" in rest or "--multirun" in rest:
+            print(f"{len(_unfinished)} run(s) did not complete:", file=sys.stderr)
+            for run_dir, status in _unfinished:
+                print(f"  {status:<11} {run_dir}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,84 @@
+"""What a run prints: the chosen settings, progress while training, a table of results at the end."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def use_bar(mode: str) -> bool:
+    if mode in ("plain", "off"):
+        return False
+    if mode == "bar":
+        return True
+    return sys.stdout.isatty() and not os.environ.get("CI")
+
+
+def show_choices(choices: dict[str, str], run_dir: str, extra: dict[str, Any]) -> None:
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold cyan")
+    table.add_column()
+    for group, option in choices.items():
+        table.add_row(group, str(option))
+    for key, value in extra.items():
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+
+
+class StageProgress:
+    """A rich bar on a terminal; plain lines (at evaluations) elsewhere; nothing when off."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.bar = use_bar(mode)
+        self._progress: Progress | None = None
+        self.stage, self.total = "", 0
+        self.latest: dict[str, float] = {}
+
+    def start_stage(self, stage: str, total: int) -> None:
+        self.stage, self.total, self.latest = stage, total, {}
+        if self.bar:
+            self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                      TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                                      console=console, transient=False)
+            self._task = self._progress.add_task(stage, total=total, info="")
+            self._progress.start()
+
+    def update(self, step: int, metrics: dict[str, float]) -> None:
+        self.latest.update(metrics)
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step, info=_fmt(self.latest))
+        elif self.mode != "off" and any(k.startswith("val/") for k in metrics):
+            console.print(f"[{self.stage}] step {step}/{self.total}  {_fmt(self.latest)}", markup=False)
+
+    def end_stage(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def show_results(status: str, stages: list[dict[str, Any]], run_dir: str) -> None:
+    table = Table(title=f"run {status}", title_style="bold green" if status == "completed" else "bold red")
+    for col in ("stage", "steps", "seconds", "best step", "val/acc", "val/loss", "test/acc", "test/loss"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    for s in stages:
+        m = s["metrics"]
+
+        def cell(key: str) -> str:
+            v = m.get(key)
+            return "-" if v is None else f"{v:.4f}"
+        table.add_row(s["stage"], str(s["steps"]), f"{s['seconds']:.1f}", str(s.get("best_step") or "-"),
+                      cell("val/acc"), cell("val/loss"), cell("test/acc"), cell("test/loss"))
+    console.print(table)
+    console.print(f"run folder: {run_dir}")

@@ -1,0 +1,83 @@
+"""The run folder: metrics.jsonl (appended and flushed as training goes), summary.json, weights.
+
+Readers (compare, report, resume) depend only on these files, never on the engine.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN/inf: write them as null so every reader can parse the line."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write to a temp file and rename over `path`, so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(_clean(data), f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Every complete line of a metrics.jsonl; a torn last line (a killed run) is skipped."""
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+    found = {"python": platform.python_version()}
+    for dist in ("backprop-lab", "torch", "hydra-core", "omegaconf", "numpy", "mnist1d", "scikit-learn"):
+        try:
+            found[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+class RunLog:
+    """Writes one run's files into `run_dir`, and nothing outside it."""
+
+    def __init__(self, run_dir: Path):
+        self.dir = Path(run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._metrics = open(self.dir / "metrics.jsonl", "a")
+        self.started = time.time()
+
+    def metrics(self, **row: Any) -> None:
+        self._metrics.write(json.dumps(_clean(row)) + "\n")
+        self._metrics.flush()
+
+    def summary(self, **fields: Any) -> None:
+        write_json_atomic(self.dir / "summary.json", fields)
+
+    def weights_path(self, name: str) -> Path:
+        (self.dir / "weights").mkdir(exist_ok=True)
+        return self.dir / "weights" / name
+
+    def close(self) -> None:
+        self._metrics.close()
