@@ -1,0 +1,37 @@
+"""Shared helpers: compose configs the way the CLI does and run them into tmp_path."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+
+from backprop_lab.train import GROUPS, run
+
+FAST = ["data=synthetic", "trainer=smoke", "trainer.max_steps=6", "trainer.eval_every=3",
+        "trainer.log_every=2", "trainer.progress=off"]
+
+
+def make_cfg(*overrides: str):
+    """The composed config of `backprop-lab train OVERRIDES`, from the configs shipped in the package."""
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="backprop_lab.configs", version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def run_cfg(run_dir: Path, *overrides: str) -> dict:
+    cfg = make_cfg(*overrides)
+    choices = {g: str(cfg[g].get("name", "")) for g in GROUPS if g in cfg}
+    return run(cfg, run_dir, choices, list(overrides))
+
+
+@pytest.fixture
+def train(tmp_path):
+    """train(*overrides) -> (summary, run_dir): a small real run in its own folder under tmp_path."""
+    count = iter(range(1000))
+
+    def _train(*overrides: str):
+        run_dir = tmp_path / f"run{next(count)}"
+        return run_cfg(run_dir, *FAST, *overrides), run_dir
+    return _train

@@ -1,0 +1,119 @@
+"""The installed `backprop-lab` command, run as a user runs it: a subprocess in an empty folder."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+EXE = shutil.which("backprop-lab")
+FAST = ["data=synthetic", "trainer=smoke", "trainer.max_steps=6", "trainer.eval_every=3"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    assert EXE, "backprop-lab is not installed (pip install .)"
+    return subprocess.run([EXE, *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "CI": "true"})
+
+
+def test_single_run_writes_one_folder_and_nothing_else(tmp_path):
+    r = cli(tmp_path, "train", *FAST, "seed=7")
+    assert r.returncode == 0, r.stderr
+    runs = list((tmp_path / "outputs").glob("*/*"))
+    assert len(runs) == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["outputs"]
+    run = runs[0]
+    for name in (".hydra/config.yaml", ".hydra/overrides.yaml", "metrics.jsonl", "summary.json",
+                 "weights/best.pt", "weights/last.pt"):
+        assert (run / name).is_file(), name
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["seed"] == 7
+    assert {"test/acc", "test/loss", "val/acc"} <= set(summary["metrics"])
+    assert summary["choices"]["act"] == "relu" and summary["choices"]["optimizer"] == "adam"
+    assert "torch" in summary["versions"]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all({"step", "stage", "split", "elapsed_s"} <= set(r) for r in rows if r["split"] != "test")
+    assert "test/acc" in r.stdout
+
+
+def test_sweep_writes_one_folder_per_job(tmp_path):
+    r = cli(tmp_path, "train", "-m", *FAST, "optimizer=sgd,adam", "act=relu,tanh")
+    assert r.returncode == 0, r.stderr
+    jobs = sorted((tmp_path / "multirun").glob("*/*/[0-9]*"))
+    assert len(jobs) == 4
+    seen = set()
+    for job in jobs:
+        s = json.loads((job / "summary.json").read_text())
+        assert s["status"] == "completed"
+        seen.add((s["choices"]["optimizer"], s["choices"]["act"]))
+    assert seen == {("sgd", "relu"), ("sgd", "tanh"), ("adam", "relu"), ("adam", "tanh")}
+
+
+def test_cfg_job_prints_the_config_and_trains_nothing(tmp_path):
+    r = cli(tmp_path, "train", "--cfg", "job", "optimizer=sgd", "regularizer=[l2,dropout]")
+    assert r.returncode == 0, r.stderr
+    assert "name: sgd" in r.stdout and "dropout: 0.2" in r.stdout and "l2: 0.0001" in r.stdout
+    assert not list(tmp_path.iterdir())
+
+
+def test_help_lists_commands_and_groups(tmp_path):
+    r = cli(tmp_path, "--help")
+    assert r.returncode == 0 and "train" in r.stdout and "leaky_relu" in r.stdout and "warmup_cosine" in r.stdout
+
+
+BAD = [
+    (["act=swish"], 2, "act=swish is not an option of 'act'; choose one of: celu"),
+    (["-m", "optimizer=sgd,adamm"], 2, "optimizer=adamm is not an option"),
+    (["optimizer.lr=-1"], 1, "optimizer.lr=-1 is not valid: must be a number in (0, inf]"),
+    (["trainer.batch_size=0"], 1, "trainer.batch_size=0 is not valid: must be an integer >= 1"),
+    (["regularizer.dropout=1.0"], 1, "regularizer.dropout=1.0 is not valid: must be a number in [0, 1)"),
+    (["trainer.device=cuda:3"], 1, "trainer.device=cuda:3 is not valid"),
+    (["model=cnn2d"], 1, "cnn2d needs images"),
+    (["data.n_train=100000"], 1, "data.n_train=100000 is not valid: must be at most"),
+    (["pretrain=supervised"], 1, "data.source_classes=null is not valid: pretrain=supervised needs"),
+    (["pretrain=checkpoint"], 1, "pretrain.path=??? is not valid: is required"),
+]
+
+
+@pytest.mark.parametrize("args,code,message", BAD, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_bad_input_is_one_clear_line(tmp_path, args, code, message):
+    r = cli(tmp_path, "train", *FAST, *args)
+    assert r.returncode == code
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    assert len([line for line in r.stderr.splitlines() if line.startswith("error:")]) == 1
+    if code == 1:  # the run folder exists and says why it failed
+        (summary,) = list(tmp_path.glob("outputs/*/*/summary.json"))
+        s = json.loads(summary.read_text())
+        assert s["status"] == "failed" and message.split(" is not valid")[0].split(" needs")[0] in s["error"]
+
+
+def test_sweep_with_a_bad_job_finishes_the_others_and_fails(tmp_path):
+    r = cli(tmp_path, "train", "-m", *FAST, "optimizer.lr=0.01,-5")
+    assert r.returncode == 1
+    statuses = sorted(json.loads(p.read_text())["status"] for p in tmp_path.glob("multirun/*/*/*/summary.json"))
+    assert statuses == ["completed", "failed"]
+    assert "1 run(s) did not complete" in r.stderr
+
+
+def test_installed_package_carries_its_configs():
+    import backprop_lab
+    from importlib import resources
+    configs = resources.files("backprop_lab.configs")
+    assert (configs / "train.yaml").is_file() and (configs / "act" / "relu.yaml").is_file()
+
+
+def test_wheel_contains_every_config(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                        "-w", str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=300)
+    if r.returncode != 0 and "setuptools" in r.stderr.lower():
+        pytest.skip("setuptools is not installed here to build the wheel")
+    assert r.returncode == 0, r.stderr
+    (wheel,) = tmp_path.glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for yaml in (REPO / "backprop_lab" / "configs").rglob("*.yaml"):
+        assert f"backprop_lab/configs/{yaml.relative_to(REPO / 'backprop_lab' / 'configs').as_posix()}" in names

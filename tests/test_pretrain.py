@@ -1,0 +1,91 @@
+"""Pretraining strategies: stages, freezing, checkpoints, and refusing unsafe weight files."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from backprop_lab.errors import ConfigError
+from backprop_lab.models import build_model
+from backprop_lab.pretrain import finetune_hook, load_weights
+from conftest import make_cfg
+
+TRANSFER = ["pretrain=supervised", "data.source_classes=[0,1]", "data.target_classes=[2,3]"]
+
+
+def _body(state):
+    return {k: v for k, v in state.items() if k.startswith("blocks.")}
+
+
+def test_supervised_transfer_writes_both_stages(train):
+    summary, run_dir = train(*TRANSFER, "data.n_train=40")
+    assert [s["stage"] for s in summary["stages"]] == ["pretrain", "finetune"]
+    rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    assert {r["stage"] for r in rows} == {"pretrain", "finetune"}
+    assert summary["sizes"]["train"] == 40
+    pre = torch.load(run_dir / "weights" / "pretrain.pt", weights_only=True)
+    assert pre["head.weight"].shape[0] == 2  # the source task's head
+
+
+def test_freeze_trains_only_the_head(train):
+    summary, run_dir = train(*TRANSFER, "pretrain.finetune=freeze", "regularizer=[batchnorm,dropout]")
+    pre = torch.load(run_dir / "weights" / "pretrain.pt", weights_only=True)
+    last = torch.load(run_dir / "weights" / "last.pt", weights_only=True)
+    for k, v in _body(pre).items():  # weights and batch-norm statistics alike
+        torch.testing.assert_close(last[k], v)
+
+
+def test_full_finetune_changes_the_body(train):
+    _, run_dir = train(*TRANSFER, "pretrain.finetune=full")
+    pre = torch.load(run_dir / "weights" / "pretrain.pt", weights_only=True)
+    last = torch.load(run_dir / "weights" / "last.pt", weights_only=True)
+    assert any(not torch.equal(last[k], v) for k, v in _body(pre).items())
+
+
+def test_gradual_unfreezes_one_block_at_a_time_from_the_top():
+    model = build_model(make_cfg("model.depth=3"), (6,), 3)
+    hook = finetune_hook(model, "gradual", unfreeze_every=10)
+    trainable = lambda: [all(p.requires_grad for p in b.parameters()) for b in model.blocks]  # noqa: E731
+    assert trainable() == [False, False, False]
+    for step, expected in ((9, [False] * 3), (10, [False, False, True]), (20, [False, True, True]),
+                           (30, [True] * 3), (40, [True] * 3)):
+        hook(step)
+        assert trainable() == expected, step
+    assert all(p.requires_grad for p in model.head.parameters())
+
+
+def test_checkpoint_from_a_run_folder(train):
+    _, first = train()
+    summary, run_dir = train("pretrain=checkpoint", f"pretrain.path={first}", "pretrain.finetune=freeze")
+    assert summary["status"] == "completed"
+    src = torch.load(first / "weights" / "best.pt", weights_only=True)
+    last = torch.load(run_dir / "weights" / "last.pt", weights_only=True)
+    for k, v in _body(src).items():
+        torch.testing.assert_close(last[k], v)
+
+
+def test_checkpoint_of_another_shape_is_refused(train):
+    _, first = train("model.width=7")
+    summary, _ = train("pretrain=checkpoint", f"pretrain.path={first}")
+    assert summary["status"] == "failed" and "do not fit this model" in summary["error"]
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("this ran code",))
+
+
+def test_a_weights_file_that_carries_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"blocks.0.0.weight": torch.zeros(2), "x": Payload()}, path)
+    with pytest.raises(ConfigError, match="refused"):
+        load_weights(str(path))
+
+
+def test_autoencoder_pretrains_on_reconstruction(train):
+    summary, run_dir = train("pretrain=autoencoder", "trainer.max_steps=30", "trainer.eval_every=10")
+    rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    pre = [r for r in rows if r["stage"] == "pretrain" and r["split"] == "train"]
+    assert pre and all("acc" not in r for r in pre) and pre[-1]["loss"] < pre[0]["loss"]
+    assert summary["stages"][1]["metrics"]["test/acc"] > 0
