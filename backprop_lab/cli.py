@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import signal
 import sys
 from importlib import resources
 from pathlib import Path
@@ -73,6 +74,41 @@ def check_group_choices(overrides: list[str]) -> str | None:
     return None
 
 
+def check_keys(overrides: list[str]) -> str | None:
+    """A one-line error for `a.b=v` naming a key the composed config does not have, else None.
+
+    Hydra would refuse it too, in five lines; this composes the same config first (~0.1 s)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import DictConfig, OmegaConf
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides=overrides)
+    except Exception:
+        return None
+    plain = [o for o in parsed if o.key_or_group not in GROUPS and not o.is_hydra_override()
+             and not (o.is_add() or o.is_force_add() or o.is_delete()) and o.package is None]
+    if not plain:
+        return None
+    choices = [o.input_line for o in parsed if o.key_or_group in GROUPS]
+    try:
+        with initialize_config_module(config_module="backprop_lab.configs", version_base="1.3"):
+            cfg = compose(config_name="train", overrides=choices)
+    except Exception:
+        return None  # Hydra will say what is wrong with the choices
+    missing = object()
+    for o in plain:
+        key = o.key_or_group
+        if OmegaConf.select(cfg, key, default=missing) is not missing:
+            continue
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if isinstance(node, DictConfig):
+            where = f"'{parent}'" if parent else "the config"
+            return f"{key} is not a key of {where}; its keys: {', '.join(str(k) for k in node.keys())}"
+        return f"{key} is not a key of the config ({parent} holds no keys)"
+    return None
+
+
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
 def train_app(cfg: DictConfig) -> float | None:
     """The Hydra task function: one run into Hydra's output folder; returns the best validation value."""
@@ -81,11 +117,18 @@ def train_app(cfg: DictConfig) -> float | None:
     from .train import run
     hc = HydraConfig.get()
     choices = {g: str(hc.runtime.choices.get(g)) for g in GROUPS if hc.runtime.choices.get(g) is not None}
+    if "regularizer" not in choices:  # Hydra records no list choice such as regularizer=[l2,dropout]
+        picked = [o.split("=", 1)[1] for o in hc.overrides.task if o.startswith("regularizer=")]
+        choices["regularizer"] = picked[-1] if picked else "none"
     run_dir = Path(hc.runtime.output_dir)
     summary = run(cfg, run_dir, choices, list(hc.overrides.task))
     if summary["status"] != "completed":
         _unfinished.append((str(run_dir), summary["status"]))
     return summary["metrics"].get(summary.get("monitor", "val/acc"))
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -102,11 +145,17 @@ def main(argv: list[str] | None = None) -> None:
     if command != "train":
         print(f"error: unknown command '{command}'; commands: train (see backprop-lab --help)", file=sys.stderr)
         sys.exit(2)
-    problem = check_group_choices([a for a in rest if not a.startswith("-")])
+    overrides = [a for a in rest if not a.startswith("-")]
+    problem = check_group_choices(overrides)
+    own_configs = any(a.split("=")[0] in ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn")
+                      for a in rest)
+    if not problem and not own_configs and not ({"-m", "--multirun"} & set(rest)):
+        problem = check_keys(overrides)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
     sys.argv = [sys.argv[0], *rest]
+    signal.signal(signal.SIGTERM, _terminate)  # a scheduler's kill is recorded like Ctrl-C
     try:
         train_app()
     except KeyboardInterrupt:

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -76,6 +78,9 @@ BAD = [
     (["data.n_train=100000"], 1, "data.n_train=100000 is not valid: must be at most"),
     (["pretrain=supervised"], 1, "data.source_classes=null is not valid: pretrain=supervised needs"),
     (["pretrain=checkpoint"], 1, "pretrain.path=??? is not valid: is required"),
+    (["trainer.bacth_size=5"], 2, "trainer.bacth_size is not a key of 'trainer'; its keys: max_steps"),
+    (["optimizer=sgd", "optimizer.betas=[0.9,0.99]"], 2, "optimizer.betas is not a key of 'optimizer'"),
+    (["trainer.batch_size=abc"], 1, "trainer.batch_size=abc is not valid: must be an integer >= 1"),
 ]
 
 
@@ -117,3 +122,18 @@ def test_wheel_contains_every_config(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for yaml in (REPO / "backprop_lab" / "configs").rglob("*.yaml"):
         assert f"backprop_lab/configs/{yaml.relative_to(REPO / 'backprop_lab' / 'configs').as_posix()}" in names
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupted_run_says_so_and_keeps_its_metrics(tmp_path, sig):
+    p = subprocess.Popen([EXE, "train", *FAST, "trainer.max_steps=100000000", "trainer.progress=off"],
+                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(f.stat().st_size for f in tmp_path.glob("outputs/*/*/metrics.jsonl")):
+        time.sleep(0.1)  # until the first metrics line: the loop is running
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "Traceback" not in err
+    (run,) = tmp_path.glob("outputs/*/*")
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+    assert (run / "metrics.jsonl").read_text().count("\n") > 0
