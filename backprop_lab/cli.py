@@ -109,6 +109,19 @@ def check_keys(overrides: list[str]) -> str | None:
     return None
 
 
+def precheck(args: list[str]) -> str | None:
+    """One-line errors for unknown options and keys, before Hydra starts. Skipped when the user
+    brings configs of their own (--config-dir & co.), which may add options and keys."""
+    from hydra._internal.utils import get_args_parser
+    try:
+        parsed = get_args_parser().parse_args(args)
+    except SystemExit:  # let Hydra report its own usage errors
+        return None
+    if parsed.config_dir or parsed.config_path or parsed.config_name:
+        return None
+    return check_group_choices(parsed.overrides) or (None if parsed.multirun else check_keys(parsed.overrides))
+
+
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
 def train_app(cfg: DictConfig) -> float | None:
     """The Hydra task function: one run into Hydra's output folder; returns the best validation value."""
@@ -145,12 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     if command != "train":
         print(f"error: unknown command '{command}'; commands: train (see backprop-lab --help)", file=sys.stderr)
         sys.exit(2)
-    overrides = [a for a in rest if not a.startswith("-")]
-    problem = check_group_choices(overrides)
-    own_configs = any(a.split("=")[0] in ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn")
-                      for a in rest)
-    if not problem and not own_configs and not ({"-m", "--multirun"} & set(rest)):
-        problem = check_keys(overrides)
+    problem = precheck(rest)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)

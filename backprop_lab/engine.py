@@ -6,6 +6,7 @@ points, so the hot loop never waits on a `.item()`.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -76,8 +77,13 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
     batches_per_epoch = n // batch_size  # drop the ragged last batch: constant shapes, no BN on 1 example
     monitor = "loss" if reconstruct else trainer.monitor.split("/", 1)[1]
     sign = -1.0 if monitor == "loss" else 1.0  # internally, higher is better
-    bf16 = trainer.precision == "bf16"
-    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
+    if trainer.precision == "bf16":
+        autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16)  # noqa: E731
+    else:
+        autocast = contextlib.nullcontext  # a disabled torch.autocast still costs time every step
+    plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    per_step_scheduler = None if plateau else scheduler
+    penalise, decay = regularization.adds_to_loss, regularization.l2_decay > 0
     generator = torch.Generator(device=device).manual_seed(seed)  # the data order
     params = [p for p in model.parameters()]
 
@@ -102,15 +108,16 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
             with autocast():
                 out = model(xb)
                 loss = F.mse_loss(out.float(), target) if reconstruct else F.cross_entropy(out.float(), target)
-            objective = loss + regularization.penalty() if regularization.adds_to_loss else loss
+            objective = loss + regularization.penalty() if penalise else loss
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
             if trainer.grad_clip > 0:
                 nn.utils.clip_grad_norm_(params, trainer.grad_clip, foreach=True)
-            regularization.decay_(optimizer.param_groups[0]["lr"])  # before the step, as AdamW does
+            if decay:
+                regularization.decay_(optimizer.param_groups[0]["lr"])  # before the step, as AdamW does
             optimizer.step()
-            if scheduler is not None and not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step()
+            if per_step_scheduler is not None:
+                per_step_scheduler.step()
 
             loss_sum += loss.detach()
             if not reconstruct:
@@ -148,7 +155,7 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
                 log.metrics(stage=stage, split="val", step=step, epoch=step / batches_per_epoch,
                             elapsed_s=time.perf_counter() - start, **val)
                 progress.update(step, {f"val/{k}": v for k, v in val.items()})
-                if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                if plateau:
                     scheduler.step(score)
                 if not all(math.isfinite(v) for v in val.values()):
                     result.status, stop = "diverged", True

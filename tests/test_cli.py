@@ -137,3 +137,14 @@ def test_an_interrupted_run_says_so_and_keeps_its_metrics(tmp_path, sig):
     (run,) = tmp_path.glob("outputs/*/*")
     assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
     assert (run / "metrics.jsonl").read_text().count("\n") > 0
+
+
+def test_user_configs_extend_the_shipped_ones(tmp_path):
+    (tmp_path / "myconf" / "experiment").mkdir(parents=True)
+    (tmp_path / "myconf" / "experiment" / "mine.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /act: tanh\noptimizer:\n  lr: 0.005\n")
+    r = cli(tmp_path, "train", "--config-dir", "myconf", "experiment=mine", *FAST)
+    assert r.returncode == 0, r.stderr
+    (summary,) = tmp_path.glob("outputs/*/*/summary.json")
+    s = json.loads(summary.read_text())
+    assert s["choices"]["act"] == "tanh" and s["choices"]["experiment"] == "mine"
