@@ -86,7 +86,7 @@ BAD = [
 
 @pytest.mark.parametrize("args,code,message", BAD, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_bad_input_is_one_clear_line(tmp_path, args, code, message):
-    r = cli(tmp_path, "train", *FAST, *args)
+    r = cli(tmp_path, "train", *args, *FAST)
     assert r.returncode == code
     assert message in r.stderr
     assert "Traceback" not in r.stderr + r.stdout
