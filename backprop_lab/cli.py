@@ -22,6 +22,7 @@ Train and compare the techniques that make backpropagation work, from YAML confi
 
 commands:
   train [OVERRIDES...]   train one run, or a sweep with -m (every Hydra option works: --cfg job, --info, ...)
+  compare PATH...        one row per setting with seeds pooled: n, mean ± std, 95% CI (compare --help)
 
 examples:
   backprop-lab train                                         MNIST-1D, MLP, relu, adam
@@ -30,6 +31,7 @@ examples:
   backprop-lab train 'regularizer=[l2,dropout]' regularizer.dropout=0.3
   backprop-lab train --cfg job                               print the composed config, train nothing
   backprop-lab train --help                                  the config groups and their options
+  backprop-lab compare multirun/ --metric test/acc --format markdown
 
 config groups (group=option):
 {groups}
@@ -155,8 +157,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"backprop-lab {version('backprop-lab')}")
         return
     command, rest = argv[0], argv[1:]
+    if command == "compare":
+        from .compare import main as compare_main
+        sys.exit(compare_main(rest))
     if command != "train":
-        print(f"error: unknown command '{command}'; commands: train (see backprop-lab --help)", file=sys.stderr)
+        print(f"error: unknown command '{command}'; commands: train, compare (see backprop-lab --help)", file=sys.stderr)
         sys.exit(2)
     problem = precheck(rest)
     if problem:

@@ -1,0 +1,249 @@
+"""`backprop-lab compare`: pool run folders across seeds into one row per setting.
+
+Reads only the files of the run-folder contract (.hydra/overrides.yaml, .hydra/config.yaml,
+summary.json); never imports the engine or torch.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+# Keys that never define a setting: seeds are what we pool over, the rest is presentation.
+POOLED = {"seed", "trainer.progress", "trainer.save_weights", "trainer.threads"}
+
+
+@dataclass
+class Run:
+    path: Path
+    status: str                         # completed | diverged | failed | interrupted | running | unfinished
+    settings: dict[str, str]            # key -> value as the user wrote it (overrides + choices)
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def read_run(path: Path) -> Run:
+    """One run folder; a missing or unreadable summary.json makes the run 'unfinished', not an error."""
+    overrides: list[str] = []
+    try:
+        overrides = list(OmegaConf.load(path / ".hydra" / "overrides.yaml"))
+    except Exception:
+        pass
+    settings = {}
+    for item in overrides:
+        key, _, value = str(item).lstrip("+~").partition("=")
+        settings[key] = value
+    try:
+        summary = json.loads((path / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return Run(path, "unfinished", settings)
+    for group, option in (summary.get("choices") or {}).items():
+        settings.setdefault(group, str(option))
+    metrics = {k: v for k, v in (summary.get("metrics") or {}).items() if isinstance(v, (int, float))}
+    return Run(path, str(summary.get("status", "unfinished")), settings, metrics, summary.get("error"))
+
+
+def find_runs(paths: list[Path]) -> list[Run]:
+    """Every run folder (one with .hydra/) at or below each path, in path order."""
+    found: dict[Path, None] = {}
+    for root in paths:
+        candidates = [root] if (root / ".hydra").is_dir() else []
+        candidates += sorted(p.parent.parent for p in root.rglob(".hydra/config.yaml"))
+        for c in candidates:
+            found.setdefault(c.resolve(), None)
+    return [read_run(p) for p in found]
+
+
+def _fill_defaults(runs: list[Run]) -> None:
+    """A key set on the command line of some runs gets its composed value in the others."""
+    keys = {k for r in runs for k in r.settings}
+    for run in runs:
+        missing = keys - set(run.settings)
+        if not missing:
+            continue
+        try:
+            flat = _flatten(OmegaConf.to_container(OmegaConf.load(run.path / ".hydra" / "config.yaml")))
+        except Exception:
+            flat = {}
+        for key in missing:
+            value = flat.get(key, flat.get(f"{key}.name"))  # a group's choice is its node's name
+            run.settings[key] = "" if value is None else str(value)
+
+
+def varying_keys(runs: list[Run]) -> list[str]:
+    keys = sorted({k for r in runs for k in r.settings} - POOLED)
+    return [k for k in keys if len({r.settings.get(k, "") for r in runs}) > 1]
+
+
+@dataclass
+class Stat:
+    n: int
+    mean: float | None
+    std: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+
+def pooled(values: list[float], confidence: float = 0.95) -> Stat:
+    """Mean, sample std and the Student-t confidence interval of the mean."""
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    n = len(values)
+    if n == 0:
+        return Stat(0, None, None, None, None)
+    mean = statistics.fmean(values)
+    if n == 1:
+        return Stat(1, mean, None, None, None)
+    from scipy import stats
+    std = statistics.stdev(values)
+    low, high = stats.t.interval(confidence, n - 1, loc=mean, scale=std / math.sqrt(n))
+    return Stat(n, mean, std, float(low), float(high))
+
+
+@dataclass
+class Row:
+    setting: dict[str, str]
+    runs: list[Run]
+    stats: dict[str, Stat]
+
+    @property
+    def statuses(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for r in self.runs:
+            counts[r.status] = counts.get(r.status, 0) + 1
+        return counts
+
+
+def compare(runs: list[Run], metrics: list[str], by: list[str] | None = None,
+            filters: list[str] | None = None) -> tuple[list[str], list[Row]]:
+    """Group runs by the settings that vary (or `by`), pooling the rest; statistics over completed runs."""
+    _fill_defaults(runs)
+    for f in filters or []:
+        key, _, value = f.partition("=")
+        runs = [r for r in runs if r.settings.get(key) == value]
+    columns = by or varying_keys(runs)
+    groups: dict[tuple[str, ...], list[Run]] = {}
+    for run in runs:
+        groups.setdefault(tuple(run.settings.get(k, "") for k in columns), []).append(run)
+    rows = []
+    for key, members in groups.items():
+        done = [r for r in members if r.status == "completed"]
+        rows.append(Row(dict(zip(columns, key)), members,
+                        {m: pooled([r.metrics.get(m) for r in done]) for m in metrics}))
+    return columns, rows
+
+
+def sort_rows(rows: list[Row], key: str, metrics: list[str]) -> list[Row]:
+    descending = key.startswith("-")
+    key = key.lstrip("-")
+    if key in metrics:
+        missing = math.inf if not descending else -math.inf
+        ordered = sorted(rows, key=lambda r: missing if r.stats[key].mean is None else r.stats[key].mean)
+    else:
+        ordered = sorted(rows, key=lambda r: r.setting.get(key, ""))
+    return ordered[::-1] if descending else ordered
+
+
+def _num(v: float | None, digits: int = 4) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def records(columns: list[str], rows: list[Row], metrics: list[str]) -> list[dict[str, Any]]:
+    out = []
+    for row in rows:
+        rec: dict[str, Any] = dict(row.setting)
+        for m in metrics:
+            s = row.stats[m]
+            rec.update({f"{m} n": s.n, f"{m} mean": s.mean, f"{m} std": s.std,
+                        f"{m} ci95_low": s.ci_low, f"{m} ci95_high": s.ci_high})
+        rec["runs"] = len(row.runs)
+        rec["status"] = ", ".join(f"{v} {k}" for k, v in sorted(row.statuses.items()))
+        out.append(rec)
+    return out
+
+
+def _text_cells(row: Row, metrics: list[str]) -> list[str]:
+    cells = []
+    for m in metrics:
+        s = row.stats[m]
+        spread = f" ± {_num(s.std)}" if s.std is not None else ""
+        ci = f"[{_num(s.ci_low)}, {_num(s.ci_high)}]" if s.ci_low is not None else "-"
+        cells += [str(s.n), f"{_num(s.mean)}{spread}", ci]
+    return cells
+
+
+def render(columns: list[str], rows: list[Row], metrics: list[str], fmt: str) -> str | None:
+    """csv / json / markdown as text; None for the rich table (printed directly)."""
+    n_label = (lambda m: "n") if len(metrics) == 1 else (lambda m: f"{m} n")
+    header = list(columns) + [h for m in metrics for h in (n_label(m), f"{m} mean ± std", f"{m} 95% CI")] + ["status"]
+    body = [[row.setting.get(c, "") for c in columns] + _text_cells(row, metrics) +
+            [", ".join(f"{v} {k}" for k, v in sorted(row.statuses.items()))] for row in rows]
+    if fmt == "json":
+        return json.dumps(records(columns, rows, metrics), indent=2)
+    if fmt == "csv":
+        buf = io.StringIO()
+        recs = records(columns, rows, metrics)
+        writer = csv.DictWriter(buf, fieldnames=list(recs[0]) if recs else columns)
+        writer.writeheader()
+        writer.writerows(recs)
+        return buf.getvalue()
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(cells) + " |" for cells in body]
+        return "\n".join(lines)
+    from rich.table import Table
+
+    from .console import console
+    table = Table(title=f"{sum(len(r.runs) for r in rows)} runs, {len(rows)} settings")
+    for h in header:
+        table.add_column(h, justify="left" if h in columns or h == "status" else "right")
+    for cells in body:
+        table.add_row(*cells)
+    console.print(table)
+    return None
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="backprop-lab compare",
+                                     description="One row per setting, seeds pooled: n, mean ± std, 95% CI.")
+    parser.add_argument("paths", nargs="+", type=Path, help="run folders, sweep folders, or parents of many")
+    parser.add_argument("--metric", action="append", help="summary metric(s) to pool (default: test/acc)")
+    parser.add_argument("--by", action="append", help="group by these keys instead of the ones that vary")
+    parser.add_argument("--sort", help="a metric or a key to sort the rows by (--sort=-KEY: descending)")
+    parser.add_argument("--descending", action="store_true", help="sort from the largest")
+    parser.add_argument("--filter", action="append", metavar="KEY=VALUE", help="keep runs whose setting matches")
+    parser.add_argument("--format", choices=("table", "csv", "json", "markdown"), default="table")
+    args = parser.parse_args(argv)
+    for p in args.paths:
+        if not p.exists():
+            print(f"error: {p} does not exist", file=sys.stderr)
+            return 2
+    runs = find_runs(args.paths)
+    if not runs:
+        print(f"error: no run folders (with .hydra/) under {', '.join(map(str, args.paths))}", file=sys.stderr)
+        return 2
+    metrics = args.metric or ["test/acc"]
+    columns, rows = compare(runs, metrics, args.by, args.filter)
+    if args.sort:
+        rows = sort_rows(rows, ("-" if args.descending else "") + args.sort, metrics)
+    text = render(columns, rows, metrics, args.format)
+    if text is not None:
+        print(text)
+    return 0

@@ -1,0 +1,91 @@
+"""compare on fabricated run folders with known numbers: pooling, confidence intervals, statuses."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from backprop_lab.compare import compare, find_runs, pooled
+from test_cli import EXE
+
+T_975_DF2 = 4.302652729911275  # Student t quantile, 0.975, 2 degrees of freedom (printed tables: 4.303)
+
+
+def fake_run(path: Path, overrides: list[str], status: str = "completed", acc: float | None = None,
+             config: str = "") -> None:
+    opt = next((o.split("=")[1] for o in overrides if o.startswith("optimizer=")), "adam")
+    config = config or f"optimizer:\n  name: {opt}\n  lr: 0.001\nact:\n  name: relu\nseed: 0\n"
+    (path / ".hydra").mkdir(parents=True)
+    (path / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (path / ".hydra" / "config.yaml").write_text(config)
+    if status != "unfinished":
+        metrics = {} if acc is None else {"test/acc": acc, "test/loss": 1 - acc}
+        (path / "summary.json").write_text(json.dumps({"status": status, "metrics": metrics,
+                                                       "choices": {"act": "relu"}}))
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    n = 0
+    for opt, accs in (("sgd", [0.5, 0.6, 0.7]), ("adam", [0.8, 0.9, 0.85])):
+        for seed, acc in enumerate(accs):
+            fake_run(tmp_path / str(n), [f"optimizer={opt}", f"seed={seed}"], acc=acc)
+            n += 1
+    fake_run(tmp_path / str(n), ["optimizer=sgd", "seed=3"], status="diverged")
+    fake_run(tmp_path / str(n + 1), ["optimizer=adam", "seed=3"], status="unfinished")
+    fake_run(tmp_path / str(n + 2), ["optimizer=adam", "seed=4"], status="failed")
+    (tmp_path / str(n + 3) / ".hydra").mkdir(parents=True)  # a folder with nothing readable at all
+    (tmp_path / str(n + 3) / ".hydra" / "config.yaml").write_text("{")
+    return tmp_path
+
+
+def test_pooling_and_t_interval_match_a_hand_computation():
+    s = pooled([0.5, 0.6, 0.7])
+    half = T_975_DF2 * 0.1 / math.sqrt(3)
+    assert s.n == 3 and s.mean == pytest.approx(0.6) and s.std == pytest.approx(0.1)
+    assert (s.ci_low, s.ci_high) == (pytest.approx(0.6 - half), pytest.approx(0.6 + half))
+    assert pooled([0.4]).ci_low is None and pooled([]).mean is None
+
+
+def test_rows_pool_seeds_and_count_statuses(sweep):
+    columns, rows = compare(find_runs([sweep]), ["test/acc"])
+    assert columns == ["optimizer"]  # seed is pooled; act is equal everywhere and hidden
+    by_opt = {r.setting["optimizer"]: r for r in rows}
+    assert by_opt["sgd"].stats["test/acc"].mean == pytest.approx(0.6)
+    assert by_opt["adam"].stats["test/acc"].mean == pytest.approx(0.85)
+    assert by_opt["sgd"].statuses == {"completed": 3, "diverged": 1}
+    assert by_opt["adam"].statuses == {"completed": 3, "unfinished": 1, "failed": 1}
+
+
+def test_cli_formats(sweep):
+    out = subprocess.run([EXE, "compare", str(sweep), "--format", "json", "--sort=-test/acc"],
+                         capture_output=True, text=True, check=True).stdout
+    recs = json.loads(out)
+    assert [r["optimizer"] for r in recs if r["optimizer"] in ("sgd", "adam")] == ["adam", "sgd"]
+    md = subprocess.run([EXE, "compare", str(sweep), "--format", "markdown"], capture_output=True, text=True,
+                        check=True).stdout
+    assert "| optimizer | n | test/acc mean ± std | test/acc 95% CI | status |" in md
+    assert "0.6000 ± 0.1000" in md
+    csv = subprocess.run([EXE, "compare", str(sweep), "--format", "csv", "--filter", "optimizer=sgd"],
+                         capture_output=True, text=True, check=True).stdout
+    assert csv.count("\n") == 2 and "3 completed" in csv
+    table = subprocess.run([EXE, "compare", str(sweep)], capture_output=True, text=True, check=True).stdout
+    assert "0.8500" in table and "diverged" in table
+
+
+def test_missing_path_is_one_line(tmp_path):
+    r = subprocess.run([EXE, "compare", str(tmp_path / "nope")], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
+
+
+def test_compare_reads_real_runs(tmp_path):
+    r = subprocess.run([EXE, "train", "-m", "data=synthetic", "trainer=smoke", "trainer.max_steps=6",
+                        "trainer.eval_every=3", "act=relu,tanh", "seed=0,1"], cwd=tmp_path,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    recs = json.loads(subprocess.run([EXE, "compare", str(tmp_path / "multirun"), "--format", "json"],
+                                     capture_output=True, text=True, check=True).stdout)
+    assert sorted(r["act"] for r in recs) == ["relu", "tanh"] and all(r["test/acc n"] == 2 for r in recs)
