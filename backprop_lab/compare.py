@@ -89,8 +89,10 @@ def _fill_defaults(runs: list[Run]) -> None:
 
 
 def varying_keys(runs: list[Run]) -> list[str]:
-    keys = sorted({k for r in runs for k in r.settings} - POOLED)
-    return [k for k in keys if len({r.settings.get(k, "") for r in runs}) > 1]
+    """Keys whose value differs between runs; a folder with no readable settings decides nothing."""
+    readable = [r for r in runs if any(r.settings.values())]
+    keys = sorted({k for r in readable for k in r.settings} - POOLED)
+    return [k for k in keys if len({r.settings.get(k, "") for r in readable}) > 1]
 
 
 @dataclass
@@ -200,7 +202,7 @@ def render(columns: list[str], rows: list[Row], metrics: list[str], fmt: str) ->
     if fmt == "csv":
         buf = io.StringIO()
         recs = records(columns, rows, metrics)
-        writer = csv.DictWriter(buf, fieldnames=list(recs[0]) if recs else columns)
+        writer = csv.DictWriter(buf, fieldnames=list(recs[0]) if recs else columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(recs)
         return buf.getvalue()
@@ -245,5 +247,5 @@ def main(argv: list[str]) -> int:
         rows = sort_rows(rows, ("-" if args.descending else "") + args.sort, metrics)
     text = render(columns, rows, metrics, args.format)
     if text is not None:
-        print(text)
+        print(text, end="" if text.endswith("\n") else "\n")
     return 0
