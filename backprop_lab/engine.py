@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import Split
+from .diagnostics import Diagnostics
 from .regularizers import Regularization
 
 
@@ -33,6 +34,7 @@ class StageResult:
     last_train: dict[str, float] = field(default_factory=dict)
     stopped_early: bool = False
     last_state: dict[str, torch.Tensor] | None = None  # the weights at the last step
+    target: dict[str, float] = field(default_factory=dict)  # steps and seconds to trainer.target_acc
 
 
 @torch.no_grad()
@@ -67,7 +69,7 @@ def _to_floats(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
 def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Optimizer,
         scheduler: Any, regularization: Regularization, trainer: Any, max_steps: int, seed: int,
         log: Any, progress: Any, reconstruct: bool = False, noise: float = 0.0,
-        on_step: Callable[[int], None] | None = None) -> StageResult:
+        on_step: Callable[[int], None] | None = None, act_name: str | None = None) -> StageResult:
     """Train `model` on `split` for `max_steps` steps; validate every `trainer.eval_every` steps,
     keep the best weights by `trainer.monitor`, stop early or on a non-finite loss, then test the best."""
     device = split.x_train.device
@@ -84,6 +86,8 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
     plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     per_step_scheduler = None if plateau else scheduler
     penalise, decay = regularization.adds_to_loss, regularization.l2_decay > 0
+    diagnostics = Diagnostics(model, act_name) if trainer.diagnostics and act_name else None
+    measured: dict[str, torch.Tensor] = {}
     generator = torch.Generator(device=device).manual_seed(seed)  # the data order
     params = [p for p in model.parameters()]
 
@@ -101,6 +105,10 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
         order = torch.randperm(n, device=device, generator=generator)
         for b in range(batches_per_epoch):
             idx = order[b * batch_size:(b + 1) * batch_size]
+            # logging points: step 1 (the network at init), every log_every steps, the last step
+            log_now = step == 0 or (step + 1) % trainer.log_every == 0 or step + 1 == max_steps
+            if diagnostics is not None and log_now:
+                diagnostics.arm()
             xb = x[idx]
             target = xb.flatten(1) if reconstruct else y[idx]
             if noise > 0:
@@ -111,11 +119,15 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
             objective = loss + regularization.penalty() if penalise else loss
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
+            if diagnostics is not None and log_now:
+                diagnostics.after_backward()  # the gradient as backprop made it, before clipping
             if trainer.grad_clip > 0:
                 nn.utils.clip_grad_norm_(params, trainer.grad_clip, foreach=True)
             if decay:
                 regularization.decay_(optimizer.param_groups[0]["lr"])  # before the step, as AdamW does
             optimizer.step()
+            if diagnostics is not None and log_now:
+                measured = diagnostics.after_step()
             if per_step_scheduler is not None:
                 per_step_scheduler.step()
 
@@ -128,17 +140,17 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
                 on_step(step)
             stop = step == max_steps
 
-            if step % trainer.log_every == 0 or stop:
+            if log_now:
                 window = {"loss": loss_sum / seen} if reconstruct else \
                          {"loss": loss_sum / seen, "acc": correct_sum / (seen * batch_size)}
-                train_metrics = _to_floats(window)
+                train_metrics = _to_floats({**window, **measured})
                 loss_sum.zero_(), correct_sum.zero_()
                 seen = 0
-                result.last_train = train_metrics
+                result.last_train = {k: train_metrics[k] for k in window}
                 elapsed = time.perf_counter() - start
                 log.metrics(stage=stage, split="train", step=step, epoch=step / batches_per_epoch,
                             lr=optimizer.param_groups[0]["lr"], elapsed_s=elapsed, **train_metrics)
-                progress.update(step, train_metrics)
+                progress.update(step, result.last_train)
                 if not math.isfinite(train_metrics["loss"]):
                     result.status, stop = "diverged", True
 
@@ -152,8 +164,14 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
                     result.best, result.best_step, evals_since_best = val, step, 0
                 else:
                     evals_since_best += 1
+                elapsed = time.perf_counter() - start
+                extra = {}
+                if "acc" in val and "acc" in result.last_train:
+                    extra["gap/acc"] = result.last_train["acc"] - val["acc"]  # train (last window) - val
+                    if trainer.target_acc is not None and not result.target and val["acc"] >= trainer.target_acc:
+                        result.target = {"target/step": step, "target/seconds": elapsed}
                 log.metrics(stage=stage, split="val", step=step, epoch=step / batches_per_epoch,
-                            elapsed_s=time.perf_counter() - start, **val)
+                            elapsed_s=elapsed, **val, **extra)
                 progress.update(step, {f"val/{k}": v for k, v in val.items()})
                 if plateau:
                     scheduler.step(score)

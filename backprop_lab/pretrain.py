@@ -133,7 +133,7 @@ def _fit_stage(cfg: Any, module: torch.nn.Module, split: Split, stage: str, step
     scheduler = build_scheduler(optimizer, cfg.scheduler, steps, cfg.optimizer.lr)
     return fit(module, split, stage=stage, optimizer=optimizer, scheduler=scheduler,
                regularization=Regularization(module, cfg.regularizer), trainer=cfg.trainer,
-               max_steps=steps, seed=cfg.seed, log=log, progress=progress, **kwargs)
+               max_steps=steps, seed=cfg.seed, log=log, progress=progress, act_name=cfg.act.name, **kwargs)
 
 
 def run_stages(cfg: Any, p: Plan, log: Any, progress: Any, on_stage_end: Callable[[StageResult, Classifier], None]) -> list[StageResult]:

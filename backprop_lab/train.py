@@ -63,6 +63,9 @@ def _stage_summary(result: Any) -> dict[str, Any]:
     metrics = {f"val/{k}": v for k, v in result.best.items()}
     metrics.update({f"test/{k}": v for k, v in result.test.items()})
     metrics.update({f"train/{k}": v for k, v in result.last_train.items()})
+    if "train/acc" in metrics and "val/acc" in metrics:
+        metrics["gap/acc"] = metrics["train/acc"] - metrics["val/acc"]
+    metrics.update(result.target)
     return {"stage": result.stage, "status": result.status, "steps": result.steps, "epochs": round(result.epochs, 3),
             "seconds": round(result.seconds, 3), "best_step": result.best_step,
             "stopped_early": result.stopped_early, "metrics": metrics}

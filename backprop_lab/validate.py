@@ -111,6 +111,8 @@ RULES: dict[str, Rule] = {
     "trainer.threads": integer(1, nullable=True),
     "trainer.progress": choice("auto", "bar", "plain", "off"),
     "trainer.save_weights": boolean,
+    "trainer.diagnostics": boolean,
+    "trainer.target_acc": lambda v: None if v is None else number(0, 1)(v),
     "data.val_fraction": number(0, 1, lo_open=True, hi_open=True),
     "data.n_train": integer(1, nullable=True),
     "data.source_classes": int_list(0, nullable=True),
