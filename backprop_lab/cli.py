@@ -23,6 +23,7 @@ Train and compare the techniques that make backpropagation work, from YAML confi
 commands:
   train [OVERRIDES...]   train one run, or a sweep with -m (every Hydra option works: --cfg job, --info, ...)
   compare PATH...        one row per setting with seeds pooled: n, mean ± std, 95% CI (compare --help)
+  report PATH            report.md and PNG plots (learning curves, gradient norms per layer, gap)
 
 examples:
   backprop-lab train                                         MNIST-1D, MLP, relu, adam
@@ -160,8 +161,12 @@ def main(argv: list[str] | None = None) -> None:
     if command == "compare":
         from .compare import main as compare_main
         sys.exit(compare_main(rest))
+    if command == "report":
+        from .report import main as report_main
+        sys.exit(report_main(rest))
     if command != "train":
-        print(f"error: unknown command '{command}'; commands: train, compare (see backprop-lab --help)", file=sys.stderr)
+        print(f"error: unknown command '{command}'; commands: train, compare, report (see backprop-lab --help)",
+              file=sys.stderr)
         sys.exit(2)
     problem = precheck(rest)
     if problem:

@@ -1,0 +1,176 @@
+"""`backprop-lab report`: plots and report.md for a set of run folders (a sweep, say).
+
+Reads metrics.jsonl and summary.json only. Curves are grouped by the settings that vary, with the
+mean across seeds and a band of ± one standard deviation.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .compare import Row, compare, find_runs, render
+from .runlog import read_metrics
+
+
+def _label(setting: dict[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in setting.items()) or "all runs"
+
+
+def _final_stage_rows(run_path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl rows of the run's last stage (the fine-tune stage of a pretrained run)."""
+    try:
+        rows = read_metrics(run_path / "metrics.jsonl")
+    except OSError:
+        return []
+    if not rows:
+        return []
+    last = rows[-1]["stage"]
+    return [r for r in rows if r.get("stage") == last]
+
+
+def series(rows: list[Row], split: str, key: str, x: str = "step") -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """label -> (x, mean, std) of `key` on `split`, over the runs of each row, at the steps they share."""
+    out = {}
+    for row in rows:
+        curves = []
+        for run in row.runs:
+            points = {r["step"]: (r.get(x), r.get(key)) for r in _final_stage_rows(run.path)
+                      if r.get("split") == split and r.get(key) is not None}
+            if points:
+                curves.append(points)
+        if not curves:
+            continue
+        steps = sorted(set.intersection(*(set(c) for c in curves)))
+        if not steps:
+            continue
+        xs = np.array([[c[s][0] for s in steps] for c in curves], dtype=float).mean(0)
+        ys = np.array([[c[s][1] for s in steps] for c in curves], dtype=float)
+        out[_label(row.setting)] = (xs, ys.mean(0), ys.std(0))
+    return out
+
+
+def _plot_band(ax: Any, data: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], title: str,
+               xlabel: str, log: bool = False) -> None:
+    for label, (x, mean, std) in data.items():
+        ax.plot(x, mean, label=label)
+        ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    if log:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+
+
+def learning_curves(rows: list[Row], out: Path, x: str) -> Path:
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    xlabel = "step" if x == "step" else "seconds"
+    for ax, (split, key) in zip(axes.flat, (("train", "loss"), ("val", "loss"), ("train", "acc"), ("val", "acc"))):
+        _plot_band(ax, series(rows, split, key, x), f"{split} {key}", xlabel, log=key == "loss")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    path = out / f"curves_{'steps' if x == 'step' else 'seconds'}.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def gradient_norms(rows: list[Row], out: Path) -> Path | None:
+    """Per-layer gradient norm at the first logging point (init) and the last: the vanishing-gradient picture."""
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    drawn = False
+    for ax, which in zip(axes, ("first", "last")):
+        for row in rows:
+            per_run = []
+            for run in row.runs:
+                train = [r for r in _final_stage_rows(run.path) if r.get("split") == "train" and "grad_norm/0" in r]
+                if train:
+                    r = train[0] if which == "first" else train[-1]
+                    n = 1 + max(int(k.split("/")[1]) for k in r if k.startswith("grad_norm/"))
+                    per_run.append([r.get(f"grad_norm/{i}", np.nan) for i in range(n)])
+            if per_run:
+                width = min(len(p) for p in per_run)
+                values = np.array([p[:width] for p in per_run], dtype=float)
+                ax.plot(range(width), np.nanmean(values, 0), marker="o", label=_label(row.setting))
+                drawn = True
+        ax.set_title(f"gradient norm per layer, {'step 1 (init)' if which == 'first' else 'last logging point'}")
+        ax.set_xlabel("layer (0 = input side)")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    if not drawn:
+        plt.close(fig)
+        return None
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "grad_norms.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def gap_plot(rows: list[Row], out: Path) -> Path | None:
+    import matplotlib.pyplot as plt
+    data = series(rows, "val", "gap/acc")
+    if not data:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    _plot_band(ax, data, "train - validation accuracy (generalisation gap)", "step")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "gap.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_report(paths: list[Path], out: Path, metrics: list[str], title: str = "backprop-lab report",
+                 verdict: str | None = None) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")  # headless: files only
+    runs = find_runs(paths)
+    if not runs:
+        raise FileNotFoundError(f"no run folders (with .hydra/) under {', '.join(map(str, paths))}")
+    columns, rows = compare(runs, metrics)
+    out.mkdir(parents=True, exist_ok=True)
+    images = [learning_curves(rows, out, "step"), learning_curves(rows, out, "elapsed_s"),
+              gradient_norms(rows, out), gap_plot(rows, out)]
+    lines = [f"# {title}", "", f"{len(runs)} runs from {', '.join(str(p) for p in paths)}.", ""]
+    if verdict:
+        lines += [verdict, ""]
+    lines += ["## Results (seeds pooled: mean ± std, Student-t 95% CI of the mean)", "",
+              render(columns, rows, metrics, "markdown") or "", ""]
+    unfinished = [r for r in runs if r.status != "completed"]
+    if unfinished:
+        lines += ["## Runs that did not complete", ""]
+        lines += [f"- `{r.path}`: {r.status}" + (f" ({r.error})" if r.error else "") for r in unfinished]
+        lines.append("")
+    lines += ["## Plots", ""]
+    lines += [f"![{p.stem}]({p.name})" for p in images if p is not None]
+    report = out / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="backprop-lab report",
+                                     description="report.md and PNG plots for run folders (a sweep, say).")
+    parser.add_argument("path", type=Path, help="a sweep folder, a run folder, or a parent of many")
+    parser.add_argument("--out", type=Path, help="where to write (default: PATH itself)")
+    parser.add_argument("--metric", action="append", help="summary metric(s) for the table (default: test/acc)")
+    args = parser.parse_args(argv)
+    if not args.path.exists():
+        print(f"error: {args.path} does not exist", file=sys.stderr)
+        return 2
+    try:
+        report = write_report([args.path], args.out or args.path, args.metric or ["test/acc"])
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {report} and its plots")
+    return 0
