@@ -24,6 +24,8 @@ commands:
   train [OVERRIDES...]   train one run, or a sweep with -m (every Hydra option works: --cfg job, --info, ...)
   compare PATH...        one row per setting with seeds pooled: n, mean ± std, 95% CI (compare --help)
   report PATH            report.md and PNG plots (learning curves, gradient norms per layer, gap)
+  study NAME             a study's sweeps, then its report with a computed verdict:
+                         activations, regularization, optimizers, pretraining
 
 examples:
   backprop-lab train                                         MNIST-1D, MLP, relu, adam
@@ -161,11 +163,14 @@ def main(argv: list[str] | None = None) -> None:
     if command == "compare":
         from .compare import main as compare_main
         sys.exit(compare_main(rest))
+    if command == "study":
+        from .studies import main as study_main
+        sys.exit(study_main(rest))
     if command == "report":
         from .report import main as report_main
         sys.exit(report_main(rest))
     if command != "train":
-        print(f"error: unknown command '{command}'; commands: train, compare, report (see backprop-lab --help)",
+        print(f"error: unknown command '{command}'; commands: train, compare, report, study (see backprop-lab --help)",
               file=sys.stderr)
         sys.exit(2)
     problem = precheck(rest)

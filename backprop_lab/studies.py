@@ -1,0 +1,329 @@
+"""`backprop-lab study NAME`: the sweeps behind one claim, then a report whose verdict is computed
+from the measurements (means, Student-t CIs, Welch tests), so a claim that does not hold says so.
+
+Each sweep is an ordinary Hydra multirun of `backprop-lab train -m experiment=study_NAME ...`;
+the report lists the exact commands, so every grid can be rerun by hand.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .compare import Run, find_runs, pooled
+from .runlog import read_metrics
+
+SEEDS = "0,1,2"
+
+
+# ------------------------------------------------------------------ reading the measurements
+def completed(runs: list[Run], **settings: str) -> list[Run]:
+    return [r for r in runs if r.status == "completed" and all(r.settings.get(k) == v for k, v in settings.items())]
+
+
+def values(runs: list[Run], metric: str) -> list[float]:
+    return [r.metrics[metric] for r in runs if isinstance(r.metrics.get(metric), (int, float))]
+
+
+def train_row(run: Run, which: int, stage: str | None = None) -> dict[str, Any]:
+    """The first (0) or last (-1) train row of the run's final stage in metrics.jsonl."""
+    rows = read_metrics(run.path / "metrics.jsonl")
+    stage = stage or (rows[-1]["stage"] if rows else None)
+    train = [r for r in rows if r.get("stage") == stage and r.get("split") == "train"]
+    return train[which] if train else {}
+
+
+def row_at(run: Run, split: str, step: int, key: str) -> float | None:
+    for r in read_metrics(run.path / "metrics.jsonl"):
+        if r.get("split") == split and r.get("step") == step and r.get(key) is not None:
+            return r[key]
+    return None
+
+
+def init_gradient_ratio(run: Run) -> float | None:
+    """grad_norm of the first layer / grad_norm of the last layer at step 1 (the net at init)."""
+    r = train_row(run, 0)
+    norms = sorted((int(k.split("/")[1]), v) for k, v in r.items() if k.startswith("grad_norm/"))
+    if not norms or not norms[-1][1]:
+        return None
+    return norms[0][1] / norms[-1][1]
+
+
+def fmt(vals: list[float], digits: int = 3) -> str:
+    s = pooled(vals)
+    if s.mean is None:
+        return "-"
+    if s.ci_low is None:
+        return f"{s.mean:.{digits}f} (n=1)"
+    return f"{s.mean:.{digits}f} [{s.ci_low:.{digits}f}, {s.ci_high:.{digits}f}]"
+
+
+def better(a: list[float], b: list[float], higher: bool = True) -> tuple[bool, float | None]:
+    """Is `a` better than `b` (Welch's t-test, one-sided, p < 0.05)? Returns (holds, p)."""
+    a = [v for v in a if v is not None and math.isfinite(v)]
+    b = [v for v in b if v is not None and math.isfinite(v)]
+    if len(a) < 2 or len(b) < 2:
+        return False, None
+    if statistics.pstdev(a) == 0 and statistics.pstdev(b) == 0:
+        return ((statistics.fmean(a) > statistics.fmean(b)) == higher and statistics.fmean(a) != statistics.fmean(b)), 0.0
+    from scipy import stats
+    test = stats.ttest_ind(a, b, equal_var=False, alternative="greater" if higher else "less")
+    return bool(test.pvalue < 0.05), float(test.pvalue)
+
+
+def mark(holds: bool) -> str:
+    return "**holds**" if holds else "**does not hold**"
+
+
+def p_text(p: float | None) -> str:
+    return "n too small for a test" if p is None else f"p = {p:.3g}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+# ------------------------------------------------------------------ the four studies
+ACTS = ["sigmoid", "tanh", "relu", "leaky_relu", "gelu", "selu"]
+RELU_FAMILY = ["relu", "leaky_relu", "gelu", "selu"]
+
+
+def activations_sweeps(run_sweep: Callable[..., Path], smoke: bool) -> None:
+    run_sweep("grid", [f"act={','.join(ACTS)}", "model.init=null,torch", f"seed={SEEDS}"])
+
+
+def activations_verdict(runs: list[Run]) -> str:
+    rows, ratio, acc = [], {}, {}
+    for act in ACTS:
+        for init in ("null", "torch"):
+            group = completed(runs, act=act, **{"model.init": init})
+            ratios = [v for v in (init_gradient_ratio(r) for r in group) if v]
+            if init == "null":
+                ratio[act], acc[act] = ratios, values(group, "test/acc")
+            geo = f"{math.exp(statistics.fmean(math.log(v) for v in ratios)):.2e}" if ratios else "-"
+            rows.append([act, "matched" if init == "null" else "torch default", geo, fmt(values(group, "test/acc"))])
+    out = ["### Measurements", "",
+           "First-layer / last-layer gradient norm at step 1 (geometric mean over seeds), and test accuracy (mean [95% CI]).", "",
+           table(["act", "init", "grad ratio layer 0 / output at init", "test/acc"], rows), "", "### Verdict", ""]
+    geo = {a: math.exp(statistics.fmean(math.log(v) for v in ratio[a])) for a in ratio if ratio[a]}
+    starves = "sigmoid" in geo and "relu" in geo and geo["sigmoid"] * 10 <= geo["relu"]
+    out.append(f"- Saturating activations starve early layers of gradient (sigmoid's first/last gradient ratio at "
+               f"least 10x below relu's: {geo.get('sigmoid', float('nan')):.2e} vs {geo.get('relu', float('nan')):.2e}): {mark(starves)}.")
+    for act in RELU_FAMILY:
+        holds, p = better(acc.get(act, []), acc.get("sigmoid", []))
+        out.append(f"- {act} trains where sigmoid does not (test/acc {fmt(acc.get(act, []))} > sigmoid "
+                   f"{fmt(acc.get('sigmoid', []))}, one-sided Welch {p_text(p)}): {mark(holds)}.")
+    for act in ("tanh", "relu"):
+        matched = values(completed(runs, act=act, **{"model.init": "null"}), "test/acc")
+        default = values(completed(runs, act=act, **{"model.init": "torch"}), "test/acc")
+        holds, p = better(matched, default)
+        out.append(f"- Matched init beats torch's default init for {act} ({fmt(matched)} vs {fmt(default)}, {p_text(p)}): {mark(holds)}.")
+    return "\n".join(out)
+
+
+# Each regularizer in its own sweep, so its strength applies to it alone.
+REGULARIZERS = {
+    "none": [],
+    "l1": ["regularizer.l1=0.0001"],
+    "l2": ["regularizer.l2=0.001"],
+    "dropout": ["regularizer.dropout=0.3"],
+    "batchnorm": [],
+    "[l2,dropout]": ["regularizer.l2=0.001", "regularizer.dropout=0.3"],
+}
+
+
+def regularization_sweeps(run_sweep: Callable[..., Path], smoke: bool) -> None:
+    for reg, strengths in REGULARIZERS.items():
+        label = reg.strip("[]").replace(",", "+")
+        run_sweep(label, [f"regularizer={reg}", *strengths, f"seed={SEEDS}"])
+
+
+def _final_gap(run: Run) -> float | None:
+    rows = [r for r in read_metrics(run.path / "metrics.jsonl") if r.get("split") == "val" and "gap/acc" in r]
+    return rows[-1]["gap/acc"] if rows else None
+
+
+def regularization_verdict(runs: list[Run]) -> str:
+    gaps, accs, rows = {}, {}, []
+    for reg in REGULARIZERS:
+        group = [r for r in runs if r.status == "completed" and _reg_choice(r) == reg]
+        gaps[reg] = [g for g in (_final_gap(r) for r in group) if g is not None]
+        accs[reg] = values(group, "test/acc")
+        rows.append([reg, fmt([v for v in (train_row(r, -1).get("acc") for r in group) if v is not None]),
+                     fmt(gaps[reg]), fmt(accs[reg])])
+    out = ["### Measurements", "", "At the last step: train accuracy (last window), train - validation accuracy gap; "
+           "test accuracy of the best-validation weights (mean [95% CI]).", "",
+           table(["regularizer", "train acc", "gap", "test/acc"], rows), "", "### Verdict", ""]
+    for reg in list(REGULARIZERS)[1:]:
+        narrower, p_gap = better(gaps[reg], gaps["none"], higher=False)
+        higher, p_acc = better(accs[reg], accs["none"])
+        out.append(f"- {reg} reduces overfitting (gap {fmt(gaps[reg])} < none {fmt(gaps['none'])}, {p_text(p_gap)}): "
+                   f"{mark(narrower)}; raises test accuracy ({p_text(p_acc)}): {mark(higher)}.")
+    return "\n".join(out)
+
+
+def _reg_choice(run: Run) -> str:
+    return run.settings.get("regularizer", "none")
+
+
+OPTIMIZERS = ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
+LR_GRID = ["0.0003", "0.001", "0.003", "0.01", "0.03", "0.1", "0.3"]
+ADAPTIVE = ["adam", "rmsprop", "adagrad"]
+
+
+def optimizers_sweeps(run_sweep: Callable[..., Path], smoke: bool) -> None:
+    grid = LR_GRID[2:4] if smoke else LR_GRID
+    search = run_sweep("lr_search", [f"optimizer={','.join(OPTIMIZERS)}", f"optimizer.lr={','.join(grid)}",
+                                     "seed=100", "trainer.max_steps=1000" if not smoke else "trainer.max_steps=8"],
+                       note="learning-rate search: one seed (100, not used below), 1000 steps, best val/acc wins")
+    runs = find_runs([search])
+    for opt in OPTIMIZERS:
+        tried = [(r.metrics.get("val/acc", -1.0), r.settings.get("optimizer.lr")) for r in completed(runs, optimizer=opt)]
+        lr = max(tried)[1] if tried else "0.001"
+        run_sweep(f"final_{opt}", [f"optimizer={opt}", f"optimizer.lr={lr}", f"seed={SEEDS}"])
+
+
+def optimizers_verdict(runs: list[Run]) -> str:
+    final = [r for r in runs if "lr_search" not in str(r.path)]
+    last_steps = [train_row(r, -1).get("step", 0) for r in final if r.status == "completed"]
+    probe = 1000 if last_steps and min(last_steps) >= 1000 else min(last_steps, default=0)
+    loss, steps, acc, rows = {}, {}, {}, []
+    for opt in OPTIMIZERS:
+        group = completed(final, optimizer=opt)
+        lr = group[0].settings.get("optimizer.lr", "-") if group else "-"
+        loss[opt] = [v for v in (row_at(r, "train", probe, "loss") for r in group) if v is not None]
+        steps[opt] = [r.metrics.get("target/step", math.inf) for r in group]
+        acc[opt] = values(group, "test/acc")
+        reached = [s for s in steps[opt] if math.isfinite(s)]
+        rows.append([opt, lr, fmt(loss[opt], 4), f"{len(reached)}/{len(group)}: " + (fmt(reached, 0) if reached else "-"),
+                     fmt(acc[opt])])
+    out = ["### Protocol", "",
+           f"Each optimizer's learning rate was picked from the log grid {', '.join(LR_GRID)} by the best validation "
+           "accuracy of a 1000-step run with seed 100. The comparison then runs seeds 0, 1 and 2 at that rate.", "",
+           "### Measurements", "",
+           f"Train loss at step {probe} (mean [95% CI]), steps to reach the target validation accuracy "
+           "(trainer.target_acc, runs that reached it), and test accuracy.", "",
+           table(["optimizer", "lr", f"train loss @ {probe}", "steps to target", "test/acc"], rows), "", "### Verdict", ""]
+    for opt in ADAPTIVE:
+        faster, p = better(loss.get(opt, []), loss.get("sgd", []), higher=False)
+        out.append(f"- {opt} converges faster than sgd (lower train loss at step {probe}: {fmt(loss.get(opt, []), 4)} vs "
+                   f"{fmt(loss.get('sgd', []), 4)}, {p_text(p)}): {mark(faster)}.")
+    return "\n".join(out)
+
+
+BUDGETS = ["100", "300", "1000"]
+SMOKE_BUDGETS = ["20", "40", "80"]
+STRATEGIES = [("scratch", {"pretrain": "none"}), ("frozen", {"pretrain": "supervised", "pretrain.finetune": "freeze"}),
+              ("full fine-tune", {"pretrain": "supervised", "pretrain.finetune": "full"}),
+              ("autoencoder", {"pretrain": "autoencoder", "pretrain.finetune": "full"})]
+
+
+def pretraining_sweeps(run_sweep: Callable[..., Path], smoke: bool) -> None:
+    budgets = f"data.n_train={','.join(SMOKE_BUDGETS if smoke else BUDGETS)}"
+    short = ["pretrain.steps=8"] if smoke else []
+    run_sweep("scratch", ["pretrain=none", budgets, f"seed={SEEDS}"])
+    run_sweep("supervised", ["pretrain=supervised", "pretrain.finetune=freeze,full", budgets, f"seed={SEEDS}", *short])
+    run_sweep("autoencoder", ["pretrain=autoencoder", "pretrain.finetune=full", budgets, f"seed={SEEDS}", *short])
+
+
+def pretraining_verdict(runs: list[Run]) -> str:
+    acc: dict[tuple[str, str], list[float]] = {}
+    budgets = sorted({r.settings["data.n_train"] for r in runs if "data.n_train" in r.settings}, key=int)
+    for name, settings in STRATEGIES:
+        for n in budgets:
+            group = [r for r in completed(runs, **{"data.n_train": n, **settings})
+                     if name != "scratch" or r.settings.get("pretrain") == "none"]
+            acc[name, n] = values(group, "test/acc")
+    rows = [[name] + [fmt(acc[name, n]) for n in budgets] for name, _ in STRATEGIES]
+    out = ["### Measurements", "", "Test accuracy on classes 5-9 (mean [95% CI]) by label budget; pretraining used "
+           "classes 0-4 (all their labels) or, for the autoencoder, their inputs only.", "",
+           table(["strategy"] + [f"{n} labels" for n in budgets], rows), "", "### Verdict", ""]
+    for name, _ in STRATEGIES[1:]:
+        parts = []
+        for n in budgets:
+            holds, p = better(acc[name, n], acc["scratch", n])
+            parts.append(f"{n} labels {mark(holds)} ({p_text(p)})")
+        out.append(f"- {name} beats scratch: " + "; ".join(parts) + ".")
+    gains = {n: (statistics.fmean(acc["full fine-tune", n]) - statistics.fmean(acc["scratch", n]))
+             for n in budgets if acc["full fine-tune", n] and acc["scratch", n]}
+    if budgets and len(gains) == len(budgets):
+        largest_first = gains[budgets[0]] >= gains[budgets[-1]]
+        out.append(f"- The gain of full fine-tuning is largest when labels are fewest "
+                   f"({', '.join(f'{n}: {g:+.3f}' for n, g in gains.items())}): {mark(largest_first)}.")
+    return "\n".join(out)
+
+
+@dataclass
+class Study:
+    claim: str
+    sweeps: Callable[[Callable[..., Path], bool], None]
+    verdict: Callable[[list[Run]], str]
+
+
+STUDIES: dict[str, Study] = {
+    "activations": Study("Saturating activations starve early layers of gradient; ReLU-family activations fix it.",
+                         activations_sweeps, activations_verdict),
+    "regularization": Study("Regularizers (L1, L2, dropout, batch norm, combined) reduce overfitting.",
+                            regularization_sweeps, regularization_verdict),
+    "optimizers": Study("Adaptive optimizers (Adam, RMSprop, Adagrad) converge faster than SGD.",
+                        optimizers_sweeps, optimizers_verdict),
+    "pretraining": Study("Pretraining and transfer help when labels are few.", pretraining_sweeps, pretraining_verdict),
+}
+
+# --smoke: the same sweeps in miniature, for tests (a few steps on a small MNIST-1D)
+SMOKE = ["trainer.max_steps=8", "trainer.eval_every=4", "trainer.log_every=4", "data.num_samples=1000"]
+
+
+def run_study(name: str, out: Path, extra: list[str], smoke: bool) -> Path:
+    from .report import write_report
+    study = STUDIES[name]
+    out.mkdir(parents=True, exist_ok=True)
+    commands: list[str] = []
+    started = time.time()
+
+    def run_sweep(label: str, overrides: list[str], note: str | None = None) -> Path:
+        folder = out / label
+        args = ["train", "-m", f"experiment=study_{name}", *overrides, *(SMOKE if smoke else []), *extra]
+        shown = "backprop-lab " + " ".join(f"'{a}'" if "[" in a else a for a in args)
+        commands.append(f"- `{shown}`" + (f" ({note})" if note else ""))
+        print(f"[{name}] {label}: {shown}", flush=True)
+        with open(out / f"{label}.log", "w") as log:
+            code = subprocess.call([sys.executable, "-m", "backprop_lab", *args, f"hydra.sweep.dir={folder}"],
+                                   stdout=log, stderr=subprocess.STDOUT)
+        if code != 0:
+            print(f"[{name}] {label}: some runs did not complete (see {out / (label + '.log')})", flush=True)
+        return folder
+
+    study.sweeps(run_sweep, smoke)
+    runs = find_runs([out])
+    verdict = (f"**Claim:** {study.claim}\n\n{study.verdict(runs)}\n\n### Sweeps (Hydra multiruns)\n\n"
+               + "\n".join(commands) + f"\n\nWall time: {time.time() - started:.0f} s.")
+    return write_report([out], out, ["test/acc"], title=f"Study: {name}", verdict=verdict)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="backprop-lab study", description="Run a study's sweeps, then its report.")
+    parser.add_argument("name", help=f"one of: {', '.join(STUDIES)}")
+    parser.add_argument("overrides", nargs="*", help="extra overrides for every run (e.g. trainer.device=cuda)")
+    parser.add_argument("--out", type=Path, help="folder (default: studies/NAME/DATE_TIME)")
+    parser.add_argument("--smoke", action="store_true", help="a miniature of the same sweeps (a few steps each)")
+    args = parser.parse_args(argv)
+    if args.name not in STUDIES:
+        print(f"error: study '{args.name}' does not exist; choose one of: {', '.join(STUDIES)}", file=sys.stderr)
+        return 2
+    out = args.out or Path("studies") / args.name / time.strftime("%Y-%m-%d_%H-%M-%S")
+    try:
+        report = run_study(args.name, out, args.overrides, args.smoke)
+    except FileNotFoundError:
+        print(f"error: the study's sweeps made no runs; their logs are in {out}", file=sys.stderr)
+        return 1
+    print(f"wrote {report}")
+    print(report.read_text().split("### Sweeps")[0])
+    return 0
