@@ -14,7 +14,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-GROUPS = ("data", "model", "act", "regularizer", "optimizer", "scheduler", "pretrain", "trainer", "experiment")
+GROUPS = ("data", "model", "act", "regularizer", "optimizer", "scheduler", "pretrain", "trainer", "logger", "experiment")
 USAGE = """\
 usage: backprop-lab COMMAND [ARGS...]
 

@@ -115,6 +115,8 @@ def pooled(values: list[float], confidence: float = 0.95) -> Stat:
         return Stat(1, mean, None, None, None)
     from scipy import stats
     std = statistics.stdev(values)
+    if std == 0:  # identical values: scipy would return nan; the interval is the point itself
+        return Stat(n, mean, 0.0, mean, mean)
     low, high = stats.t.interval(confidence, n - 1, loc=mean, scale=std / math.sqrt(n))
     return Stat(n, mean, std, float(low), float(high))
 

@@ -131,8 +131,11 @@ def gap_plot(rows: list[Row], out: Path) -> Path | None:
 
 def write_report(paths: list[Path], out: Path, metrics: list[str], title: str = "backprop-lab report",
                  verdict: str | None = None) -> Path:
+    import warnings
+
     import matplotlib
     matplotlib.use("Agg")  # headless: files only
+    warnings.filterwarnings("ignore", message="Tight layout not applied")  # many legend entries: still a valid plot
     runs = find_runs(paths)
     if not runs:
         raise FileNotFoundError(f"no run folders (with .hydra/) under {', '.join(map(str, paths))}")

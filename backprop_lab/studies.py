@@ -254,7 +254,7 @@ def pretraining_verdict(runs: list[Run]) -> str:
     gains = {n: (statistics.fmean(acc["full fine-tune", n]) - statistics.fmean(acc["scratch", n]))
              for n in budgets if acc["full fine-tune", n] and acc["scratch", n]}
     if budgets and len(gains) == len(budgets):
-        largest_first = gains[budgets[0]] >= gains[budgets[-1]]
+        largest_first = gains[budgets[0]] >= max(gains.values())
         out.append(f"- The gain of full fine-tuning is largest when labels are fewest "
                    f"({', '.join(f'{n}: {g:+.3f}' for n, g in gains.items())}): {mark(largest_first)}.")
     return "\n".join(out)
@@ -281,11 +281,13 @@ STUDIES: dict[str, Study] = {
 SMOKE = ["trainer.max_steps=8", "trainer.eval_every=4", "trainer.log_every=4", "data.num_samples=1000"]
 
 
-def run_study(name: str, out: Path, extra: list[str], smoke: bool) -> Path:
+def run_study(name: str, out: Path, extra: list[str], smoke: bool, report_only: bool = False) -> Path:
+    """Run the study's sweeps into `out` (unless `report_only`), then write its report there."""
     from .report import write_report
     study = STUDIES[name]
     out.mkdir(parents=True, exist_ok=True)
     commands: list[str] = []
+    commands_file = out / "commands.md"
     started = time.time()
 
     def run_sweep(label: str, overrides: list[str], note: str | None = None) -> Path:
@@ -293,6 +295,7 @@ def run_study(name: str, out: Path, extra: list[str], smoke: bool) -> Path:
         args = ["train", "-m", f"experiment=study_{name}", *overrides, *(SMOKE if smoke else []), *extra]
         shown = "backprop-lab " + " ".join(f"'{a}'" if "[" in a else a for a in args)
         commands.append(f"- `{shown}`" + (f" ({note})" if note else ""))
+        commands_file.write_text("\n".join(commands) + "\n")
         print(f"[{name}] {label}: {shown}", flush=True)
         with open(out / f"{label}.log", "w") as log:
             code = subprocess.call([sys.executable, "-m", "backprop_lab", *args, f"hydra.sweep.dir={folder}"],
@@ -301,10 +304,14 @@ def run_study(name: str, out: Path, extra: list[str], smoke: bool) -> Path:
             print(f"[{name}] {label}: some runs did not complete (see {out / (label + '.log')})", flush=True)
         return folder
 
-    study.sweeps(run_sweep, smoke)
+    if report_only:
+        commands = commands_file.read_text().splitlines() if commands_file.is_file() else []
+    else:
+        study.sweeps(run_sweep, smoke)
     runs = find_runs([out])
+    wall = "" if report_only else f"\n\nWall time of the sweeps: {time.time() - started:.0f} s."
     verdict = (f"**Claim:** {study.claim}\n\n{study.verdict(runs)}\n\n### Sweeps (Hydra multiruns)\n\n"
-               + "\n".join(commands) + f"\n\nWall time: {time.time() - started:.0f} s.")
+               + "\n".join(commands) + wall)
     return write_report([out], out, ["test/acc"], title=f"Study: {name}", verdict=verdict)
 
 
@@ -314,13 +321,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("overrides", nargs="*", help="extra overrides for every run (e.g. trainer.device=cuda)")
     parser.add_argument("--out", type=Path, help="folder (default: studies/NAME/DATE_TIME)")
     parser.add_argument("--smoke", action="store_true", help="a miniature of the same sweeps (a few steps each)")
+    parser.add_argument("--report-only", action="store_true", help="recompute the report of an existing --out folder")
     args = parser.parse_args(argv)
     if args.name not in STUDIES:
         print(f"error: study '{args.name}' does not exist; choose one of: {', '.join(STUDIES)}", file=sys.stderr)
         return 2
+    if args.report_only and (args.out is None or not args.out.is_dir()):
+        print("error: --report-only needs --out, an existing study folder", file=sys.stderr)
+        return 2
     out = args.out or Path("studies") / args.name / time.strftime("%Y-%m-%d_%H-%M-%S")
     try:
-        report = run_study(args.name, out, args.overrides, args.smoke)
+        report = run_study(args.name, out, args.overrides, args.smoke, args.report_only)
     except FileNotFoundError:
         print(f"error: the study's sweeps made no runs; their logs are in {out}", file=sys.stderr)
         return 1

@@ -20,7 +20,7 @@ from .errors import ConfigError
 from .runlog import RunLog, versions
 
 log = logging.getLogger(__name__)
-GROUPS = ("data", "model", "act", "regularizer", "optimizer", "scheduler", "pretrain", "trainer")
+GROUPS = ("data", "model", "act", "regularizer", "optimizer", "scheduler", "pretrain", "trainer", "logger")
 
 
 def registered_names() -> dict[str, tuple[str, ...]]:
@@ -30,7 +30,8 @@ def registered_names() -> dict[str, tuple[str, ...]]:
     from .optimizers import OPTIMIZERS, SCHEDULERS
     from .pretrain import PRETRAIN_STRATEGIES
     return {"act": tuple(ACTIVATIONS), "optimizer": tuple(OPTIMIZERS), "scheduler": SCHEDULERS,
-            "model": tuple(MODELS), "data": tuple(DATASETS), "pretrain": PRETRAIN_STRATEGIES}
+            "model": tuple(MODELS), "data": tuple(DATASETS), "pretrain": PRETRAIN_STRATEGIES,
+            "logger": ("none", "tensorboard")}
 
 
 def resolve_device(name: str) -> Any:
@@ -90,6 +91,8 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list
         from .data import load_arrays
         from .pretrain import plan, run_stages
         from .regularizers import active_regularizers
+        if cfg.logger.name == "tensorboard":
+            runlog.attach_tensorboard()
         device = resolve_device(cfg.trainer.device)
         _setup_torch(cfg.trainer, device)
         arrays = load_arrays(cfg.data)  # (mnist1d reseeds NumPy's global RNG: seed torch after it)
@@ -137,6 +140,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list
         summary.update(stages=stages, wall_time_s=round(time.time() - started, 3),
                        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         runlog.summary(**summary)
+        runlog.hparams({**choices, "seed": cfg.get("seed"), "lr": cfg.optimizer.get("lr")}, summary["metrics"])
         runlog.close()
     if stages:
         show_results(summary["status"], stages, str(run_dir))

@@ -48,6 +48,7 @@ def test_pooling_and_t_interval_match_a_hand_computation():
     assert s.n == 3 and s.mean == pytest.approx(0.6) and s.std == pytest.approx(0.1)
     assert (s.ci_low, s.ci_high) == (pytest.approx(0.6 - half), pytest.approx(0.6 + half))
     assert pooled([0.4]).ci_low is None and pooled([]).mean is None
+    assert (pooled([1.0, 1.0, 1.0]).ci_low, pooled([1.0, 1.0, 1.0]).ci_high) == (1.0, 1.0)
 
 
 def test_rows_pool_seeds_and_count_statuses(sweep):

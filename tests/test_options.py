@@ -25,6 +25,8 @@ NEEDS = {
     ("pretrain", "autoencoder"): ["pretrain.noise=0.1"],
     ("experiment", "digits_cnn2d"): ["data=digits"],
     ("experiment", "transfer_mnist1d"): ["data=mnist1d", "data.num_samples=600", "data.n_train=40"],
+    ("experiment", "study_pretraining"): ["data=mnist1d", "data.num_samples=600", "data.n_train=40", "pretrain.steps=6"],
+    ("experiment", "study_regularization"): ["data.n_train=40"],
 }
 
 
@@ -70,6 +72,6 @@ def test_option_trains(group, name, train, tmp_path):
     stages = [s["stage"] for s in summary["stages"]]
     expected = ["train"] if (group != "pretrain" or name == "none") else (
         ["finetune"] if name == "checkpoint" else ["pretrain", "finetune"])
-    if group == "experiment" and name == "transfer_mnist1d":
+    if group == "experiment" and name in ("transfer_mnist1d", "study_pretraining"):
         expected = ["pretrain", "finetune"]
     assert stages == expected

@@ -1,0 +1,45 @@
+"""Each study in miniature (--smoke): real sweeps, a report, and a verdict computed from the runs."""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from backprop_lab.compare import find_runs
+from backprop_lab.studies import better
+from test_cli import EXE
+
+EXPECTED = {
+    "activations": ("Saturating activations starve early layers", 36),
+    "regularization": ("reduces overfitting", 18),
+    "optimizers": ("converges faster than sgd", 14 + 21),
+    "pretraining": ("beats scratch", 36),
+}
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_study_in_miniature(tmp_path, name):
+    out = tmp_path / name
+    r = subprocess.run([EXE, "study", name, "--smoke", "--out", str(out)], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    report = (out / "report.md").read_text()
+    phrase, n_runs = EXPECTED[name]
+    assert phrase in report and "### Verdict" in report and "backprop-lab train -m experiment=study_" in report
+    verdicts = [line for line in report.splitlines() if line.startswith("- ") and "hold" in line]
+    assert verdicts and all("**holds**" in v or "**does not hold**" in v for v in verdicts)
+    assert len(find_runs([out])) == n_runs
+    assert (out / "grad_norms.png").is_file()
+
+
+def test_verdict_statistics_say_no_when_the_data_say_no():
+    assert better([0.9, 0.91, 0.92], [0.5, 0.52, 0.51]) [0]
+    assert not better([0.5, 0.52, 0.51], [0.9, 0.91, 0.92])[0]
+    assert not better([0.5, 0.9, 0.1], [0.5, 0.52, 0.48])[0]  # a noisy difference is not a win
+    assert better([0.1, 0.11, 0.12], [0.5, 0.52, 0.51], higher=False)[0]
+    assert better([0.9], [0.5, 0.6]) == (False, None)  # one run is no evidence
+
+
+def test_unknown_study_is_one_line(tmp_path):
+    r = subprocess.run([EXE, "study", "dropout"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.startswith("error: study 'dropout' does not exist; choose one of:")
