@@ -72,6 +72,6 @@ def test_option_trains(group, name, train, tmp_path):
     stages = [s["stage"] for s in summary["stages"]]
     expected = ["train"] if (group != "pretrain" or name == "none") else (
         ["finetune"] if name == "checkpoint" else ["pretrain", "finetune"])
-    if group == "experiment" and name in ("transfer_mnist1d", "study_pretraining"):
+    if group == "experiment" and name == "transfer_mnist1d":
         expected = ["pretrain", "finetune"]
     assert stages == expected
