@@ -135,6 +135,8 @@ def write_report(paths: list[Path], out: Path, metrics: list[str], title: str = 
 
     import matplotlib
     matplotlib.use("Agg")  # headless: files only
+    from matplotlib import pyplot as plt
+    plt.rcParams["axes.prop_cycle"] = plt.cycler(color=plt.cm.tab20.colors)  # 20 settings before a colour repeats
     warnings.filterwarnings("ignore", message="Tight layout not applied")  # many legend entries: still a valid plot
     runs = find_runs(paths)
     if not runs:
