@@ -89,7 +89,7 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
     diagnostics = Diagnostics(model, act_name) if trainer.diagnostics and act_name else None
     measured: dict[str, torch.Tensor] = {}
     generator = torch.Generator(device=device).manual_seed(seed)  # the data order
-    params = [p for p in model.parameters()]
+    params = list(model.parameters())
 
     result = StageResult(stage=stage, status="completed", steps=0, epochs=0.0, seconds=0.0)
     best_score, best_state, evals_since_best = -math.inf, None, 0

@@ -127,8 +127,9 @@ def plan(cfg: Any, arrays: Arrays, device: torch.device) -> Plan:
     return Plan(target, source, model)
 
 
-def _fit_stage(cfg: Any, module: torch.nn.Module, split: Split, stage: str, steps: int, log: Any,
-               progress: Any, **kwargs: Any) -> StageResult:
+def fit_stage(cfg: Any, module: torch.nn.Module, split: Split, stage: str, steps: int, log: Any,
+              progress: Any, **kwargs: Any) -> StageResult:
+    """One stage through engine.fit, with a fresh optimizer, schedule and regularization for `module`."""
     optimizer = build_optimizer(module, cfg.optimizer, cfg.regularizer.decay_bias_and_norm)
     scheduler = build_scheduler(optimizer, cfg.scheduler, steps, cfg.optimizer.lr)
     return fit(module, split, stage=stage, optimizer=optimizer, scheduler=scheduler,
@@ -143,10 +144,10 @@ def run_stages(cfg: Any, p: Plan, log: Any, progress: Any, on_stage_end: Callabl
         assert p.source is not None
         steps = steps_for(cfg.trainer, len(p.source.x_train), cfg.pretrain.steps)
         if name == "supervised":
-            result = _fit_stage(cfg, model, p.source, "pretrain", steps, log, progress)
+            result = fit_stage(cfg, model, p.source, "pretrain", steps, log, progress)
         else:
             recon = Reconstructor(model, math.prod(p.source.input_shape)).to(p.source.x_train.device)
-            result = _fit_stage(cfg, recon, p.source, "pretrain", steps, log, progress,
+            result = fit_stage(cfg, recon, p.source, "pretrain", steps, log, progress,
                                 reconstruct=True, noise=cfg.pretrain.noise)
         results.append(result)
         on_stage_end(result, model)
@@ -159,7 +160,7 @@ def run_stages(cfg: Any, p: Plan, log: Any, progress: Any, on_stage_end: Callabl
         model.new_head(p.target.num_classes)
         hook = finetune_hook(model, cfg.pretrain.finetune, cfg.pretrain.unfreeze_every)
     steps = steps_for(cfg.trainer, len(p.target.x_train))
-    result = _fit_stage(cfg, model, p.target, stage, steps, log, progress, on_step=hook)
+    result = fit_stage(cfg, model, p.target, stage, steps, log, progress, on_step=hook)
     results.append(result)
     on_stage_end(result, model)
     return results

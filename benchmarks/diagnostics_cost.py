@@ -15,7 +15,7 @@ import torch
 from hydra import compose, initialize_config_module
 
 from backprop_lab.data import load_arrays
-from backprop_lab.pretrain import _fit_stage, plan
+from backprop_lab.pretrain import fit_stage, plan
 
 
 class _Silent:
@@ -30,7 +30,7 @@ def seconds(overrides: list[str], arrays, steps: int) -> float:
         cfg = compose(config_name="train", overrides=overrides)
     torch.manual_seed(0)
     p = plan(cfg, arrays, torch.device("cpu"))
-    return _fit_stage(cfg, p.model, p.target, "train", steps, _Silent(), _Silent()).seconds
+    return fit_stage(cfg, p.model, p.target, "train", steps, _Silent(), _Silent()).seconds
 
 
 def main() -> None:
