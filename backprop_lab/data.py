@@ -5,6 +5,7 @@ synthetic is made on the spot, npz reads the user's own file.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -33,12 +34,40 @@ def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[np
     return x_keep, y_keep, x_held, y_held
 
 
-def load_mnist1d(cfg: Any) -> Arrays:
+def cache_dir() -> Path:
+    """$BACKPROP_LAB_CACHE, else $XDG_CACHE_HOME/backprop-lab, else ~/.cache/backprop-lab."""
+    if os.environ.get("BACKPROP_LAB_CACHE"):
+        return Path(os.environ["BACKPROP_LAB_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "backprop-lab"
+
+
+def generate_mnist1d(num_samples: int, seed: int) -> Arrays:
     from mnist1d.data import get_dataset_args, make_dataset  # imports matplotlib: only when asked for
     args = get_dataset_args()
-    args.num_samples, args.seed = int(cfg.num_samples), int(cfg.generation_seed)
+    args.num_samples, args.seed = num_samples, seed
     data = make_dataset(args)  # offline; get_dataset() would try the network
     return Arrays(data["x"], data["y"], data["x_test"], data["y_test"])
+
+
+def load_mnist1d(cfg: Any) -> Arrays:
+    """MNIST-1D as the mnist1d package generates it, cached by its arguments (and the package version)."""
+    from importlib.metadata import version
+    key = f"mnist1d-{version('mnist1d')}-n{int(cfg.num_samples)}-seed{int(cfg.generation_seed)}"
+    path = cache_dir() / f"{key}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return Arrays(f["x"], f["y"], f["x_test"], f["y_test"])
+    except (OSError, KeyError, ValueError):  # absent or damaged: generate it anew
+        pass
+    arrays = generate_mnist1d(int(cfg.num_samples), int(cfg.generation_seed))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, x=arrays.x, y=arrays.y, x_test=arrays.x_test, y_test=arrays.y_test)
+        os.replace(tmp, path)  # atomic: a parallel run never reads half a file
+    except OSError:
+        pass  # a read-only home: no cache, same data
+    return arrays
 
 
 def load_digits(cfg: Any) -> Arrays:

@@ -1,0 +1,45 @@
+"""Data: the MNIST-1D cache returns exactly what the generator makes; splits and class selection."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from backprop_lab import data
+from conftest import make_cfg
+
+
+def test_cached_mnist1d_is_identical_to_fresh_generation(tmp_path, monkeypatch):
+    monkeypatch.setenv("BACKPROP_LAB_CACHE", str(tmp_path))
+    cfg = make_cfg("data.num_samples=500", "data.generation_seed=7").data
+    first = data.load_mnist1d(cfg)  # generates and writes the cache
+    assert len(list(tmp_path.glob("mnist1d-*.npz"))) == 1
+    fresh = data.generate_mnist1d(500, 7)
+
+    def refuse(*args):
+        raise AssertionError("the cache was not used")
+    monkeypatch.setattr(data, "generate_mnist1d", refuse)
+    cached = data.load_mnist1d(cfg)
+    for field in ("x", "y", "x_test", "y_test"):
+        np.testing.assert_array_equal(getattr(cached, field), getattr(fresh, field))
+        np.testing.assert_array_equal(getattr(first, field), getattr(fresh, field))
+
+
+def test_a_damaged_cache_file_is_regenerated(tmp_path, monkeypatch):
+    monkeypatch.setenv("BACKPROP_LAB_CACHE", str(tmp_path))
+    cfg = make_cfg("data.num_samples=500").data
+    data.load_mnist1d(cfg)
+    (path,) = tmp_path.glob("mnist1d-*.npz")
+    path.write_bytes(b"not an npz")
+    again = data.load_mnist1d(cfg)
+    np.testing.assert_array_equal(again.x, data.generate_mnist1d(500, 42).x)
+
+
+def test_class_selection_renumbers_and_subsamples_stratified():
+    cfg = make_cfg("data=synthetic", "data.num_classes=4")
+    arrays = data.load_arrays(cfg.data)
+    split = data.make_split(arrays, [3, 1], cfg.data, torch.device("cpu"), 20, "data.n_train")
+    assert split.classes == [3, 1] and set(split.y_train.tolist()) == {0, 1}
+    assert len(split.x_train) == 20 and split.y_train.bincount().tolist() == [10, 10]
+    with pytest.raises(data.ConfigError, match="must be at most"):
+        data.make_split(arrays, [3, 1], cfg.data, torch.device("cpu"), 10**6, "data.n_train")
