@@ -22,7 +22,7 @@ def use_bar(mode: str) -> bool:
     return sys.stdout.isatty() and not os.environ.get("CI")
 
 
-def show_choices(choices: dict[str, str], run_dir: str, extra: dict[str, Any]) -> None:
+def show_choices(choices: dict[str, str], extra: dict[str, Any]) -> None:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold cyan")
     table.add_column()

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
 
 
 def _clean(value: Any) -> Any:

@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .console import console, err_console, show_choices, show_results, StageProgress
+from .console import err_console, show_choices, show_results, StageProgress
 from .errors import ConfigError
 from .runlog import RunLog, versions
 
@@ -101,7 +101,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list
         summary.update(regularizers_active=active_regularizers(cfg.regularizer), device=str(device),
                        sizes=p.target.sizes(), num_params=sum(t.numel() for t in p.model.parameters()),
                        monitor=cfg.trainer.monitor, versions=versions())
-        show_choices(choices, str(run_dir), {"seed": cfg.seed, "device": device, "data sizes": p.target.sizes(),
+        show_choices(choices, {"seed": cfg.seed, "device": device, "data sizes": p.target.sizes(),
                                              "parameters": summary["num_params"], "run folder": run_dir})
 
         def on_stage_end(result: Any, model: Any) -> None:

@@ -106,7 +106,6 @@ def test_sweep_with_a_bad_job_finishes_the_others_and_fails(tmp_path):
 
 
 def test_installed_package_carries_its_configs():
-    import backprop_lab
     from importlib import resources
     configs = resources.files("backprop_lab.configs")
     assert (configs / "train.yaml").is_file() and (configs / "act" / "relu.yaml").is_file()

@@ -8,7 +8,6 @@ import torch.nn.functional as F
 
 from backprop_lab.data import load_arrays
 from backprop_lab.engine import fit
-from backprop_lab.models import build_model
 from backprop_lab.optimizers import build_optimizer
 from backprop_lab.pretrain import plan
 from backprop_lab.regularizers import Regularization
