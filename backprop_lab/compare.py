@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import io
 import json
 import math
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
+
+from .runlog import read_metrics
 
 # Keys that never define a setting: seeds are what we pool over, the rest is presentation.
 POOLED = {"seed", "trainer.progress", "trainer.save_weights", "trainer.threads"}
@@ -70,6 +73,15 @@ def find_runs(paths: list[Path]) -> list[Run]:
         for c in candidates:
             found.setdefault(c.resolve(), None)
     return [read_run(p) for p in found]
+
+
+@functools.lru_cache(maxsize=None)
+def metrics_rows(run_path: Path) -> tuple[dict[str, Any], ...]:
+    """A run's metrics.jsonl, parsed once per process however many plots and verdicts ask for it."""
+    try:
+        return tuple(read_metrics(run_path / "metrics.jsonl"))
+    except OSError:
+        return ()
 
 
 def _fill_defaults(runs: list[Run]) -> None:

@@ -12,8 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .compare import Row, compare, find_runs, render
-from .runlog import read_metrics
+from .compare import Row, compare, find_runs, metrics_rows, render
 
 
 def _label(setting: dict[str, str]) -> str:
@@ -22,10 +21,7 @@ def _label(setting: dict[str, str]) -> str:
 
 def _final_stage_rows(run_path: Path) -> list[dict[str, Any]]:
     """metrics.jsonl rows of the run's last stage (the fine-tune stage of a pretrained run)."""
-    try:
-        rows = read_metrics(run_path / "metrics.jsonl")
-    except OSError:
-        return []
+    rows = metrics_rows(run_path)
     if not rows:
         return []
     last = rows[-1]["stage"]

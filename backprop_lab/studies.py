@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .compare import Run, find_runs, pooled
-from .runlog import read_metrics
+from .compare import Run, find_runs, metrics_rows, pooled
 
 SEEDS = "0,1,2"
 
@@ -33,14 +32,14 @@ def values(runs: list[Run], metric: str) -> list[float]:
 
 def train_row(run: Run, which: int, stage: str | None = None) -> dict[str, Any]:
     """The first (0) or last (-1) train row of the run's final stage in metrics.jsonl."""
-    rows = read_metrics(run.path / "metrics.jsonl")
+    rows = metrics_rows(run.path)
     stage = stage or (rows[-1]["stage"] if rows else None)
     train = [r for r in rows if r.get("stage") == stage and r.get("split") == "train"]
     return train[which] if train else {}
 
 
 def row_at(run: Run, split: str, step: int, key: str) -> float | None:
-    for r in read_metrics(run.path / "metrics.jsonl"):
+    for r in metrics_rows(run.path):
         if r.get("split") == split and r.get("step") == step and r.get(key) is not None:
             return r[key]
     return None
@@ -146,7 +145,7 @@ def regularization_sweeps(run_sweep: Callable[..., Path], smoke: bool) -> None:
 
 
 def _final_gap(run: Run) -> float | None:
-    rows = [r for r in read_metrics(run.path / "metrics.jsonl") if r.get("split") == "val" and "gap/acc" in r]
+    rows = [r for r in metrics_rows(run.path) if r.get("split") == "val" and "gap/acc" in r]
     return rows[-1]["gap/acc"] if rows else None
 
 

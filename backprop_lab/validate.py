@@ -70,6 +70,10 @@ def int_list(lo: int, nullable: bool = False, nonempty: bool = True) -> Rule:
     return rule
 
 
+def path(v: Any) -> str | None:
+    return None if isinstance(v, str) and v else "must be a path"
+
+
 positive = number(0, lo_open=True)
 nonnegative = number(0)
 probability = number(0, 1, hi_open=True)
@@ -144,12 +148,12 @@ GROUP_KNOBS: dict[str, dict[str, Rule]] = {
     },
     "pretrain": {
         "steps": integer(1, nullable=True), "finetune": choice("full", "freeze", "gradual"),
-        "unfreeze_every": integer(1), "noise": nonnegative, "path": lambda v: None if isinstance(v, str) and v else "must be a path",
+        "unfreeze_every": integer(1), "noise": nonnegative, "path": path,
     },
     "data": {
         "num_samples": integer(10), "generation_seed": integer(0), "test_fraction": number(0, 1, lo_open=True, hi_open=True),
         "num_classes": integer(2), "shape": int_list(1), "standardize": boolean,
-        "path": lambda v: None if isinstance(v, str) and v else "must be a path",
+        "path": path,
     },
 }
 
