@@ -1,11 +1,13 @@
 """Optimizers and learning-rate schedules: name -> torch, as plain dicts."""
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.optimizer import _device_dtype_check_for_fused
 
 from .errors import ConfigError
 
@@ -48,10 +50,26 @@ def build_optimizer(model: nn.Module, opt_cfg: Any, decay_all: bool) -> torch.op
     kwargs.update(_FIXED_KWARGS.get(opt_cfg["name"], {}))
     weight_decay = kwargs.pop("weight_decay", 0.0)
     cls = OPTIMIZERS[opt_cfg["name"]]
+    groups = param_groups(model, weight_decay, decay_all)
     try:
-        return cls(param_groups(model, weight_decay, decay_all), **kwargs)
+        if "fused" in kwargs or "foreach" in kwargs:  # the user chose the kernel: +optimizer.fused=false
+            return cls(groups, **kwargs)
+        return _fastest(cls, groups, kwargs)
     except TypeError as err:  # a key in the YAML that this torch class does not take
         raise ConfigError("optimizer", opt_cfg["name"], f"torch.optim.{cls.__name__} rejected its arguments ({err})") from None
+
+
+def _fastest(cls: type[torch.optim.Optimizer], groups: list[dict[str, Any]], kwargs: dict[str, Any]) -> torch.optim.Optimizer:
+    """The fused kernel where torch has one for this class and device (one kernel for all parameters,
+    ~25% faster steps for a small MLP on CPU), else the foreach kernels; never the per-tensor loop."""
+    if "fused" in inspect.signature(cls).parameters:
+        try:  # torch's own check, which it would otherwise make only at the first step
+            for p in (p for g in groups for p in g["params"]):
+                _device_dtype_check_for_fused(p, cuda_unsupported=cls is torch.optim.Adagrad)
+            return cls(groups, fused=True, **kwargs)
+        except (RuntimeError, ValueError):  # not on this device or dtype, or not with these options
+            pass
+    return cls(groups, foreach=True, **kwargs)
 
 
 def _warmup_cosine(warmup: int, total: int, floor: float):
