@@ -127,22 +127,32 @@ def precheck(args: list[str]) -> str | None:
     return check_group_choices(parsed.overrides) or (None if parsed.multirun else check_keys(parsed.overrides))
 
 
-@hydra.main(config_path="configs", config_name="train", version_base="1.3")
-def train_app(cfg: DictConfig) -> float | None:
-    """The Hydra task function: one run into Hydra's output folder; returns the best validation value."""
+def current_job(cfg: DictConfig) -> Any:
+    """The job Hydra is running now (inside a task function): config, folder, choices, overrides."""
     from hydra.core.hydra_config import HydraConfig
 
-    from .train import run
+    from .train import Job
     hc = HydraConfig.get()
     choices = {g: str(hc.runtime.choices.get(g)) for g in GROUPS if hc.runtime.choices.get(g) is not None}
     if "regularizer" not in choices:  # Hydra records no list choice such as regularizer=[l2,dropout]
         picked = [o.split("=", 1)[1] for o in hc.overrides.task if o.startswith("regularizer=")]
         choices["regularizer"] = picked[-1] if picked else "none"
-    run_dir = Path(hc.runtime.output_dir)
-    summary = run(cfg, run_dir, choices, list(hc.overrides.task))
+    return Job(cfg, Path(hc.runtime.output_dir), choices, list(hc.overrides.task))
+
+
+def job_outcome(summary: dict[str, Any]) -> float | None:
+    """What a job returns to Hydra (the sweeper optimises it): the best validation value; an
+    unfinished run is remembered for the exit status."""
     if summary["status"] != "completed":
-        _unfinished.append((str(run_dir), summary["status"]))
+        _unfinished.append((summary["run_dir"], summary["status"]))
     return summary["metrics"].get(summary.get("monitor", "val/acc"))
+
+
+@hydra.main(config_path="configs", config_name="train", version_base="1.3")
+def train_app(cfg: DictConfig) -> float | None:
+    """The Hydra task function: one run into Hydra's output folder; returns the best validation value."""
+    from .train import run_members
+    return job_outcome(run_members([current_job(cfg)])[0])
 
 
 def _terminate(signum: int, frame: Any) -> None:

@@ -83,3 +83,15 @@ def show_results(status: str, stages: list[dict[str, Any]], run_dir: str) -> Non
                       cell("val/acc"), cell("val/loss"), cell("test/acc"), cell("test/loss"))
     console.print(table)
     console.print(f"run folder: {run_dir}")
+
+
+def show_members(summaries: list[dict[str, Any]]) -> None:
+    """The results of a vectorized group: one row per member."""
+    table = Table(title=f"{len(summaries)} runs trained as one batched model")
+    for col in ("seed", "status", "steps", "best step", "val/acc", "test/acc", "run folder"):
+        table.add_column(col, justify="left" if col in ("status", "run folder") else "right")
+    for s in summaries:
+        m = s["metrics"]
+        table.add_row(str(s["seed"]), s["status"], str(s.get("steps", "-")), str(s.get("best_step") or "-"),
+                      *("-" if m.get(key) is None else f"{m[key]:.4f}" for key in ("val/acc", "test/acc")), s["run_dir"])
+    console.print(table)

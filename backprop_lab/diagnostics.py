@@ -30,14 +30,25 @@ def _layers(model: nn.Module) -> tuple[list[nn.Module], nn.Module]:
     return list(inner.blocks), last
 
 
-def _weight(module: nn.Module) -> nn.Parameter:
-    return next(m.weight for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)))
+def _weight_name(layer: nn.Module) -> str:
+    """The name, inside `layer`, of its (first) linear or conv weight."""
+    return next(f"{n}.weight" if n else "weight" for n, m in layer.named_modules()
+                if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)))
 
 
 class Diagnostics:
+    """For an ordinary model every value is a scalar tensor; for `members.Members` a vector, one per member."""
+
     def __init__(self, model: nn.Module, act_name: str):
-        blocks, last = _layers(model)
-        self.layers = [*blocks, last]
+        self.members = hasattr(model, "member_state")
+        net = model.template[0] if self.members else model
+        named = dict(model.named_members_parameters() if self.members else model.named_parameters())
+        path = {id(m): n for n, m in net.named_modules()}
+        blocks, last = _layers(net)
+        layers = [*blocks, last]
+        self.params = [[named[f"{path[id(layer)]}.{n}"] for n, _ in layer.named_parameters()] for layer in layers]
+        self.weights = [named[f"{path[id(layer)]}.{_weight_name(layer)}"] for layer in layers]
+        self.model = model
         self.act_name = act_name
         act_cls = ACTIVATIONS[act_name]
         self.acts = [next(m for m in b.modules() if isinstance(m, act_cls)) for b in blocks]
@@ -45,9 +56,14 @@ class Diagnostics:
         self._before: list[torch.Tensor] = []
         self.values: dict[str, torch.Tensor] = {}
 
+    def _norm(self, t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(len(t), -1).norm(dim=1) if self.members else t.norm()
+
     def arm(self) -> None:
         """Capture activation statistics in the next forward pass."""
         self.values = {}
+        if self.members:
+            self.model.capture = self.values  # the hooks run inside vmap: Members hands their values out
         for i, act in enumerate(self.acts):
             self._hooks.append(act.register_forward_hook(self._activation_hook(i)))
 
@@ -69,15 +85,15 @@ class Diagnostics:
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
-        for i, layer in enumerate(self.layers):
-            grads = [p.grad for p in layer.parameters() if p.grad is not None]
+        for i, params in enumerate(self.params):
+            grads = [p.grad for p in params if p.grad is not None]
             if grads:
-                self.values[f"grad_norm/{i}"] = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
-        self._before = [_weight(layer).detach().clone() for layer in self.layers]
+                self.values[f"grad_norm/{i}"] = torch.linalg.vector_norm(torch.stack([self._norm(g) for g in grads]), dim=0)
+        self._before = [w.detach().clone() for w in self.weights]
 
     def after_step(self) -> dict[str, torch.Tensor]:
-        for i, (layer, before) in enumerate(zip(self.layers, self._before)):
-            w = _weight(layer).detach()
-            self.values[f"weight_norm/{i}"] = w.norm()
-            self.values[f"update_ratio/{i}"] = (w - before).norm() / before.norm().clamp_min(1e-12)
+        for i, (w, before) in enumerate(zip(self.weights, self._before)):
+            w = w.detach()
+            self.values[f"weight_norm/{i}"] = self._norm(w)
+            self.values[f"update_ratio/{i}"] = self._norm(w - before) / self._norm(before).clamp_min(1e-12)
         return self.values

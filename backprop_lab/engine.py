@@ -3,6 +3,10 @@
 Data stay on the device and are batched by index into a per-epoch permutation. Running sums of
 loss and accuracy stay on the device too; the host reads them only at logging and evaluation
 points, so the hot loop never waits on a `.item()`.
+
+`fit` trains K >= 1 members at once: an ordinary model is one member; `members.Members` (runs that
+differ only in their seed, hydra/launcher=vectorized) is K. Every metric is then a vector of K, and
+each member has its own data order, best weights, early stopping, divergence and log.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from torch import nn
 
 from .data import Split
 from .diagnostics import Diagnostics
+from .members import Members, clip_grad_norm_per_member_
 from .regularizers import Regularization
 
 
@@ -40,20 +45,22 @@ class StageResult:
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, reconstruct: bool,
              autocast: Any, chunk: int = 8192) -> dict[str, torch.Tensor]:
-    """Mean loss (and accuracy) over a whole split, in eval mode; tensors, so nothing syncs here."""
+    """Mean loss (and accuracy) over a whole split, in eval mode, one value per member; tensors, so
+    nothing syncs here."""
     was_training = model.training
     model.eval()
-    loss_sum = x.new_zeros((), dtype=torch.float32)
-    correct = x.new_zeros((), dtype=torch.float32)
+    members = isinstance(model, Members)
+    loss_sum = x.new_zeros(model.count if members else 1, dtype=torch.float32)
+    correct = torch.zeros_like(loss_sum)
     for start in range(0, len(x), chunk):
         xb, yb = x[start:start + chunk], y[start:start + chunk]
         with autocast():
-            out = model(xb)
+            out = model(xb, shared=True) if members else model(xb)
         if reconstruct:
             loss_sum += F.mse_loss(out.float(), xb.flatten(1), reduction="sum") / xb[0].numel()
         else:
-            loss_sum += F.cross_entropy(out.float(), yb, reduction="sum")
-            correct += (out.argmax(1) == yb).sum()
+            loss_sum += _losses(out.float(), yb.expand(out.shape[:-1]), reduction="sum")
+            correct += (out.argmax(-1) == yb).sum(-1)
     model.train(was_training)
     metrics = {"loss": loss_sum / max(1, len(x))}
     if not reconstruct:
@@ -61,20 +68,40 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, reconstruct: bo
     return metrics
 
 
-def _to_floats(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
-    values = torch.stack(list(metrics.values())).tolist()  # one host sync for all of them
-    return dict(zip(metrics, values))
+def _losses(out: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of logits [B, C] (a scalar) or, for members, of [K, B, C] (one value per member)."""
+    if out.ndim == 2:
+        return F.cross_entropy(out, target, reduction=reduction)
+    per_example = F.cross_entropy(out.flatten(0, 1), target.flatten(), reduction="none").view(out.shape[:2])
+    return per_example.sum(1) if reduction == "sum" else per_example.mean(1)
+
+
+def _per_member(metrics: dict[str, torch.Tensor], count: int) -> list[dict[str, float]]:
+    """{name: [K] tensor or scalar} -> one {name: float} per member, with one host sync for all."""
+    if not metrics:
+        return [{} for _ in range(count)]
+    values = torch.stack([v.reshape(count) for v in metrics.values()]).T.tolist()
+    return [dict(zip(metrics, row)) for row in values]
+
+
+def _state(model: nn.Module, k: int) -> dict[str, torch.Tensor]:
+    """Member k's weights as an ordinary state dict (a copy)."""
+    if isinstance(model, Members):
+        return model.member_state(k)
+    return {name: t.detach().clone() for name, t in model.state_dict().items()}
 
 
 def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Optimizer,
-        scheduler: Any, regularization: Regularization, trainer: Any, max_steps: int, seed: int,
-        log: Any, progress: Any, reconstruct: bool = False, noise: float = 0.0,
-        on_step: Callable[[int], None] | None = None, act_name: str | None = None) -> StageResult:
+        scheduler: Any, regularization: Regularization, trainer: Any, max_steps: int, seeds: list[int],
+        logs: list[Any], progress: Any, reconstruct: bool = False, noise: float = 0.0,
+        on_step: Callable[[int], None] | None = None, act_name: str | None = None) -> list[StageResult]:
     """Train `model` on `split` for `max_steps` steps; validate every `trainer.eval_every` steps,
-    keep the best weights by `trainer.monitor`, stop early or on a non-finite loss, then test the best."""
+    keep the best weights by `trainer.monitor`, stop early or on a non-finite loss, then test the best.
+    Returns one StageResult per member (`seeds[k]` orders member k's data, `logs[k]` gets its rows)."""
     device = split.x_train.device
     x, y = split.x_train, split.y_train
     n = len(x)
+    count = len(seeds)
     batch_size = min(trainer.batch_size, n)
     batches_per_epoch = n // batch_size  # drop the ragged last batch: constant shapes, no BN on 1 example
     monitor = "loss" if reconstruct else trainer.monitor.split("/", 1)[1]
@@ -88,41 +115,59 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
     penalise, decay = regularization.adds_to_loss, regularization.l2_decay > 0
     diagnostics = Diagnostics(model, act_name) if trainer.diagnostics and act_name else None
     measured: dict[str, torch.Tensor] = {}
-    generator = torch.Generator(device=device).manual_seed(seed)  # the data order
+    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]  # each member's data order
     params = list(model.parameters())
+    clip = clip_grad_norm_per_member_ if isinstance(model, Members) else \
+        lambda ps, norm: nn.utils.clip_grad_norm_(ps, norm, foreach=True)
 
-    result = StageResult(stage=stage, status="completed", steps=0, epochs=0.0, seconds=0.0)
-    best_score, best_state, evals_since_best = -math.inf, None, 0
-    loss_sum = torch.zeros((), device=device)
-    correct_sum = torch.zeros((), device=device)
+    results = [StageResult(stage=stage, status="completed", steps=0, epochs=0.0, seconds=0.0) for _ in seeds]
+    running = list(range(count))  # members still training: not diverged, not stopped early
+    best_score, best_state, evals_since_best = [-math.inf] * count, [None] * count, [0] * count
+    loss_sum = torch.zeros(count, device=device)
+    correct_sum = torch.zeros(count, device=device)
     seen = 0
     step, stop = 0, False
     start = time.perf_counter()
     model.train()
     progress.start_stage(stage, max_steps)
 
+    def finish(k: int, **outcome: Any) -> None:
+        """Member k trains no more: record where it stopped and the weights it stopped with."""
+        r = results[k]
+        r.steps, r.epochs, r.seconds = step, step / batches_per_epoch, time.perf_counter() - start
+        r.last_state = _state(model, k)
+        for key, value in outcome.items():
+            setattr(r, key, value)
+        running.remove(k)
+
     while not stop:
-        order = torch.randperm(n, device=device, generator=generator)
+        orders = torch.stack([torch.randperm(n, device=device, generator=g) for g in generators])
+        # batches[b] is [K, B] (one batch per member); a single model takes [B]
+        batches = orders[:, :batches_per_epoch * batch_size].view(count, batches_per_epoch, batch_size).transpose(0, 1)
+        if count == 1:
+            batches = batches[:, 0]
         for b in range(batches_per_epoch):
-            idx = order[b * batch_size:(b + 1) * batch_size]
+            idx = batches[b]
             # logging points: step 1 (the network at init), every log_every steps, the last step
             log_now = step == 0 or (step + 1) % trainer.log_every == 0 or step + 1 == max_steps
             if diagnostics is not None and log_now:
                 diagnostics.arm()
             xb = x[idx]
-            target = xb.flatten(1) if reconstruct else y[idx]
+            target = xb.flatten(1) if reconstruct else y[idx]  # (members never reconstruct)
             if noise > 0:
                 xb = xb + noise * torch.randn_like(xb)
             with autocast():
                 out = model(xb)
-                loss = F.mse_loss(out.float(), target) if reconstruct else F.cross_entropy(out.float(), target)
-            objective = loss + regularization.penalty() if penalise else loss
+                loss = F.mse_loss(out.float(), target) if reconstruct else _losses(out.float(), target)
+            objective = loss if loss.ndim == 0 else loss.sum()  # members: each gets its own gradient
+            if penalise:
+                objective = objective + regularization.penalty()
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
             if diagnostics is not None and log_now:
                 diagnostics.after_backward()  # the gradient as backprop made it, before clipping
             if trainer.grad_clip > 0:
-                nn.utils.clip_grad_norm_(params, trainer.grad_clip, foreach=True)
+                clip(params, trainer.grad_clip)
             if decay:
                 regularization.decay_(optimizer.param_groups[0]["lr"])  # before the step, as AdamW does
             optimizer.step()
@@ -133,7 +178,7 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
 
             loss_sum += loss.detach()
             if not reconstruct:
-                correct_sum += (out.argmax(1) == target).sum()
+                correct_sum += (out.argmax(-1) == target).sum(-1)
             seen += 1
             step += 1
             if on_step is not None:
@@ -143,52 +188,59 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
             if log_now:
                 window = {"loss": loss_sum / seen} if reconstruct else \
                          {"loss": loss_sum / seen, "acc": correct_sum / (seen * batch_size)}
-                train_metrics = _to_floats({**window, **measured})
+                train_metrics = _per_member({**window, **measured}, count)
                 loss_sum.zero_(), correct_sum.zero_()
                 seen = 0
-                result.last_train = {k: train_metrics[k] for k in window}
                 elapsed = time.perf_counter() - start
-                log.metrics(stage=stage, split="train", step=step, epoch=step / batches_per_epoch,
-                            lr=optimizer.param_groups[0]["lr"], elapsed_s=elapsed, **train_metrics)
-                progress.update(step, result.last_train)
-                if not math.isfinite(train_metrics["loss"]):
-                    result.status, stop = "diverged", True
+                for k in list(running):
+                    results[k].last_train = {key: train_metrics[k][key] for key in window}
+                    logs[k].metrics(stage=stage, split="train", step=step, epoch=step / batches_per_epoch,
+                                    lr=optimizer.param_groups[0]["lr"], elapsed_s=elapsed, **train_metrics[k])
+                    if not math.isfinite(train_metrics[k]["loss"]):
+                        finish(k, status="diverged")
+                progress.update(step, results[0].last_train)
 
-            if (step % trainer.eval_every == 0 or stop) and result.status == "completed":
-                val = _to_floats(evaluate(model, split.x_val, split.y_val, reconstruct, autocast))
-                score = sign * val[monitor]
-                improved = score > best_score + trainer.min_delta
-                if improved or best_state is None:
-                    best_score = max(score, best_score)
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                    result.best, result.best_step, evals_since_best = val, step, 0
-                else:
-                    evals_since_best += 1
+            if (step % trainer.eval_every == 0 or stop) and running:
+                val = _per_member(evaluate(model, split.x_val, split.y_val, reconstruct, autocast), count)
                 elapsed = time.perf_counter() - start
-                extra = {}
-                if "acc" in val and "acc" in result.last_train:
-                    extra["gap/acc"] = result.last_train["acc"] - val["acc"]  # train (last window) - val
-                    if trainer.target_acc is not None and not result.target and val["acc"] >= trainer.target_acc:
-                        result.target = {"target/step": step, "target/seconds": elapsed}
-                log.metrics(stage=stage, split="val", step=step, epoch=step / batches_per_epoch,
-                            elapsed_s=elapsed, **val, **extra)
-                progress.update(step, {f"val/{k}": v for k, v in val.items()})
-                if plateau:
-                    scheduler.step(score)
-                if not all(math.isfinite(v) for v in val.values()):
-                    result.status, stop = "diverged", True
-                elif trainer.early_stopping and evals_since_best >= trainer.early_stopping:
-                    result.stopped_early = stop = True
+                for k in list(running):
+                    r = results[k]
+                    score = sign * val[k][monitor]
+                    if score > best_score[k] + trainer.min_delta or best_state[k] is None:
+                        best_score[k] = max(score, best_score[k])
+                        best_state[k] = _state(model, k)
+                        r.best, r.best_step, evals_since_best[k] = val[k], step, 0
+                    else:
+                        evals_since_best[k] += 1
+                    extra = {}
+                    if "acc" in val[k] and "acc" in r.last_train:
+                        extra["gap/acc"] = r.last_train["acc"] - val[k]["acc"]  # train (last window) - val
+                        if trainer.target_acc is not None and not r.target and val[k]["acc"] >= trainer.target_acc:
+                            r.target = {"target/step": step, "target/seconds": elapsed}
+                    logs[k].metrics(stage=stage, split="val", step=step, epoch=step / batches_per_epoch,
+                                    elapsed_s=elapsed, **val[k], **extra)
+                    if plateau:
+                        scheduler.step(score)  # only ever one member: Members refuses plateau
+                    if not all(math.isfinite(v) for v in val[k].values()):
+                        finish(k, status="diverged")
+                    elif trainer.early_stopping and evals_since_best[k] >= trainer.early_stopping:
+                        finish(k, stopped_early=True)
+                progress.update(step, {f"val/{key}": v for key, v in val[0].items()})
+            stop = stop or not running
             if stop:
                 break
 
-    result.steps = step
-    result.epochs = step / batches_per_epoch
-    result.seconds = time.perf_counter() - start
+    for k in list(running):
+        finish(k)
     progress.end_stage()
-    result.last_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    if result.status == "completed" and best_state is not None:
-        model.load_state_dict(best_state)  # test the weights that validated best
-        result.test = _to_floats(evaluate(model, split.x_test, split.y_test, reconstruct, autocast))
-        log.metrics(stage=stage, split="test", step=result.best_step, elapsed_s=result.seconds, **result.test)
-    return result
+    tested = [k for k in range(count) if results[k].status == "completed" and best_state[k] is not None]
+    if tested:  # test the weights that validated best
+        if isinstance(model, Members):
+            model.load_member_states([best_state[k] or results[k].last_state for k in range(count)])
+        else:
+            model.load_state_dict(best_state[0])
+        test = _per_member(evaluate(model, split.x_test, split.y_test, reconstruct, autocast), count)
+        for k in tested:
+            results[k].test = test[k]
+            logs[k].metrics(stage=stage, split="test", step=results[k].best_step, elapsed_s=results[k].seconds, **test[k])
+    return results

@@ -30,8 +30,9 @@ _FIXED_KWARGS = {"nesterov": {"nesterov": True}}
 
 
 def is_decayed(name: str, param: nn.Parameter) -> bool:
-    """Weights of linear and conv layers are decayed; biases, norm parameters and PReLU slopes are not."""
-    return param.ndim >= 2
+    """Weights of linear and conv layers are decayed; biases, norm parameters and PReLU slopes are not.
+    (A parameter of members.Members holds all members along its first dimension.)"""
+    return param.ndim - getattr(param, "member_dim", False) >= 2
 
 
 def param_groups(model: nn.Module, weight_decay: float, decay_all: bool) -> list[dict[str, Any]]:

@@ -130,15 +130,23 @@ def plan(cfg: Any, arrays: Arrays, device: torch.device) -> Plan:
 def fit_stage(cfg: Any, module: torch.nn.Module, split: Split, stage: str, steps: int, log: Any,
               progress: Any, **kwargs: Any) -> StageResult:
     """One stage through engine.fit, with a fresh optimizer, schedule and regularization for `module`."""
+    return fit_members(cfg, module, split, stage, steps, [cfg.seed], [log], progress, **kwargs)[0]
+
+
+def fit_members(cfg: Any, module: torch.nn.Module, split: Split, stage: str, steps: int, seeds: list[int],
+                logs: list[Any], progress: Any, **kwargs: Any) -> list[StageResult]:
+    """fit_stage for K members at once (`module` is a members.Members when K > 1)."""
     optimizer = build_optimizer(module, cfg.optimizer, cfg.regularizer.decay_bias_and_norm)
     scheduler = build_scheduler(optimizer, cfg.scheduler, steps, cfg.optimizer.lr)
     return fit(module, split, stage=stage, optimizer=optimizer, scheduler=scheduler,
                regularization=Regularization(module, cfg.regularizer), trainer=cfg.trainer,
-               max_steps=steps, seed=cfg.seed, log=log, progress=progress, act_name=cfg.act.name, **kwargs)
+               max_steps=steps, seeds=seeds, logs=logs, progress=progress, act_name=cfg.act.name, **kwargs)
 
 
-def run_stages(cfg: Any, p: Plan, log: Any, progress: Any, on_stage_end: Callable[[StageResult, Classifier], None]) -> list[StageResult]:
-    """Train every stage of the plan in order; stop after a stage that did not complete."""
+def run_stages(cfg: Any, p: Plan, log: Any, progress: Any,
+               on_stage_end: Callable[[StageResult, dict[str, torch.Tensor]], None]) -> list[StageResult]:
+    """Train every stage of the plan in order; stop after a stage that did not complete.
+    `on_stage_end` gets each stage's result and the model's (best) weights after it."""
     name, model, results = cfg.pretrain.name, p.model, []
     if name in ("supervised", "autoencoder"):
         assert p.source is not None
@@ -150,7 +158,7 @@ def run_stages(cfg: Any, p: Plan, log: Any, progress: Any, on_stage_end: Callabl
             result = fit_stage(cfg, recon, p.source, "pretrain", steps, log, progress,
                                 reconstruct=True, noise=cfg.pretrain.noise)
         results.append(result)
-        on_stage_end(result, model)
+        on_stage_end(result, model.state_dict())
         if result.status != "completed":
             return results
     stage = "train"
@@ -162,5 +170,5 @@ def run_stages(cfg: Any, p: Plan, log: Any, progress: Any, on_stage_end: Callabl
     steps = steps_for(cfg.trainer, len(p.target.x_train))
     result = fit_stage(cfg, model, p.target, stage, steps, log, progress, on_step=hook)
     results.append(result)
-    on_stage_end(result, model)
+    on_stage_end(result, model.state_dict())
     return results

@@ -9,13 +9,14 @@ import logging
 import os
 import time
 import traceback
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .console import err_console, show_choices, show_results, StageProgress
+from .console import err_console, show_choices, show_members, show_results, StageProgress
 from .errors import ConfigError
 from .runlog import RunLog, versions
 
@@ -72,76 +73,125 @@ def _stage_summary(result: Any) -> dict[str, Any]:
             "stopped_early": result.stopped_early, "metrics": metrics}
 
 
+@dataclass
+class Job:
+    """One run as Hydra launched it: its config (without the hydra node), folder, choices and overrides."""
+    cfg: DictConfig
+    run_dir: Path
+    choices: dict[str, str]
+    overrides: list[str]
+
+
 def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list[str]) -> dict[str, Any]:
     """Train one configuration into `run_dir`; returns what summary.json says."""
+    return run_members([Job(cfg, run_dir, choices, overrides)])[0]
+
+
+def run_members(jobs: list[Job]) -> list[dict[str, Any]]:
+    """Train jobs whose configs differ only in `seed` as one batched model (members.Members), each
+    into its own run folder; one job is an ordinary run. Returns each job's summary."""
     started = time.time()
-    runlog = RunLog(run_dir)
-    summary: dict[str, Any] = {
-        "status": "running", "error": None, "metrics": {}, "choices": choices, "seed": cfg.get("seed"),
-        "overrides": overrides, "run_dir": str(run_dir),
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    runlog.summary(**summary)
-    stages: list[dict[str, Any]] = []
+    cfg, count = jobs[0].cfg, len(jobs)
+    runlogs = [RunLog(job.run_dir) for job in jobs]
+    summaries: list[dict[str, Any]] = []
+    for k, job in enumerate(jobs):
+        summaries.append({
+            "status": "running", "error": None, "metrics": {}, "choices": job.choices, "seed": job.cfg.get("seed"),
+            "overrides": job.overrides, "run_dir": str(job.run_dir),
+            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **({"vectorized": {"member": k, "members": count, "seeds": [j.cfg.get("seed") for j in jobs]}}
+               if count > 1 else {}),
+        })
+        runlogs[k].summary(**summaries[k])
+    stages: list[list[dict[str, Any]]] = [[] for _ in jobs]
+
+    def update(**values: Any) -> None:
+        for summary in summaries:
+            summary.update(values)
+
     try:
         from .validate import validate
-        validate(OmegaConf.to_container(cfg, resolve=True), registered_names())
+        for job in jobs:
+            validate(OmegaConf.to_container(job.cfg, resolve=True), registered_names())
         import torch
 
         from .data import load_arrays
         from .pretrain import plan, run_stages
         from .regularizers import active_regularizers
         if cfg.logger.name == "tensorboard":
-            runlog.attach_tensorboard()
+            for runlog in runlogs:
+                runlog.attach_tensorboard()
         device = resolve_device(cfg.trainer.device)
         _setup_torch(cfg.trainer, device)
         arrays = load_arrays(cfg.data)  # (mnist1d reseeds NumPy's global RNG: seed torch after it)
-        torch.manual_seed(cfg.seed)
-        p = plan(cfg, arrays, device)
-        summary.update(regularizers_active=active_regularizers(cfg.regularizer), device=str(device),
-                       sizes=p.target.sizes(), num_params=sum(t.numel() for t in p.model.parameters()),
-                       monitor=cfg.trainer.monitor, versions=versions())
-        show_choices(choices, {"seed": cfg.seed, "device": device, "data sizes": p.target.sizes(),
-                                             "parameters": summary["num_params"], "run folder": run_dir})
+        plans = []
+        for job in jobs:  # each member is built under its own seed, as its own run would be
+            torch.manual_seed(job.cfg.seed)
+            plans.append(plan(job.cfg, arrays, device))
+        p = plans[0]
+        update(regularizers_active=active_regularizers(cfg.regularizer), device=str(device),
+               sizes=p.target.sizes(), num_params=sum(t.numel() for t in p.model.parameters()),
+               monitor=cfg.trainer.monitor, versions=versions())
+        seeds = [job.cfg.seed for job in jobs]
+        show_choices(jobs[0].choices, {"seed": seeds[0] if count == 1 else f"{seeds} (vectorized)", "device": device,
+                                       "data sizes": p.target.sizes(), "parameters": summaries[0]["num_params"],
+                                       "run folder": jobs[0].run_dir if count == 1 else jobs[0].run_dir.parent})
 
-        def on_stage_end(result: Any, model: Any) -> None:
-            stages.append(_stage_summary(result))
-            summary["stages"] = stages
-            runlog.summary(**summary)  # a stage's results are on disk before the next stage starts
+        def on_stage_end(k: int, result: Any, state: dict[str, Any]) -> None:
+            stages[k].append(_stage_summary(result))
+            summaries[k]["stages"] = stages[k]
+            runlogs[k].summary(**summaries[k])  # a stage's results are on disk before the next stage starts
             if not cfg.trainer.save_weights:
                 return
             if result.stage == "pretrain":
-                torch.save(model.state_dict(), runlog.weights_path("pretrain.pt"))
+                torch.save(state, runlogs[k].weights_path("pretrain.pt"))
             else:
-                torch.save(model.state_dict(), runlog.weights_path("best.pt"))
-                torch.save(result.last_state, runlog.weights_path("last.pt"))
+                torch.save(state, runlogs[k].weights_path("best.pt"))
+                torch.save(result.last_state, runlogs[k].weights_path("last.pt"))
 
-        results = run_stages(cfg, p, runlog, StageProgress(cfg.trainer.progress), on_stage_end)
-        final = stages[-1]
-        summary.update(status="completed" if all(r.status == "completed" for r in results) else "diverged",
-                       metrics=final["metrics"], best_step=final["best_step"], steps=final["steps"])
-        if summary["status"] == "diverged":
-            summary["error"] = f"non-finite loss in stage {final['stage']} at step {final['steps']}"
-            err_console.print(f"diverged: {summary['error']}; lower optimizer.lr or set trainer.grad_clip")
+        progress = StageProgress(cfg.trainer.progress)
+        if count == 1:
+            results = [run_stages(cfg, p, runlogs[0], progress, lambda r, state: on_stage_end(0, r, state))]
+        else:
+            from .members import Members
+            from .pretrain import fit_members, steps_for
+            model = Members([q.model for q in plans])
+            steps = steps_for(cfg.trainer, len(p.target.x_train))
+            per_member = fit_members(cfg, model, p.target, "train", steps, seeds, runlogs, progress)
+            results = []
+            for k, result in enumerate(per_member):
+                on_stage_end(k, result, model.member_state(k))  # fit left each member's best weights in
+                results.append([result])
+        for k, summary in enumerate(summaries):
+            final = stages[k][-1]
+            summary.update(status="completed" if all(r.status == "completed" for r in results[k]) else "diverged",
+                           metrics=final["metrics"], best_step=final["best_step"], steps=final["steps"])
+            if summary["status"] == "diverged":
+                summary["error"] = f"non-finite loss in stage {final['stage']} at step {final['steps']}"
+                err_console.print(f"diverged: {summary['error']}; lower optimizer.lr or set trainer.grad_clip"
+                                  + (f" ({summary['run_dir']})" if count > 1 else ""))
     except ConfigError as err:
-        summary.update(status="failed", error=str(err))
+        update(status="failed", error=str(err))
         err_console.print(f"error: {err}", markup=False)
     except KeyboardInterrupt:
-        summary.update(status="interrupted", error="interrupted by the user")
+        update(status="interrupted", error="interrupted by the user")
         raise
     except Exception as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         log.error("run failed:\n%s", traceback.format_exc())
-        summary.update(status="failed", error=f"{type(err).__name__}: {err}")
-        err_console.print(f"error: {type(err).__name__}: {err} (traceback in {run_dir}/train.log; "
+        update(status="failed", error=f"{type(err).__name__}: {err}")
+        err_console.print(f"error: {type(err).__name__}: {err} (traceback in {jobs[0].run_dir}/train.log; "
                           "HYDRA_FULL_ERROR=1 shows it here)", markup=False)
     finally:
-        summary.update(stages=stages, wall_time_s=round(time.time() - started, 3),
-                       finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        runlog.summary(**summary)
-        runlog.hparams({**choices, "seed": cfg.get("seed"), "lr": cfg.optimizer.get("lr")}, summary["metrics"])
-        runlog.close()
-    if stages:
-        show_results(summary["status"], stages, str(run_dir))
-    return summary
+        finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        for k, (job, summary, runlog) in enumerate(zip(jobs, summaries, runlogs)):
+            summary.update(stages=stages[k], wall_time_s=round(time.time() - started, 3), finished_at=finished)
+            runlog.summary(**summary)
+            runlog.hparams({**job.choices, "seed": job.cfg.get("seed"), "lr": cfg.optimizer.get("lr")}, summary["metrics"])
+            runlog.close()
+    if count == 1 and stages[0]:
+        show_results(summaries[0]["status"], stages[0], str(jobs[0].run_dir))
+    elif count > 1 and any(stages):
+        show_members(summaries)
+    return summaries

@@ -46,8 +46,8 @@ def test_one_full_batch_step_matches_a_hand_written_step():
 
     opt = build_optimizer(model, cfg.optimizer, decay_all=False)
     fit(model, p.target, stage="train", optimizer=opt, scheduler=None,
-        regularization=Regularization(model, cfg.regularizer), trainer=cfg.trainer, max_steps=1, seed=0,
-        log=_Rows(), progress=_Quiet())
+        regularization=Regularization(model, cfg.regularizer), trainer=cfg.trainer, max_steps=1, seeds=[0],
+        logs=[_Rows()], progress=_Quiet())
     # fit restores the best weights, which after one step are the weights after that step
     for n, t in model.named_parameters():
         torch.testing.assert_close(t.detach(), expected[n].detach(), rtol=1e-5, atol=1e-6)

@@ -1,0 +1,109 @@
+"""hydra/launcher=vectorized: the jobs of a sweep that differ only in `seed` train as one batched model.
+
+    backprop-lab train -m hydra/launcher=vectorized 'seed=range(8)' act=relu,tanh
+
+groups the jobs by their config without the seed (here: relu x 8 seeds, tanh x 8 seeds), trains each
+group in one process as backprop_lab.members.Members, and gives every job its own ordinary run folder
+(.hydra/, metrics.jsonl, summary.json, weights/), so compare and report cannot tell them from jobs the
+basic launcher ran. A job with no partner, or a group that cannot be batched (staged pretraining, a
+plateau schedule), runs one by one as the basic launcher would, with a message saying why.
+"""
+# (no `from __future__ import annotations`: Hydra loads plugins in a way that breaks it for dataclasses)
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VectorizedLauncherConf:
+    _target_: str = "hydra_plugins.backprop_lab_launchers.vectorized_launcher.VectorizedLauncher"
+    max_members: Optional[int] = None  # at most this many seeds in one batched model (null: all of a group)
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="vectorized", node=VectorizedLauncherConf,
+                             provider="backprop-lab")
+
+
+def _task_config(config: DictConfig) -> DictConfig:
+    task = OmegaConf.create(OmegaConf.to_container(config, resolve=False))
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    return task
+
+
+def _all_but_seed(config: DictConfig) -> str:
+    task = OmegaConf.to_container(_task_config(config), resolve=False)
+    task.pop("seed", None)
+    return json.dumps(task, sort_keys=True, default=str)
+
+
+class VectorizedLauncher(Launcher):
+    def __init__(self, max_members: Optional[int] = None) -> None:
+        super().__init__()
+        self.max_members = max_members
+        self.config: Optional[DictConfig] = None
+        self.task_function: Any = None
+        self.hydra_context: Any = None
+
+    def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def _run(self, config: DictConfig, task_function: Any) -> JobReturn:
+        ret = run_job(hydra_context=self.hydra_context, task_function=task_function, config=config,
+                      job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return ret
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from backprop_lab.cli import current_job, job_outcome
+        from backprop_lab.members import why_not_batched
+        from backprop_lab.train import run_members
+
+        setup_globals()
+        assert self.config is not None and self.hydra_context is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        configs = []
+        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+            config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(config):
+                config.hydra.job.id = idx
+                config.hydra.job.num = idx
+            configs.append(config)
+
+        groups: Dict[str, List[int]] = {}
+        for i, config in enumerate(configs):
+            groups.setdefault(_all_but_seed(config), []).append(i)
+        size = self.max_members or len(configs)
+        batches = [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
+        log.info(f"Vectorized launcher: {len(configs)} jobs in {len(batches)} group(s) that differ only in the seed")
+
+        returns: List[Optional[JobReturn]] = [None] * len(configs)
+        for batch in batches:
+            names = " ".join(f"#{initial_job_idx + i}" for i in batch)
+            reason = "no other job differs from it only in the seed" if len(batch) == 1 else \
+                why_not_batched(_task_config(configs[batch[0]]))
+            if reason:
+                log.info(f"\tone by one ({reason}): {names}")
+                for i in batch:
+                    returns[i] = self._run(configs[i], self.task_function)
+                continue
+            log.info(f"\tone batched model: {names} : "
+                     f"{' '.join(o for o in filter_overrides(job_overrides[batch[0]]) if not o.startswith("seed="))} seed={[c.seed for c in (configs[i] for i in batch)]}")
+            jobs: List[Any] = []
+            prepared = {i: self._run(configs[i], lambda cfg: jobs.append(current_job(cfg))) for i in batch}
+            # run_job made each folder and its .hydra/; now train them together
+            summaries = run_members(jobs)
+            for i, summary in zip(batch, summaries):
+                prepared[i].return_value = job_outcome(summary)
+                returns[i] = prepared[i]
+        return [r for r in returns if r is not None]
