@@ -97,8 +97,8 @@ class VectorizedLauncher(Launcher):
                 for i in batch:
                     returns[i] = self._run(configs[i], self.task_function)
                 continue
-            log.info(f"\tone batched model: {names} : "
-                     f"{' '.join(o for o in filter_overrides(job_overrides[batch[0]]) if not o.startswith("seed="))} seed={[c.seed for c in (configs[i] for i in batch)]}")
+            shared = " ".join(o for o in filter_overrides(job_overrides[batch[0]]) if not o.startswith("seed="))
+            log.info(f"\tone batched model: {names} : {shared} seed={[configs[i].seed for i in batch]}")
             jobs: List[Any] = []
             prepared = {i: self._run(configs[i], lambda cfg: jobs.append(current_job(cfg))) for i in batch}
             # run_job made each folder and its .hydra/; now train them together
