@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 GROUPS = ("data", "model", "act", "regularizer", "optimizer", "scheduler", "pretrain", "trainer", "logger", "experiment")
@@ -141,11 +143,33 @@ def current_job(cfg: DictConfig) -> Any:
 
 
 def job_outcome(summary: dict[str, Any]) -> float | None:
-    """What a job returns to Hydra (the sweeper optimises it): the best validation value; an
-    unfinished run is remembered for the exit status."""
-    if summary["status"] != "completed":
+    """What a job returns to Hydra (the sweeper optimises it): the best validation value. An
+    unfinished single run is remembered for the exit status (a sweep's, by SweepOutcomes)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    if summary["status"] != "completed" and HydraConfig.get().mode == RunMode.RUN:
         _unfinished.append((summary["run_dir"], summary["status"]))
     return summary["metrics"].get(summary.get("monitor", "val/acc"))
+
+
+class SweepOutcomes(Callback):
+    """Reads the summary.json of every job of a sweep when it ends, in the launching process, so the
+    exit status counts failed jobs whatever launcher ran them (in this process, joblib's workers, SLURM)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.started = time.time()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        import json
+        from datetime import datetime
+        for path in sorted(Path(str(config.hydra.sweep.dir)).glob("**/summary.json")):
+            try:
+                summary = json.loads(path.read_text())
+                started = datetime.fromisoformat(summary["started_at"]).timestamp()
+            except (OSError, ValueError, KeyError):
+                continue
+            if started >= int(self.started) and summary.get("status") != "completed":
+                _unfinished.append((str(path.parent), summary.get("status", "unknown")))
 
 
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")

@@ -280,8 +280,10 @@ STUDIES: dict[str, Study] = {
 SMOKE = ["trainer.max_steps=8", "trainer.eval_every=4", "trainer.log_every=4", "data.num_samples=1000"]
 
 
-def run_study(name: str, out: Path, extra: list[str], smoke: bool, report_only: bool = False) -> Path:
-    """Run the study's sweeps into `out` (unless `report_only`), then write its report there."""
+def run_study(name: str, out: Path, extra: list[str], smoke: bool, report_only: bool = False,
+              launcher: str = "vectorized") -> Path:
+    """Run the study's sweeps into `out` (unless `report_only`), then write its report there.
+    The vectorized launcher trains each setting's seeds as one batched model."""
     from .report import write_report
     study = STUDIES[name]
     out.mkdir(parents=True, exist_ok=True)
@@ -291,7 +293,7 @@ def run_study(name: str, out: Path, extra: list[str], smoke: bool, report_only: 
 
     def run_sweep(label: str, overrides: list[str], note: str | None = None) -> Path:
         folder = out / label
-        args = ["train", "-m", f"experiment=study_{name}", *overrides, *(SMOKE if smoke else []), *extra]
+        args = ["train", "-m", f"hydra/launcher={launcher}", f"experiment=study_{name}", *overrides, *(SMOKE if smoke else []), *extra]
         shown = "backprop-lab " + " ".join(f"'{a}'" if "[" in a else a for a in args)
         commands.append(f"- `{shown}`" + (f" ({note})" if note else ""))
         commands_file.write_text("\n".join(commands) + "\n")
@@ -321,6 +323,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, help="folder (default: studies/NAME/DATE_TIME)")
     parser.add_argument("--smoke", action="store_true", help="a miniature of the same sweeps (a few steps each)")
     parser.add_argument("--report-only", action="store_true", help="recompute the report of an existing --out folder")
+    parser.add_argument("--launcher", default="vectorized", choices=["vectorized", "basic", "joblib"],
+                        help="how each sweep runs: seeds as one batched model (default), one by one, or in parallel")
     args = parser.parse_args(argv)
     if args.name not in STUDIES:
         print(f"error: study '{args.name}' does not exist; choose one of: {', '.join(STUDIES)}", file=sys.stderr)
@@ -330,7 +334,7 @@ def main(argv: list[str]) -> int:
         return 2
     out = args.out or Path("studies") / args.name / time.strftime("%Y-%m-%d_%H-%M-%S")
     try:
-        report = run_study(args.name, out, args.overrides, args.smoke, args.report_only)
+        report = run_study(args.name, out, args.overrides, args.smoke, args.report_only, args.launcher)
     except FileNotFoundError:
         print(f"error: the study's sweeps made no runs; their logs are in {out}", file=sys.stderr)
         return 1

@@ -49,10 +49,26 @@ def resolve_device(name: str) -> Any:
     return torch.device(name)
 
 
+def threads_per_job() -> int | None:
+    """Under hydra/launcher=joblib, the cores shared out among the parallel jobs (at least 1 each), so
+    jobs x threads fit the machine; None elsewhere (torch's default)."""
+    from hydra.core.hydra_config import HydraConfig
+    if not HydraConfig.initialized():
+        return None
+    launcher = HydraConfig.get().launcher
+    if "joblib" not in str(launcher.get("_target_", "")):
+        return None
+    cores = os.cpu_count() or 1
+    n_jobs = int(launcher.get("n_jobs") or -1)
+    parallel = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)  # joblib: -1 is all cores, -2 all but one
+    return max(1, cores // parallel)
+
+
 def _setup_torch(trainer: Any, device: Any) -> None:
     import torch
-    if trainer.threads is not None:
-        torch.set_num_threads(trainer.threads)
+    threads = trainer.threads if trainer.threads is not None else threads_per_job()
+    if threads is not None:
+        torch.set_num_threads(threads)
     if trainer.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
         torch.use_deterministic_algorithms(True)
@@ -131,7 +147,7 @@ def run_members(jobs: list[Job]) -> list[dict[str, Any]]:
         p = plans[0]
         update(regularizers_active=active_regularizers(cfg.regularizer), device=str(device),
                sizes=p.target.sizes(), num_params=sum(t.numel() for t in p.model.parameters()),
-               monitor=cfg.trainer.monitor, versions=versions())
+               monitor=cfg.trainer.monitor, versions=versions(), torch_threads=torch.get_num_threads())
         seeds = [job.cfg.seed for job in jobs]
         show_choices(jobs[0].choices, {"seed": seeds[0] if count == 1 else f"{seeds} (vectorized)", "device": device,
                                        "data sizes": p.target.sizes(), "parameters": summaries[0]["num_params"],

@@ -1,0 +1,65 @@
+"""An 8-seed sweep four ways, timed side by side (whole processes, interleaved per repeat).
+
+    python benchmarks/sweep_speed.py [--repeats 3] [--steps 6000] [--seeds 8] [--model mlp]
+
+  plain x8     benchmarks/plain_loop.py run once per seed, one process after another
+  basic        backprop-lab train -m 'seed=range(8)' ...                            (Hydra's basic launcher)
+  joblib       backprop-lab train -m hydra/launcher=joblib 'seed=range(8)' ...      (parallel processes)
+  vectorized   backprop-lab train -m hydra/launcher=vectorized 'seed=range(8)' ... (one batched model)
+
+Targets (issue 4): vectorized <= 0.40 x plain x8; joblib <= 0.65 x basic.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from engine_speed import HERE, engine_command, timed
+
+
+def sweep_command(model: str, steps: int, seeds: int, sweep_dir: Path, launcher: str | None) -> list[str]:
+    base = engine_command(model, steps, sweep_dir)
+    base = [a for a in base if not a.startswith("hydra.run.dir=")]
+    extra = [f"hydra/launcher={launcher}"] if launcher else []
+    return [*base[:4], "-m", *extra, f"seed=range({seeds})", *base[4:], f"hydra.sweep.dir={sweep_dir}"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--model", default="mlp", choices=["mlp", "cnn1d"])
+    args = parser.parse_args()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, python "
+          f"{platform.python_version()}; {args.model}, {args.seeds} seeds x {args.steps} steps, {args.repeats} repeats")
+    ways = ["plain x8", "basic", "joblib", "vectorized"]
+    seconds: dict[str, list[float]] = {w: [] for w in ways}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.repeats):
+            for way in ways:
+                if way == "plain x8":
+                    total = sum(timed([sys.executable, str(HERE / "plain_loop.py"), args.model, "--steps",
+                                       str(args.steps), "--seed", str(s)])[0] for s in range(args.seeds))
+                else:
+                    launcher = None if way == "basic" else way
+                    total = timed(sweep_command(args.model, args.steps, args.seeds, Path(tmp) / f"{way}-{r}", launcher))[0]
+                seconds[way].append(total)
+                print(f"  repeat {r + 1}: {way:<10} {total:7.2f} s", flush=True)
+    med = {w: statistics.median(v) for w, v in seconds.items()}
+    for way in ways:
+        print(f"{way:<10} median {med[way]:7.2f} s")
+    print(f"vectorized / plain x8: x{med['vectorized'] / med['plain x8']:.2f}   (target <= 0.40)")
+    print(f"joblib / basic:        x{med['joblib'] / med['basic']:.2f}   (target <= 0.65)")
+    print(f"vectorized / basic:    x{med['vectorized'] / med['basic']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""The fast paths of a sweep give the numbers of the slow ones: the vectorized launcher (seeds as one
+batched model) and the joblib launcher (parallel processes) against Hydra's basic launcher."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from backprop_lab.engine import fit
+from backprop_lab.members import Members, clip_grad_norm_per_member_
+from backprop_lab.data import load_arrays
+from backprop_lab.optimizers import build_optimizer
+from backprop_lab.pretrain import plan
+from backprop_lab.regularizers import Regularization
+from backprop_lab.train import GROUPS, Job, run_members
+from conftest import FAST, make_cfg, run_cfg
+
+CLI = [sys.executable, "-m", "backprop_lab", "train"]
+
+
+def sweep(tmp_path: Path, name: str, *args: str) -> tuple[Path, str]:
+    folder = tmp_path / name
+    done = subprocess.run([*CLI, "-m", *args, *FAST, f"hydra.sweep.dir={folder}"], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder, done.stdout
+
+
+def rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+
+
+def assert_same_rows(a: list[dict], b: list[dict], rtol: float) -> None:
+    assert [(r["split"], r["step"]) for r in a] == [(r["split"], r["step"]) for r in b]
+    for ra, rb in zip(a, b):
+        assert set(ra) == set(rb)
+        for key, va in ra.items():
+            if isinstance(va, float) and key not in ("elapsed_s", "target/seconds"):
+                assert math.isclose(va, rb[key], rel_tol=rtol, abs_tol=1e-6), (key, ra["step"], va, rb[key])
+
+
+def test_vectorized_members_match_separate_runs(tmp_path):
+    """Each member's metrics equal its own run's under the basic launcher, from the first step on."""
+    seeds = "seed=0,1,2"
+    vec, out = sweep(tmp_path, "vec", "hydra/launcher=vectorized", seeds)
+    basic, _ = sweep(tmp_path, "basic", seeds)
+    assert "one batched model: #0 #1 #2" in out
+    for job in ("0", "1", "2"):
+        a, b = rows(vec / job), rows(basic / job)
+        assert abs(a[0]["loss"] - b[0]["loss"]) < 1e-6  # the first step: same init, same batch
+        assert_same_rows(a, b, rtol=1e-4)
+        summary = json.loads((vec / job / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["vectorized"]["members"] == 3
+        assert (vec / job / ".hydra" / "config.yaml").is_file() and (vec / job / "weights" / "best.pt").is_file()
+        state = torch.load(vec / job / "weights" / "best.pt", weights_only=True)
+        assert set(state) == set(torch.load(basic / job / "weights" / "best.pt", weights_only=True))
+    table = [subprocess.run([sys.executable, "-m", "backprop_lab", "compare", str(f), "--format", "json"],
+                            capture_output=True, text=True, check=True).stdout for f in (vec, basic)]
+    a, b = (json.loads(t) for t in table)
+    assert len(a) == len(b) == 1 and a[0]["test/acc n"] == b[0]["test/acc n"] == 3
+    assert a[0]["status"] == b[0]["status"] == "3 completed"
+    assert math.isclose(a[0]["test/acc mean"], b[0]["test/acc mean"], rel_tol=1e-4)
+
+
+def test_vectorized_groups_by_setting_and_says_what_runs_one_by_one(tmp_path):
+    folder, out = sweep(tmp_path, "groups", "hydra/launcher=vectorized", "act=relu,tanh", "seed=0,1")
+    assert out.count("one batched model: #") == 2  # relu x 2 seeds, tanh x 2 seeds
+    assert len(list(folder.glob("*/summary.json"))) == 4
+    _, out = sweep(tmp_path, "plateau", "hydra/launcher=vectorized", "scheduler=plateau", "seed=0,1")
+    assert "one by one (scheduler=plateau" in out
+    _, out = sweep(tmp_path, "lrs", "hydra/launcher=vectorized", "optimizer.lr=0.01,0.02")
+    assert "one by one (no other job differs from it only in the seed)" in out
+
+
+def test_joblib_sweep_matches_basic_and_shares_out_the_cores(tmp_path):
+    par, _ = sweep(tmp_path, "joblib", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1")
+    basic, _ = sweep(tmp_path, "basic", "seed=0,1")
+    for job in ("0", "1"):
+        assert_same_rows(rows(par / job), rows(basic / job), rtol=1e-4)
+        summary = json.loads((par / job / "summary.json").read_text())
+        assert summary["torch_threads"] == max(1, (os.cpu_count() or 1) // 2)
+
+
+def _jobs(tmp_path: Path, *overrides: str, seeds=(0, 1)) -> list[Job]:
+    jobs = []
+    for s in seeds:
+        cfg = make_cfg(*FAST, *overrides, f"seed={s}")
+        jobs.append(Job(cfg, tmp_path / f"member{s}", {g: str(cfg[g].get("name", "")) for g in GROUPS if g in cfg}, []))
+    return jobs
+
+
+def test_batch_norm_statistics_and_weights_are_each_members_own(tmp_path):
+    # SGD: the bias before batch norm has a gradient of ~0 that is float noise, which Adam would
+    # normalise into full-size steps, different between any two summation orders
+    overrides = ("regularizer=[batchnorm,l2]", "regularizer.l2=0.01", "trainer.grad_clip=0.5", "optimizer=momentum")
+    run_members(_jobs(tmp_path, *overrides))
+    for s in (0, 1):
+        run_cfg(tmp_path / f"alone{s}", *FAST, *overrides, f"seed={s}")
+        together = torch.load(tmp_path / f"member{s}" / "weights" / "last.pt", weights_only=True)
+        alone = torch.load(tmp_path / f"alone{s}" / "weights" / "last.pt", weights_only=True)
+        assert "blocks.0.1.running_mean" in together
+        for key in alone:
+            torch.testing.assert_close(together[key], alone[key], rtol=1e-4, atol=1e-5)
+
+
+def test_dropout_masks_differ_between_members():
+    cfg = make_cfg(*FAST, "regularizer=dropout", "regularizer.dropout=0.5")
+    torch.manual_seed(0)
+    model = plan(cfg, load_arrays(cfg.data), torch.device("cpu")).model
+    twins = Members([model, model])  # the same weights twice
+    x = torch.randn(2, 16, *model.input_view)
+    same = torch.stack([x[0], x[0]])
+    out = twins.train()(same)
+    assert not torch.allclose(out[0], out[1])  # different masks
+    out = twins.eval()(same)
+    torch.testing.assert_close(out[0], out[1])
+
+
+def test_a_diverging_member_stops_alone(tmp_path):
+    cfg = make_cfg(*FAST)
+    arrays = load_arrays(cfg.data)
+    models = []
+    for s in (0, 1):
+        torch.manual_seed(s)
+        models.append(plan(cfg, arrays, torch.device("cpu")).model)
+    split = plan(cfg, arrays, torch.device("cpu")).target
+    alone = run_cfg(tmp_path / "alone", *FAST, "seed=0")
+    members = Members(models)
+    with torch.no_grad():
+        members.stacked[0][1].fill_(float("inf"))  # member 1's first weight matrix
+    logs = [_Rows(), _Rows()]
+    results = fit(members, split, stage="train", optimizer=build_optimizer(members, cfg.optimizer, False),
+                  scheduler=None, regularization=Regularization(members, cfg.regularizer), trainer=cfg.trainer,
+                  max_steps=cfg.trainer.max_steps, seeds=[0, 1], logs=logs, progress=_Quiet(), act_name="relu")
+    assert results[1].status == "diverged" and results[1].steps == 1
+    assert [r["split"] for r in logs[1].rows] == ["train"]
+    assert results[0].status == "completed" and results[0].steps == cfg.trainer.max_steps
+    assert math.isclose(results[0].test["acc"], alone["metrics"]["test/acc"], rel_tol=1e-5)
+
+
+def test_per_member_clipping_is_torchs_clipping_of_each_member():
+    grads = [torch.randn(3, 4, 5), torch.randn(3, 5)]
+    params = [torch.zeros_like(g, requires_grad=True) for g in grads]
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    clip_grad_norm_per_member_(params, 1.0)
+    for k in range(3):
+        alone = [g[k].clone().requires_grad_() for g in grads]
+        for a, g in zip(alone, grads):
+            a.grad = g[k].clone()
+        torch.nn.utils.clip_grad_norm_(alone, 1.0)
+        for a, p in zip(alone, params):
+            torch.testing.assert_close(p.grad[k], a.grad)
+
+
+class _Quiet:
+    def start_stage(self, *a): pass
+    def update(self, *a): pass
+    def end_stage(self): pass
+
+
+class _Rows:
+    def __init__(self): self.rows = []
+    def metrics(self, **row): self.rows.append(row)
