@@ -115,6 +115,7 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
     penalise, decay = regularization.adds_to_loss, regularization.l2_decay > 0
     diagnostics = Diagnostics(model, act_name) if trainer.diagnostics and act_name else None
     measured: dict[str, torch.Tensor] = {}
+    forward = torch.compile(model) if trainer.compile else model  # same parameters, compiled graph
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]  # each member's data order
     params = list(model.parameters())
     clip = clip_grad_norm_per_member_ if isinstance(model, Members) else \
@@ -156,8 +157,8 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
             target = xb.flatten(1) if reconstruct else y[idx]  # (members never reconstruct)
             if noise > 0:
                 xb = xb + noise * torch.randn_like(xb)
-            with autocast():
-                out = model(xb)
+            with autocast():  # (the diagnostics' hooks need the eager model: a compiled one would recompile)
+                out = model(xb) if diagnostics is not None and log_now else forward(xb)
                 loss = F.mse_loss(out.float(), target) if reconstruct else _losses(out.float(), target)
             objective = loss if loss.ndim == 0 else loss.sum()  # members: each gets its own gradient
             if penalise:

@@ -112,6 +112,7 @@ RULES: dict[str, Rule] = {
     "trainer.device": device_name,
     "trainer.precision": choice("fp32", "bf16"),
     "trainer.deterministic": boolean,
+    "trainer.compile": boolean,
     "trainer.threads": integer(1, nullable=True),
     "trainer.progress": choice("auto", "bar", "plain", "off"),
     "trainer.save_weights": boolean,

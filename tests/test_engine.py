@@ -90,3 +90,14 @@ def test_max_epochs_replaces_max_steps(train):
     summary, _ = train("trainer.max_epochs=2", "trainer.batch_size=50")
     # synthetic: 600 samples -> 480 train -> 432 after the 10% validation split -> 8 batches of 50
     assert summary["stages"][0]["steps"] == 16 and summary["sizes"]["train"] == 432
+
+
+def test_compiled_model_trains_to_the_same_numbers(train):
+    """trainer.compile=true (torch.compile) is a faster path, not another model: same losses."""
+    eager, eager_dir = train("trainer.max_steps=4", "trainer.log_every=1", "trainer.diagnostics=false")
+    compiled, compiled_dir = train("trainer.max_steps=4", "trainer.log_every=1", "trainer.diagnostics=false",
+                                   "trainer.compile=true")
+    assert compiled["status"] == "completed"
+    a = [r["loss"] for r in map(json.loads, open(eager_dir / "metrics.jsonl")) if r["split"] == "train"]
+    b = [r["loss"] for r in map(json.loads, open(compiled_dir / "metrics.jsonl")) if r["split"] == "train"]
+    assert len(a) == 4 and torch.allclose(torch.tensor(a), torch.tensor(b), rtol=1e-4)
