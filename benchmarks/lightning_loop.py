@@ -5,7 +5,6 @@ checkpoints, no progress bar), for engine_speed.py. Needs `pip install lightning
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
@@ -15,7 +14,7 @@ from mnist1d.data import get_dataset_args, make_dataset
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from plain_loop import make_model
+from plain_loop import make_model, parse_args
 
 
 class Module(L.LightningModule):
@@ -32,11 +31,7 @@ class Module(L.LightningModule):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("model", choices=["mlp", "cnn1d"])
-    parser.add_argument("--steps", type=int, default=6000)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parse_args()
     data = make_dataset(get_dataset_args())
     x = torch.tensor(data["x"], dtype=torch.float32)
     y = torch.tensor(data["y"], dtype=torch.long)

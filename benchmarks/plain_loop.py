@@ -27,12 +27,16 @@ def make_model(name: str) -> nn.Module:
                          nn.Flatten(), nn.Linear(125, 10))
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("model", choices=["mlp", "cnn1d"])
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = make_dataset(get_dataset_args())
     x = torch.tensor(data["x"], dtype=torch.float32, device=device)

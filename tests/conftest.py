@@ -35,3 +35,16 @@ def train(tmp_path):
         run_dir = tmp_path / f"run{next(count)}"
         return run_cfg(run_dir, *FAST, *overrides), run_dir
     return _train
+
+
+class Quiet:
+    """A progress display that shows nothing (for engine.fit called directly)."""
+    def start_stage(self, *a): pass
+    def update(self, *a): pass
+    def end_stage(self): pass
+
+
+class Rows:
+    """A run log that keeps the metric rows in memory."""
+    def __init__(self): self.rows = []
+    def metrics(self, **row): self.rows.append(row)

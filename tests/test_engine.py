@@ -11,18 +11,7 @@ from backprop_lab.engine import fit
 from backprop_lab.optimizers import build_optimizer
 from backprop_lab.pretrain import plan
 from backprop_lab.regularizers import Regularization
-from conftest import make_cfg
-
-
-class _Quiet:
-    def start_stage(self, *a): pass
-    def update(self, *a): pass
-    def end_stage(self): pass
-
-
-class _Rows:
-    def __init__(self): self.rows = []
-    def metrics(self, **row): self.rows.append(row)
+from conftest import Quiet, Rows, make_cfg
 
 
 def test_one_full_batch_step_matches_a_hand_written_step():
@@ -47,7 +36,7 @@ def test_one_full_batch_step_matches_a_hand_written_step():
     opt = build_optimizer(model, cfg.optimizer, decay_all=False)
     fit(model, p.target, stage="train", optimizer=opt, scheduler=None,
         regularization=Regularization(model, cfg.regularizer), trainer=cfg.trainer, max_steps=1, seeds=[0],
-        logs=[_Rows()], progress=_Quiet())
+        logs=[Rows()], progress=Quiet())
     # fit restores the best weights, which after one step are the weights after that step
     for n, t in model.named_parameters():
         torch.testing.assert_close(t.detach(), expected[n].detach(), rtol=1e-5, atol=1e-6)

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 from backprop_lab.engine import fit
@@ -19,7 +18,7 @@ from backprop_lab.optimizers import build_optimizer
 from backprop_lab.pretrain import plan
 from backprop_lab.regularizers import Regularization
 from backprop_lab.train import GROUPS, Job, run_members
-from conftest import FAST, make_cfg, run_cfg
+from conftest import FAST, Quiet, Rows, make_cfg, run_cfg
 
 CLI = [sys.executable, "-m", "backprop_lab", "train"]
 
@@ -134,10 +133,10 @@ def test_a_diverging_member_stops_alone(tmp_path):
     members = Members(models)
     with torch.no_grad():
         members.stacked[0][1].fill_(float("inf"))  # member 1's first weight matrix
-    logs = [_Rows(), _Rows()]
+    logs = [Rows(), Rows()]
     results = fit(members, split, stage="train", optimizer=build_optimizer(members, cfg.optimizer, False),
                   scheduler=None, regularization=Regularization(members, cfg.regularizer), trainer=cfg.trainer,
-                  max_steps=cfg.trainer.max_steps, seeds=[0, 1], logs=logs, progress=_Quiet(), act_name="relu")
+                  max_steps=cfg.trainer.max_steps, seeds=[0, 1], logs=logs, progress=Quiet(), act_name="relu")
     assert results[1].status == "diverged" and results[1].steps == 1
     assert [r["split"] for r in logs[1].rows] == ["train"]
     assert results[0].status == "completed" and results[0].steps == cfg.trainer.max_steps
@@ -157,14 +156,3 @@ def test_per_member_clipping_is_torchs_clipping_of_each_member():
         torch.nn.utils.clip_grad_norm_(alone, 1.0)
         for a, p in zip(alone, params):
             torch.testing.assert_close(p.grad[k], a.grad)
-
-
-class _Quiet:
-    def start_stage(self, *a): pass
-    def update(self, *a): pass
-    def end_stage(self): pass
-
-
-class _Rows:
-    def __init__(self): self.rows = []
-    def metrics(self, **row): self.rows.append(row)
