@@ -24,6 +24,7 @@ Train and compare the techniques that make backpropagation work, from YAML confi
 
 commands:
   train [OVERRIDES...]   train one run, or a sweep with -m (every Hydra option works: --cfg job, --info, ...)
+  resume RUN_DIR         continue an interrupted or killed run from its last checkpoint, in its folder
   compare PATH...        one row per setting with seeds pooled: n, mean ± std, 95% CI (compare --help)
   report PATH            report.md and PNG plots (learning curves, gradient norms per layer, gap)
   study NAME             a study's sweeps, then its report with a computed verdict:
@@ -40,7 +41,8 @@ examples:
 
 config groups (group=option):
 {groups}
-Runs go to outputs/DATE/TIME/ (sweeps: multirun/DATE/TIME/N/): config, metrics.jsonl, summary.json, weights.
+Runs go to outputs/DATE/TIME/ (sweeps: multirun/DATE/TIME/N/): config, metrics.jsonl, summary.json, weights,
+checkpoints.
 """
 
 # Outcomes of the runs of this process (a sweep runs its jobs here, one after another).
@@ -179,8 +181,40 @@ def train_app(cfg: DictConfig) -> float | None:
     return job_outcome(run_members([current_job(cfg)])[0])
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+def _on_signals() -> None:
+    """Ctrl-C and a scheduler's SIGTERM: the training loop finishes its step and checkpoints first."""
+    from .interrupts import handle
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+
+
+def resume_main(args: list[str]) -> int:
+    if len(args) != 1 or args[0].startswith("-"):
+        print("usage: backprop-lab resume RUN_DIR   (continue an interrupted run from its last checkpoint)",
+              file=sys.stderr)
+        return 2
+    import logging
+
+    from .errors import ConfigError
+    from .train import resume
+    run_dir = Path(args[0])
+    if not run_dir.is_dir():
+        print(f"error: RUN_DIR={run_dir} is not a folder; give the run folder of an interrupted run", file=sys.stderr)
+        return 2
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.INFO)
+    _on_signals()
+    try:
+        summary = resume(run_dir)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0 if summary["status"] == "completed" else 1
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -203,8 +237,10 @@ def main(argv: list[str] | None = None) -> None:
     if command == "report":
         from .report import main as report_main
         sys.exit(report_main(rest))
+    if command == "resume":
+        sys.exit(resume_main(rest))
     if command != "train":
-        print(f"error: unknown command '{command}'; commands: train, compare, report, study (see backprop-lab --help)",
+        print(f"error: unknown command '{command}'; commands: train, resume, compare, report, study (see backprop-lab --help)",
               file=sys.stderr)
         sys.exit(2)
     problem = precheck(rest)
@@ -212,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
     sys.argv = [sys.argv[0], *rest]
-    signal.signal(signal.SIGTERM, _terminate)  # a scheduler's kill is recorded like Ctrl-C
+    _on_signals()
     try:
         train_app()
     except KeyboardInterrupt:

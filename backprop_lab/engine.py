@@ -22,6 +22,7 @@ from torch import nn
 
 from .data import Split
 from .diagnostics import Diagnostics
+from . import interrupts
 from .members import Members, clip_grad_norm_per_member_
 from .regularizers import Regularization
 
@@ -94,10 +95,13 @@ def _state(model: nn.Module, k: int) -> dict[str, torch.Tensor]:
 def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Optimizer,
         scheduler: Any, regularization: Regularization, trainer: Any, max_steps: int, seeds: list[int],
         logs: list[Any], progress: Any, reconstruct: bool = False, noise: float = 0.0,
-        on_step: Callable[[int], None] | None = None, act_name: str | None = None) -> list[StageResult]:
+        on_step: Callable[[int], None] | None = None, act_name: str | None = None,
+        checkpoint: Any = None, resume: dict[str, Any] | None = None) -> list[StageResult]:
     """Train `model` on `split` for `max_steps` steps; validate every `trainer.eval_every` steps,
     keep the best weights by `trainer.monitor`, stop early or on a non-finite loss, then test the best.
-    Returns one StageResult per member (`seeds[k]` orders member k's data, `logs[k]` gets its rows)."""
+    Returns one StageResult per member (`seeds[k]` orders member k's data, `logs[k]` gets its rows).
+    A single model writes `checkpoint` (a checkpoint.Checkpointer) periodically and when interrupted,
+    and continues from `resume` (such a checkpoint) to the numbers it would have had."""
     device = split.x_train.device
     x, y = split.x_train, split.y_train
     n = len(x)
@@ -130,6 +134,39 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
     step, stop = 0, False
     start = time.perf_counter()
     model.train()
+    resume_order, resume_batch = None, 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(resume["scheduler"])
+        step, seen, resume_order, resume_batch = resume["step"], resume["seen"], resume["order"], resume["batch"]
+        generators[0].set_state(resume["generator"])
+        loss_sum.copy_(resume["loss_sum"]), correct_sum.copy_(resume["correct_sum"])
+        best_score[0], best_state[0], evals_since_best[0] = resume["best_score"], resume["best_state"], resume["evals_since_best"]
+        r = results[0]
+        r.last_train, r.best, r.best_step, r.target = resume["last_train"], resume["best"], resume["best_step"], resume["target"]
+        start -= resume["elapsed_s"]
+        torch.set_rng_state(resume["torch_rng"])  # dropout masks and input noise go on as they would have
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(resume["cuda_rng"], device)
+        if on_step is not None:
+            on_step(step)  # e.g. the blocks gradual fine-tuning had unfrozen by then
+
+    def snapshot(b_next: int, order: torch.Tensor) -> dict[str, Any]:
+        """Everything the loop needs to continue after this step (single model)."""
+        r = results[0]
+        return {"stage": stage, "step": step, "batch": b_next, "order": order[0], "seen": seen,
+                "generator": generators[0].get_state(), "torch_rng": torch.get_rng_state(),
+                **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "loss_sum": loss_sum, "correct_sum": correct_sum, "best_score": best_score[0],
+                "best_state": best_state[0], "evals_since_best": evals_since_best[0], "last_train": r.last_train,
+                "best": r.best, "best_step": r.best_step, "target": r.target, "elapsed_s": time.perf_counter() - start}
+
+    if count > 1:
+        checkpoint = None  # members write no checkpoint (yet): an interrupted group stops as interrupted
     progress.start_stage(stage, max_steps)
 
     def finish(k: int, **outcome: Any) -> None:
@@ -141,95 +178,105 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
             setattr(r, key, value)
         running.remove(k)
 
-    while not stop:
-        orders = torch.stack([torch.randperm(n, device=device, generator=g) for g in generators])
-        # batches[b] is [K, B] (one batch per member); a single model takes [B]
-        batches = orders[:, :batches_per_epoch * batch_size].view(count, batches_per_epoch, batch_size).transpose(0, 1)
-        if count == 1:
-            batches = batches[:, 0]
-        for b in range(batches_per_epoch):
-            idx = batches[b]
-            # logging points: step 1 (the network at init), every log_every steps, the last step
-            log_now = step == 0 or (step + 1) % trainer.log_every == 0 or step + 1 == max_steps
-            if diagnostics is not None and log_now:
-                diagnostics.arm()
-            xb = x[idx]
-            target = xb.flatten(1) if reconstruct else y[idx]  # (members never reconstruct)
-            if noise > 0:
-                xb = xb + noise * torch.randn_like(xb)
-            with autocast():  # (the diagnostics' hooks need the eager model: a compiled one would recompile)
-                out = model(xb) if diagnostics is not None and log_now else forward(xb)
-                loss = F.mse_loss(out.float(), target) if reconstruct else _losses(out.float(), target)
-            objective = loss if loss.ndim == 0 else loss.sum()  # members: each gets its own gradient
-            if penalise:
-                objective = objective + regularization.penalty()
-            optimizer.zero_grad(set_to_none=True)
-            objective.backward()
-            if diagnostics is not None and log_now:
-                diagnostics.after_backward()  # the gradient as backprop made it, before clipping
-            if trainer.grad_clip > 0:
-                clip(params, trainer.grad_clip)
-            if decay:
-                regularization.decay_(optimizer.param_groups[0]["lr"])  # before the step, as AdamW does
-            optimizer.step()
-            if diagnostics is not None and log_now:
-                measured = diagnostics.after_step()
-            if per_step_scheduler is not None:
-                per_step_scheduler.step()
+    stop = step >= max_steps
+    with interrupts.deferred():  # Ctrl-C / SIGTERM: finish the step, checkpoint, then stop
+        while not stop:
+            if resume_order is not None:  # the epoch the checkpoint was in
+                orders, first_batch, resume_order = resume_order.to(device)[None], resume_batch, None
+            else:
+                orders, first_batch = torch.stack([torch.randperm(n, device=device, generator=g) for g in generators]), 0
+            # batches[b] is [K, B] (one batch per member); a single model takes [B]
+            batches = orders[:, :batches_per_epoch * batch_size].view(count, batches_per_epoch, batch_size).transpose(0, 1)
+            if count == 1:
+                batches = batches[:, 0]
+            for b in range(first_batch, batches_per_epoch):
+                idx = batches[b]
+                # logging points: step 1 (the network at init), every log_every steps, the last step
+                log_now = step == 0 or (step + 1) % trainer.log_every == 0 or step + 1 == max_steps
+                if diagnostics is not None and log_now:
+                    diagnostics.arm()
+                xb = x[idx]
+                target = xb.flatten(1) if reconstruct else y[idx]  # (members never reconstruct)
+                if noise > 0:
+                    xb = xb + noise * torch.randn_like(xb)
+                with autocast():  # (the diagnostics' hooks need the eager model: a compiled one would recompile)
+                    out = model(xb) if diagnostics is not None and log_now else forward(xb)
+                    loss = F.mse_loss(out.float(), target) if reconstruct else _losses(out.float(), target)
+                objective = loss if loss.ndim == 0 else loss.sum()  # members: each gets its own gradient
+                if penalise:
+                    objective = objective + regularization.penalty()
+                optimizer.zero_grad(set_to_none=True)
+                objective.backward()
+                if diagnostics is not None and log_now:
+                    diagnostics.after_backward()  # the gradient as backprop made it, before clipping
+                if trainer.grad_clip > 0:
+                    clip(params, trainer.grad_clip)
+                if decay:
+                    regularization.decay_(optimizer.param_groups[0]["lr"])  # before the step, as AdamW does
+                optimizer.step()
+                if diagnostics is not None and log_now:
+                    measured = diagnostics.after_step()
+                if per_step_scheduler is not None:
+                    per_step_scheduler.step()
 
-            loss_sum += loss.detach()
-            if not reconstruct:
-                correct_sum += (out.argmax(-1) == target).sum(-1)
-            seen += 1
-            step += 1
-            if on_step is not None:
-                on_step(step)
-            stop = step == max_steps
+                loss_sum += loss.detach()
+                if not reconstruct:
+                    correct_sum += (out.argmax(-1) == target).sum(-1)
+                seen += 1
+                step += 1
+                if on_step is not None:
+                    on_step(step)
+                stop = step == max_steps
 
-            if log_now:
-                window = {"loss": loss_sum / seen} if reconstruct else \
-                         {"loss": loss_sum / seen, "acc": correct_sum / (seen * batch_size)}
-                train_metrics = _per_member({**window, **measured}, count)
-                loss_sum.zero_(), correct_sum.zero_()
-                seen = 0
-                elapsed = time.perf_counter() - start
-                for k in list(running):
-                    results[k].last_train = {key: train_metrics[k][key] for key in window}
-                    logs[k].metrics(stage=stage, split="train", step=step, epoch=step / batches_per_epoch,
-                                    lr=optimizer.param_groups[0]["lr"], elapsed_s=elapsed, **train_metrics[k])
-                    if not math.isfinite(train_metrics[k]["loss"]):
-                        finish(k, status="diverged")
-                progress.update(step, results[0].last_train)
+                if log_now:
+                    window = {"loss": loss_sum / seen} if reconstruct else \
+                             {"loss": loss_sum / seen, "acc": correct_sum / (seen * batch_size)}
+                    train_metrics = _per_member({**window, **measured}, count)
+                    loss_sum.zero_(), correct_sum.zero_()
+                    seen = 0
+                    elapsed = time.perf_counter() - start
+                    for k in list(running):
+                        results[k].last_train = {key: train_metrics[k][key] for key in window}
+                        logs[k].metrics(stage=stage, split="train", step=step, epoch=step / batches_per_epoch,
+                                        lr=optimizer.param_groups[0]["lr"], elapsed_s=elapsed, **train_metrics[k])
+                        if not math.isfinite(train_metrics[k]["loss"]):
+                            finish(k, status="diverged")
+                    progress.update(step, results[0].last_train)
 
-            if (step % trainer.eval_every == 0 or stop) and running:
-                val = _per_member(evaluate(model, split.x_val, split.y_val, reconstruct, autocast), count)
-                elapsed = time.perf_counter() - start
-                for k in list(running):
-                    r = results[k]
-                    score = sign * val[k][monitor]
-                    if score > best_score[k] + trainer.min_delta or best_state[k] is None:
-                        best_score[k] = max(score, best_score[k])
-                        best_state[k] = _state(model, k)
-                        r.best, r.best_step, evals_since_best[k] = val[k], step, 0
-                    else:
-                        evals_since_best[k] += 1
-                    extra = {}
-                    if "acc" in val[k] and "acc" in r.last_train:
-                        extra["gap/acc"] = r.last_train["acc"] - val[k]["acc"]  # train (last window) - val
-                        if trainer.target_acc is not None and not r.target and val[k]["acc"] >= trainer.target_acc:
-                            r.target = {"target/step": step, "target/seconds": elapsed}
-                    logs[k].metrics(stage=stage, split="val", step=step, epoch=step / batches_per_epoch,
-                                    elapsed_s=elapsed, **val[k], **extra)
-                    if plateau:
-                        scheduler.step(score)  # only ever one member: Members refuses plateau
-                    if not all(math.isfinite(v) for v in val[k].values()):
-                        finish(k, status="diverged")
-                    elif trainer.early_stopping and evals_since_best[k] >= trainer.early_stopping:
-                        finish(k, stopped_early=True)
-                progress.update(step, {f"val/{key}": v for key, v in val[0].items()})
-            stop = stop or not running
-            if stop:
-                break
+                if (step % trainer.eval_every == 0 or stop) and running:
+                    val = _per_member(evaluate(model, split.x_val, split.y_val, reconstruct, autocast), count)
+                    elapsed = time.perf_counter() - start
+                    for k in list(running):
+                        r = results[k]
+                        score = sign * val[k][monitor]
+                        if score > best_score[k] + trainer.min_delta or best_state[k] is None:
+                            best_score[k] = max(score, best_score[k])
+                            best_state[k] = _state(model, k)
+                            r.best, r.best_step, evals_since_best[k] = val[k], step, 0
+                        else:
+                            evals_since_best[k] += 1
+                        extra = {}
+                        if "acc" in val[k] and "acc" in r.last_train:
+                            extra["gap/acc"] = r.last_train["acc"] - val[k]["acc"]  # train (last window) - val
+                            if trainer.target_acc is not None and not r.target and val[k]["acc"] >= trainer.target_acc:
+                                r.target = {"target/step": step, "target/seconds": elapsed}
+                        logs[k].metrics(stage=stage, split="val", step=step, epoch=step / batches_per_epoch,
+                                        elapsed_s=elapsed, **val[k], **extra)
+                        if plateau:
+                            scheduler.step(score)  # only ever one member: Members refuses plateau
+                        if not all(math.isfinite(v) for v in val[k].values()):
+                            finish(k, status="diverged")
+                        elif trainer.early_stopping and evals_since_best[k] >= trainer.early_stopping:
+                            finish(k, stopped_early=True)
+                    progress.update(step, {f"val/{key}": v for key, v in val[0].items()})
+                stop = stop or not running
+                if not stop and (interrupts.requested or (checkpoint is not None and checkpoint.due(step))):
+                    if checkpoint is not None:
+                        checkpoint.save(snapshot(b + 1, orders))
+                    if interrupts.requested:
+                        raise KeyboardInterrupt
+                if stop:
+                    break
 
     for k in list(running):
         finish(k)

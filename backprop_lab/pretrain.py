@@ -81,10 +81,10 @@ def finetune_hook(model: Classifier, mode: str, unfreeze_every: int) -> Callable
     if mode == "freeze":
         return None
 
-    def unfreeze(step: int) -> None:
-        if step % unfreeze_every == 0:
-            thawed = min(n, step // unfreeze_every)
-            model.set_frozen(set(range(n - thawed)))
+    def unfreeze(step: int) -> None:  # right for any step, so a resumed run can call it at its first
+        frozen = set(range(n - min(n, step // unfreeze_every)))
+        if frozen != model.frozen:
+            model.set_frozen(frozen)
     return unfreeze
 
 
@@ -144,19 +144,22 @@ def fit_members(cfg: Any, module: torch.nn.Module, split: Split, stage: str, ste
 
 
 def run_stages(cfg: Any, p: Plan, log: Any, progress: Any,
-               on_stage_end: Callable[[StageResult, dict[str, torch.Tensor]], None]) -> list[StageResult]:
+               on_stage_end: Callable[[StageResult, dict[str, torch.Tensor]], None],
+               checkpoint: Any = None, resume: dict[str, Any] | None = None) -> list[StageResult]:
     """Train every stage of the plan in order; stop after a stage that did not complete.
-    `on_stage_end` gets each stage's result and the model's (best) weights after it."""
+    `on_stage_end` gets each stage's result and the model's (best) weights after it. With `resume`
+    (a checkpoint), the stages before the checkpoint's are skipped: they finished before it."""
     name, model, results = cfg.pretrain.name, p.model, []
-    if name in ("supervised", "autoencoder"):
+    if name in ("supervised", "autoencoder") and (resume is None or resume["stage"] == "pretrain"):
         assert p.source is not None
         steps = steps_for(cfg.trainer, len(p.source.x_train), cfg.pretrain.steps)
         if name == "supervised":
-            result = fit_stage(cfg, model, p.source, "pretrain", steps, log, progress)
+            result = fit_stage(cfg, model, p.source, "pretrain", steps, log, progress, checkpoint=checkpoint, resume=resume)
         else:
             recon = Reconstructor(model, math.prod(p.source.input_shape)).to(p.source.x_train.device)
-            result = fit_stage(cfg, recon, p.source, "pretrain", steps, log, progress,
-                                reconstruct=True, noise=cfg.pretrain.noise)
+            result = fit_stage(cfg, recon, p.source, "pretrain", steps, log, progress, checkpoint=checkpoint,
+                               resume=resume, reconstruct=True, noise=cfg.pretrain.noise)
+        resume = None
         results.append(result)
         on_stage_end(result, model.state_dict())
         if result.status != "completed":
@@ -168,7 +171,7 @@ def run_stages(cfg: Any, p: Plan, log: Any, progress: Any,
         model.new_head(p.target.num_classes)
         hook = finetune_hook(model, cfg.pretrain.finetune, cfg.pretrain.unfreeze_every)
     steps = steps_for(cfg.trainer, len(p.target.x_train))
-    result = fit_stage(cfg, model, p.target, stage, steps, log, progress, on_step=hook)
+    result = fit_stage(cfg, model, p.target, stage, steps, log, progress, on_step=hook, checkpoint=checkpoint, resume=resume)
     results.append(result)
     on_stage_end(result, model.state_dict())
     return results

@@ -47,6 +47,16 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def rewrite_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Replace metrics.jsonl by `rows` atomically (resume drops what it will write again)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(_clean(row)) + "\n" for row in rows)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
     found = {"python": platform.python_version()}

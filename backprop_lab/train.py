@@ -5,6 +5,7 @@ summary.json (status completed / diverged / failed / interrupted) and returns th
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -103,9 +104,40 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list
     return run_members([Job(cfg, run_dir, choices, overrides)])[0]
 
 
-def run_members(jobs: list[Job]) -> list[dict[str, Any]]:
+def resume(run_dir: Path) -> dict[str, Any]:
+    """Continue an interrupted or killed run in its own folder from its last checkpoint."""
+    from .checkpoint import load_checkpoint
+    from .runlog import read_metrics, rewrite_metrics
+    run_dir = Path(run_dir)
+    try:
+        previous = json.loads((run_dir / "summary.json").read_text())
+        cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    except (OSError, ValueError) as err:
+        raise ConfigError("RUN_DIR", str(run_dir), f"is not a readable run folder ({type(err).__name__}: "
+                          "it needs summary.json and .hydra/config.yaml)") from None
+    if previous.get("status") in ("completed", "diverged"):
+        raise ConfigError("RUN_DIR", str(run_dir), f"has already finished ({previous['status']}); nothing to resume")
+    if "vectorized" in previous:
+        raise ConfigError("RUN_DIR", str(run_dir), "was one member of a vectorized group, which writes no checkpoint; "
+                          "rerun it: backprop-lab train " + " ".join(previous.get("overrides", [])))
+    state = load_checkpoint(run_dir)
+    done = [s for s in previous.get("stages", []) if s["stage"] != state["stage"]]
+    finished = {s["stage"] for s in done}
+    # The rows the interrupted process wrote after its checkpoint will be written again, identically.
+    rewrite_metrics(run_dir / "metrics.jsonl", [
+        row for row in read_metrics(run_dir / "metrics.jsonl")
+        if row.get("stage") in finished or (row.get("stage") == state["stage"] and row.get("split") != "test"
+                                            and (row.get("step") or 0) <= state["step"])])
+    job = Job(cfg, run_dir, previous.get("choices", {}), previous.get("overrides", []))
+    resumed = [*previous.get("resumed", []), {"stage": state["stage"], "step": state["step"],
+                                              "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}]
+    return run_members([job], resume_from=(state, {**previous, "stages": done, "resumed": resumed}))[0]
+
+
+def run_members(jobs: list[Job], resume_from: tuple[dict[str, Any], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Train jobs whose configs differ only in `seed` as one batched model (members.Members), each
-    into its own run folder; one job is an ordinary run. Returns each job's summary."""
+    into its own run folder; one job is an ordinary run, which `resume_from` (a checkpoint and the
+    summary it belongs to) continues. Returns each job's summary."""
     started = time.time()
     cfg, count = jobs[0].cfg, len(jobs)
     runlogs = [RunLog(job.run_dir) for job in jobs]
@@ -118,8 +150,12 @@ def run_members(jobs: list[Job]) -> list[dict[str, Any]]:
             **({"vectorized": {"member": k, "members": count, "seeds": [j.cfg.get("seed") for j in jobs]}}
                if count > 1 else {}),
         })
+        if resume_from is not None:
+            summaries[k].update({key: resume_from[1][key] for key in ("started_at", "resumed") if key in resume_from[1]})
         runlogs[k].summary(**summaries[k])
     stages: list[list[dict[str, Any]]] = [[] for _ in jobs]
+    if resume_from is not None:
+        stages[0] = list(resume_from[1]["stages"])
 
     def update(**values: Any) -> None:
         for summary in summaries:
@@ -167,7 +203,11 @@ def run_members(jobs: list[Job]) -> list[dict[str, Any]]:
 
         progress = StageProgress(cfg.trainer.progress)
         if count == 1:
-            results = [run_stages(cfg, p, runlogs[0], progress, lambda r, state: on_stage_end(0, r, state))]
+            from .checkpoint import Checkpointer
+            checkpointer = Checkpointer(jobs[0].run_dir, cfg.trainer.checkpoint_every)
+            results = [run_stages(cfg, p, runlogs[0], progress, lambda r, state: on_stage_end(0, r, state),
+                                  checkpointer, resume_from[0] if resume_from else None)]
+            checkpointer.remove()  # finished (completed or diverged): weights/ holds what is worth keeping
         else:
             from .members import Members
             from .pretrain import fit_members, steps_for

@@ -113,6 +113,7 @@ RULES: dict[str, Rule] = {
     "trainer.precision": choice("fp32", "bf16"),
     "trainer.deterministic": boolean,
     "trainer.compile": boolean,
+    "trainer.checkpoint_every": integer(0),
     "trainer.threads": integer(1, nullable=True),
     "trainer.progress": choice("auto", "bar", "plain", "off"),
     "trainer.save_weights": boolean,
