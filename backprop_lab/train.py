@@ -111,12 +111,14 @@ def resume(run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     try:
         previous = json.loads((run_dir / "summary.json").read_text())
+        if previous.get("status") in ("completed", "diverged"):
+            raise ConfigError("RUN_DIR", str(run_dir), f"has already finished ({previous['status']}); nothing to resume")
         cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    except ConfigError:
+        raise
     except (OSError, ValueError) as err:
         raise ConfigError("RUN_DIR", str(run_dir), f"is not a readable run folder ({type(err).__name__}: "
                           "it needs summary.json and .hydra/config.yaml)") from None
-    if previous.get("status") in ("completed", "diverged"):
-        raise ConfigError("RUN_DIR", str(run_dir), f"has already finished ({previous['status']}); nothing to resume")
     if "vectorized" in previous:
         raise ConfigError("RUN_DIR", str(run_dir), "was one member of a vectorized group, which writes no checkpoint; "
                           "rerun it: backprop-lab train " + " ".join(previous.get("overrides", [])))

@@ -1,0 +1,133 @@
+"""Fault injection: runs killed with SIGTERM and SIGKILL mid-run, then resumed to the numbers of a
+run that was never interrupted; damaged and code-carrying checkpoints; same-seed determinism."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import FAST, run_cfg
+
+CLI = [sys.executable, "-m", "backprop_lab"]
+# dropout and a schedule, so resuming must restore the RNG and the scheduler too
+LONG = ["data=synthetic", "regularizer=dropout", "scheduler=cosine", "trainer.max_steps=3000",
+        "trainer.log_every=50", "trainer.eval_every=200", "trainer.checkpoint_every=100", "trainer.progress=off"]
+STAGED = ["pretrain=supervised", "data.source_classes=[0,1]", "data.target_classes=[2,3]", "pretrain.steps=600",
+          "pretrain.finetune=gradual", "pretrain.unfreeze_every=100"]
+
+
+def comparable(run_dir: Path) -> list[dict]:
+    """metrics.jsonl without the timings, which differ from run to run."""
+    rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    return [{k: v for k, v in r.items() if k not in ("elapsed_s", "target/seconds")} for r in rows]
+
+
+def kill_mid_run(run_dir: Path, sig: int, overrides: list[str], after_rows: int) -> subprocess.Popen:
+    p = subprocess.Popen([*CLI, "train", *overrides, f"hydra.run.dir={run_dir}"], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    metrics = run_dir / "metrics.jsonl"
+    while time.time() < deadline and (not metrics.is_file() or metrics.read_text().count("\n") < after_rows):
+        time.sleep(0.02)
+    p.send_signal(sig)
+    p.wait(timeout=60)
+    return p
+
+
+@pytest.mark.parametrize("sig,extra", [(signal.SIGTERM, []), (signal.SIGKILL, []), (signal.SIGTERM, STAGED)],
+                         ids=["SIGTERM", "SIGKILL", "SIGTERM-staged"])
+def test_a_killed_run_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_path, sig, extra):
+    overrides = [*LONG, *extra]
+    reference = run_cfg(tmp_path / "reference", *overrides)
+    assert reference["status"] == "completed"
+
+    run_dir = tmp_path / "killed"
+    p = kill_mid_run(run_dir, sig, overrides, after_rows=20)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    if sig == signal.SIGKILL:
+        assert p.returncode == -signal.SIGKILL and summary["status"] == "running"  # nothing could record it
+    else:
+        assert p.returncode == 130 and summary["status"] == "interrupted" and "Traceback" not in p.stderr.read()
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
+
+    done = subprocess.run([*CLI, "resume", str(run_dir)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    resumed = json.loads((run_dir / "summary.json").read_text())
+    assert resumed["status"] == "completed" and len(resumed["resumed"]) == 1
+    assert resumed["metrics"] == reference["metrics"]  # exactly, not approximately
+    assert [s["stage"] for s in resumed["stages"]] == [s["stage"] for s in reference["stages"]]
+    assert comparable(run_dir) == comparable(tmp_path / "reference")
+    assert not (run_dir / "checkpoints").exists()  # a finished run keeps weights/, not the checkpoint
+    for name in ("best.pt", "last.pt"):
+        a = torch.load(run_dir / "weights" / name, weights_only=True)
+        b = torch.load(tmp_path / "reference" / "weights" / name, weights_only=True)
+        assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def resume(run_dir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, "resume", str(run_dir)], capture_output=True, text=True, timeout=120)
+
+
+def interrupted_run(tmp_path: Path) -> Path:
+    run_dir = tmp_path / "run"
+    kill_mid_run(run_dir, signal.SIGTERM, LONG, after_rows=10)
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
+    return run_dir
+
+
+def test_resume_refuses_a_damaged_or_code_carrying_checkpoint(tmp_path):
+    run_dir = interrupted_run(tmp_path)
+    checkpoint = run_dir / "checkpoints" / "last.pt"
+    good = checkpoint.read_bytes()
+    checkpoint.write_bytes(good[: len(good) // 2])  # truncated, as by a full disk
+    r = resume(run_dir)
+    assert r.returncode == 2 and "damaged" in r.stderr and "Traceback" not in r.stderr
+    torch.save({"step": 1, "model": {}, "hook": os.system}, checkpoint)  # unpickling would import code
+    r = resume(run_dir)
+    assert r.returncode == 2 and "refused" in r.stderr and "Traceback" not in r.stderr
+    checkpoint.write_bytes(good)
+    assert resume(run_dir).returncode == 0
+
+
+def test_resume_refuses_what_it_cannot_continue(tmp_path, train):
+    summary, finished = train()
+    r = resume(finished)
+    assert r.returncode == 2 and "already finished (completed)" in r.stderr
+    r = resume(tmp_path / "nowhere")
+    assert r.returncode == 2 and r.stderr.startswith("error: RUN_DIR=")
+
+
+def test_a_torn_metrics_line_is_ignored_by_resume_and_compare(tmp_path):
+    run_dir = interrupted_run(tmp_path)
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write('{"stage": "train", "split": "tr')  # a write cut off by SIGKILL
+    assert resume(run_dir).returncode == 0
+    rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]  # every line parses again
+    assert rows[-1]["split"] == "test"
+    r = subprocess.run([*CLI, "compare", str(run_dir), "--format", "json"], capture_output=True, text=True)
+    assert r.returncode == 0 and json.loads(r.stdout)[0]["status"] == "1 completed"
+
+
+def test_same_seed_and_deterministic_means_identical_metrics(tmp_path):
+    overrides = [*FAST, "regularizer=dropout", "trainer.deterministic=true", "trainer.max_steps=40", "seed=3"]
+    run_cfg(tmp_path / "a", *overrides)
+    run_cfg(tmp_path / "b", *overrides)
+    assert comparable(tmp_path / "a") == comparable(tmp_path / "b")
+
+
+def test_a_sweep_with_a_diverging_and_an_invalid_job_finishes_the_rest(tmp_path):
+    r = subprocess.run([*CLI, "train", "-m", *FAST, "optimizer=sgd", "optimizer.lr=0.01,1e30,-1",
+                        f"hydra.sweep.dir={tmp_path / 'sweep'}"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "2 run(s) did not complete" in r.stderr
+    statuses = [json.loads((tmp_path / "sweep" / str(i) / "summary.json").read_text())["status"] for i in range(3)]
+    assert statuses == ["completed", "diverged", "failed"]
+    table = subprocess.run([*CLI, "compare", str(tmp_path / "sweep"), "--by", "optimizer.lr", "--format", "json"],
+                           capture_output=True, text=True).stdout
+    assert "1 diverged" in table and "1 failed" in table
