@@ -111,6 +111,8 @@ def check_keys(overrides: list[str]) -> str | None:
             continue
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(cfg, parent) if parent else cfg
+        if isinstance(node, DictConfig) and leaf in node.keys():
+            continue  # a key whose value is still ??? (required): select() calls it missing
         if isinstance(node, DictConfig):
             where = f"'{parent}'" if parent else "the config"
             return f"{key} is not a key of {where}; its keys: {', '.join(str(k) for k in node.keys())}"

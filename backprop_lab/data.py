@@ -94,6 +94,9 @@ def load_npz(cfg: Any) -> Arrays:
     path = Path(cfg.path).expanduser()
     if not path.is_file():
         raise ConfigError("data.path", cfg.path, "no such file; give an .npz file with arrays x and y")
+    import zipfile
+    if not zipfile.is_zipfile(path):  # np.load would take it for a pickle and say so, confusingly
+        raise ConfigError("data.path", cfg.path, "is not an .npz file (not a zip archive): save one with numpy.savez")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}

@@ -81,12 +81,25 @@ BAD = [
     (["trainer.bacth_size=5"], 2, "trainer.bacth_size is not a key of 'trainer'; its keys: max_steps"),
     (["optimizer=sgd", "optimizer.betas=[0.9,0.99]"], 2, "optimizer.betas is not a key of 'optimizer'"),
     (["trainer.batch_size=abc"], 1, "trainer.batch_size=abc is not valid: must be an integer >= 1"),
+    (["optimizer.weight_decay=-1"], 1, "optimizer.weight_decay=-1 is not valid: must be a number in [0, inf]"),
+    (["model.depth=0"], 1, "model.depth=0 is not valid: must be an integer >= 1"),
+    (["model.width=0"], 1, "model.width=0 is not valid: must be an integer >= 1"),
+    (["trainer.max_steps=0"], 1, "trainer.max_steps=0 is not valid: must be an integer >= 1"),
+    (["trainer.checkpoint_every=-1"], 1, "trainer.checkpoint_every=-1 is not valid: must be an integer >= 0"),
+    (["trainer.compile=maybe"], 1, "trainer.compile=maybe is not valid: must be true or false"),
+    (["trainer.precision=fp8"], 1, "trainer.precision=fp8 is not valid: choose one of: fp32, bf16"),
+    (["trainer.device=mps"], 1, "trainer.device=mps is not valid: MPS is not available here"),
+    (["seed=abc"], 1, "seed=abc is not valid: must be an integer >= 0"),
+    (["pretrain=checkpoint", "pretrain.path=/nonexistent"], 1, "pretrain.path=/nonexistent is not valid: no weights there"),
+    (["data=npz", "data.path=/nonexistent.npz"], 1, "data.path=/nonexistent.npz is not valid: no such file"),
+    (["data=npz", f"data.path={REPO / 'pyproject.toml'}"], 1, "pyproject.toml is not valid: is not an .npz file"),
 ]
 
 
 @pytest.mark.parametrize("args,code,message", BAD, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_bad_input_is_one_clear_line(tmp_path, args, code, message):
-    r = cli(tmp_path, "train", *args, *FAST)
+    flags = [a for a in args if a.startswith("-")]  # Hydra wants -m before the overrides
+    r = cli(tmp_path, "train", *flags, *FAST, *[a for a in args if a not in flags])  # args win over FAST
     assert r.returncode == code
     assert message in r.stderr
     assert "Traceback" not in r.stderr + r.stdout
