@@ -17,7 +17,7 @@ from conftest import FAST, run_cfg
 
 CLI = [sys.executable, "-m", "backprop_lab"]
 # dropout and a schedule, so resuming must restore the RNG and the scheduler too
-LONG = ["data=synthetic", "regularizer=dropout", "scheduler=cosine", "trainer.max_steps=3000",
+LONG = ["data=synthetic", "regularizer=dropout", "scheduler=cosine", "trainer.max_steps=1500",
         "trainer.log_every=50", "trainer.eval_every=200", "trainer.checkpoint_every=100", "trainer.progress=off"]
 STAGED = ["pretrain=supervised", "data.source_classes=[0,1]", "data.target_classes=[2,3]", "pretrain.steps=600",
           "pretrain.finetune=gradual", "pretrain.unfreeze_every=100"]
@@ -49,7 +49,7 @@ def test_a_killed_run_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_path, s
     assert reference["status"] == "completed"
 
     run_dir = tmp_path / "killed"
-    p = kill_mid_run(run_dir, sig, overrides, after_rows=20)
+    p = kill_mid_run(run_dir, sig, overrides, after_rows=12)
     summary = json.loads((run_dir / "summary.json").read_text())
     if sig == signal.SIGKILL:
         assert p.returncode == -signal.SIGKILL and summary["status"] == "running"  # nothing could record it
