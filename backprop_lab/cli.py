@@ -190,6 +190,28 @@ def _on_signals() -> None:
     signal.signal(signal.SIGTERM, handle)
 
 
+def _scratch_for_other_ranks() -> Path | None:
+    """Under torchrun, rank 0 alone writes the run folder: the other ranks are sent to a scratch
+    folder (removed at exit) and print nothing. None on rank 0 and outside torchrun. (Plain env
+    reads: the CLI does not import torch before a run.)"""
+    import os
+    import tempfile
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or int(os.environ.get("RANK", "0")) == 0:
+        return None
+    from .console import console, err_console
+    console.quiet = err_console.quiet = True
+    return Path(tempfile.mkdtemp(prefix=f"backprop-lab-rank{os.environ['RANK']}-"))
+
+
+def _finish_ranks(scratch: Path | None) -> None:
+    import shutil
+    if "torch.distributed" in sys.modules:
+        from .distributed import stop
+        stop()
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def resume_main(args: list[str]) -> int:
     if len(args) != 1 or args[0].startswith("-"):
         print("usage: backprop-lab resume RUN_DIR   (continue an interrupted run from its last checkpoint)",
@@ -208,6 +230,10 @@ def resume_main(args: list[str]) -> int:
     logging.getLogger().addHandler(handler)
     logging.getLogger().setLevel(logging.INFO)
     _on_signals()
+    scratch = _scratch_for_other_ranks()
+    if scratch is not None:  # torchrun's other ranks continue from a copy; rank 0 owns the folder
+        import shutil
+        run_dir = Path(shutil.copytree(run_dir, scratch / "run", ignore=shutil.ignore_patterns("weights", "*.tmp")))
     try:
         summary = resume(run_dir)
     except ConfigError as err:
@@ -216,6 +242,8 @@ def resume_main(args: list[str]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        _finish_ranks(scratch)
     return 0 if summary["status"] == "completed" else 1
 
 
@@ -249,6 +277,9 @@ def main(argv: list[str] | None = None) -> None:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
+    scratch = _scratch_for_other_ranks()
+    if scratch is not None:
+        rest = [*rest, f"hydra.run.dir={scratch}/run", f"hydra.sweep.dir={scratch}/sweep"]
     sys.argv = [sys.argv[0], *rest]
     _on_signals()
     try:
@@ -256,6 +287,8 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    finally:
+        _finish_ranks(scratch)
     if _unfinished:
         if len(_unfinished) > 1 or "-m" in rest or "--multirun" in rest:
             print(f"{len(_unfinished)} run(s) did not complete:", file=sys.stderr)

@@ -7,6 +7,9 @@ points, so the hot loop never waits on a `.item()`.
 `fit` trains K >= 1 members at once: an ordinary model is one member; `members.Members` (runs that
 differ only in their seed, hydra/launcher=vectorized) is K. Every metric is then a vector of K, and
 each member has its own data order, best weights, early stopping, divergence and log.
+
+Under torchrun (`world`, a distributed.World) each process trains on its slice of every batch, the
+gradients are averaged and the metrics summed over the processes: see distributed.py.
 """
 from __future__ import annotations
 
@@ -22,7 +25,8 @@ from torch import nn
 
 from .data import Split
 from .diagnostics import Diagnostics
-from . import interrupts
+from . import distributed, interrupts
+from .distributed import World
 from .members import Members, clip_grad_norm_per_member_
 from .regularizers import Regularization
 
@@ -45,12 +49,17 @@ class StageResult:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, reconstruct: bool,
-             autocast: Any, chunk: int = 8192) -> dict[str, torch.Tensor]:
+             autocast: Any, world: World = World(), chunk: int = 8192) -> dict[str, torch.Tensor]:
     """Mean loss (and accuracy) over a whole split, in eval mode, one value per member; tensors, so
-    nothing syncs here."""
+    nothing syncs here. Under torchrun each process evaluates its share and the sums are pooled."""
     was_training = model.training
     model.eval()
     members = isinstance(model, Members)
+    total = len(x)
+    if world.active:
+        distributed.average_buffers_(model, world)
+        part = distributed.shard(total, world)
+        x, y = x[part], y[part]
     loss_sum = x.new_zeros(model.count if members else 1, dtype=torch.float32)
     correct = torch.zeros_like(loss_sum)
     for start in range(0, len(x), chunk):
@@ -63,9 +72,12 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, reconstruct: bo
             loss_sum += _losses(out.float(), yb.expand(out.shape[:-1]), reduction="sum")
             correct += (out.argmax(-1) == yb).sum(-1)
     model.train(was_training)
-    metrics = {"loss": loss_sum / max(1, len(x))}
+    if world.active:
+        pooled = distributed.sum_(torch.cat([loss_sum, correct]))
+        loss_sum, correct = pooled[:len(loss_sum)], pooled[len(loss_sum):]
+    metrics = {"loss": loss_sum / max(1, total)}
     if not reconstruct:
-        metrics["acc"] = correct / max(1, len(x))
+        metrics["acc"] = correct / max(1, total)
     return metrics
 
 
@@ -96,7 +108,7 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
         scheduler: Any, regularization: Regularization, trainer: Any, max_steps: int, seeds: list[int],
         logs: list[Any], progress: Any, reconstruct: bool = False, noise: float = 0.0,
         on_step: Callable[[int], None] | None = None, act_name: str | None = None,
-        checkpoint: Any = None, resume: dict[str, Any] | None = None) -> list[StageResult]:
+        checkpoint: Any = None, resume: dict[str, Any] | None = None, world: World = World()) -> list[StageResult]:
     """Train `model` on `split` for `max_steps` steps; validate every `trainer.eval_every` steps,
     keep the best weights by `trainer.monitor`, stop early or on a non-finite loss, then test the best.
     Returns one StageResult per member (`seeds[k]` orders member k's data, `logs[k]` gets its rows).
@@ -107,7 +119,10 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
     n = len(x)
     count = len(seeds)
     batch_size = min(trainer.batch_size, n)
+    batch_size -= batch_size % world.size  # (a split smaller than the batch: still equal slices)
     batches_per_epoch = n // batch_size  # drop the ragged last batch: constant shapes, no BN on 1 example
+    # under torchrun this process takes its slice of every global batch (validated: batch_size % size == 0)
+    my_slice = slice(world.rank * batch_size // world.size, (world.rank + 1) * batch_size // world.size)
     monitor = "loss" if reconstruct else trainer.monitor.split("/", 1)[1]
     sign = -1.0 if monitor == "loss" else 1.0  # internally, higher is better
     if trainer.precision == "bf16":
@@ -190,7 +205,7 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
             if count == 1:
                 batches = batches[:, 0]
             for b in range(first_batch, batches_per_epoch):
-                idx = batches[b]
+                idx = batches[b][my_slice] if world.active else batches[b]
                 # logging points: step 1 (the network at init), every log_every steps, the last step
                 log_now = step == 0 or (step + 1) % trainer.log_every == 0 or step + 1 == max_steps
                 if diagnostics is not None and log_now:
@@ -207,6 +222,8 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
                     objective = objective + regularization.penalty()
                 optimizer.zero_grad(set_to_none=True)
                 objective.backward()
+                if world.active:
+                    distributed.average_gradients_(params, world)  # the global batch's mean gradient
                 if diagnostics is not None and log_now:
                     diagnostics.after_backward()  # the gradient as backprop made it, before clipping
                 if trainer.grad_clip > 0:
@@ -229,6 +246,9 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
                 stop = step == max_steps
 
                 if log_now:
+                    if world.active:  # every process reads the same pooled window
+                        pooled = distributed.sum_(torch.cat([loss_sum, correct_sum]))
+                        loss_sum, correct_sum = pooled[:count] / world.size, pooled[count:]
                     window = {"loss": loss_sum / seen} if reconstruct else \
                              {"loss": loss_sum / seen, "acc": correct_sum / (seen * batch_size)}
                     train_metrics = _per_member({**window, **measured}, count)
@@ -244,7 +264,7 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
                     progress.update(step, results[0].last_train)
 
                 if (step % trainer.eval_every == 0 or stop) and running:
-                    val = _per_member(evaluate(model, split.x_val, split.y_val, reconstruct, autocast), count)
+                    val = _per_member(evaluate(model, split.x_val, split.y_val, reconstruct, autocast, world), count)
                     elapsed = time.perf_counter() - start
                     for k in list(running):
                         r = results[k]
@@ -270,10 +290,13 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
                             finish(k, stopped_early=True)
                     progress.update(step, {f"val/{key}": v for key, v in val[0].items()})
                 stop = stop or not running
-                if not stop and (interrupts.requested or (checkpoint is not None and checkpoint.due(step))):
+                interrupted = interrupts.requested
+                if world.active:  # all processes stop at the same step, or the others would wait forever
+                    interrupted = step % distributed.INTERRUPT_CHECK_EVERY == 0 and distributed.any_(interrupted, device)
+                if not stop and (interrupted or (checkpoint is not None and checkpoint.due(step))):
                     if checkpoint is not None:
                         checkpoint.save(snapshot(b + 1, orders))
-                    if interrupts.requested:
+                    if interrupted:
                         raise KeyboardInterrupt
                 if stop:
                     break
@@ -287,7 +310,7 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
             model.load_member_states([best_state[k] or results[k].last_state for k in range(count)])
         else:
             model.load_state_dict(best_state[0])
-        test = _per_member(evaluate(model, split.x_test, split.y_test, reconstruct, autocast), count)
+        test = _per_member(evaluate(model, split.x_test, split.y_test, reconstruct, autocast, world), count)
         for k in tested:
             results[k].test = test[k]
             logs[k].metrics(stage=stage, split="test", step=results[k].best_step, elapsed_s=results[k].seconds, **test[k])

@@ -145,20 +145,22 @@ def fit_members(cfg: Any, module: torch.nn.Module, split: Split, stage: str, ste
 
 def run_stages(cfg: Any, p: Plan, log: Any, progress: Any,
                on_stage_end: Callable[[StageResult, dict[str, torch.Tensor]], None],
-               checkpoint: Any = None, resume: dict[str, Any] | None = None) -> list[StageResult]:
+               checkpoint: Any = None, resume: dict[str, Any] | None = None, world: Any = None) -> list[StageResult]:
     """Train every stage of the plan in order; stop after a stage that did not complete.
     `on_stage_end` gets each stage's result and the model's (best) weights after it. With `resume`
-    (a checkpoint), the stages before the checkpoint's are skipped: they finished before it."""
+    (a checkpoint), the stages before the checkpoint's are skipped: they finished before it.
+    `world` (distributed.World) is this process's place under torchrun."""
     name, model, results = cfg.pretrain.name, p.model, []
+    shared = {"checkpoint": checkpoint, **({"world": world} if world is not None else {})}
     if name in ("supervised", "autoencoder") and (resume is None or resume["stage"] == "pretrain"):
         assert p.source is not None
         steps = steps_for(cfg.trainer, len(p.source.x_train), cfg.pretrain.steps)
         if name == "supervised":
-            result = fit_stage(cfg, model, p.source, "pretrain", steps, log, progress, checkpoint=checkpoint, resume=resume)
+            result = fit_stage(cfg, model, p.source, "pretrain", steps, log, progress, resume=resume, **shared)
         else:
             recon = Reconstructor(model, math.prod(p.source.input_shape)).to(p.source.x_train.device)
-            result = fit_stage(cfg, recon, p.source, "pretrain", steps, log, progress, checkpoint=checkpoint,
-                               resume=resume, reconstruct=True, noise=cfg.pretrain.noise)
+            result = fit_stage(cfg, recon, p.source, "pretrain", steps, log, progress, resume=resume,
+                               reconstruct=True, noise=cfg.pretrain.noise, **shared)
         resume = None
         results.append(result)
         on_stage_end(result, model.state_dict())
@@ -171,7 +173,7 @@ def run_stages(cfg: Any, p: Plan, log: Any, progress: Any,
         model.new_head(p.target.num_classes)
         hook = finetune_hook(model, cfg.pretrain.finetune, cfg.pretrain.unfreeze_every)
     steps = steps_for(cfg.trainer, len(p.target.x_train))
-    result = fit_stage(cfg, model, p.target, stage, steps, log, progress, on_step=hook, checkpoint=checkpoint, resume=resume)
+    result = fit_stage(cfg, model, p.target, stage, steps, log, progress, on_step=hook, resume=resume, **shared)
     results.append(result)
     on_stage_end(result, model.state_dict())
     return results

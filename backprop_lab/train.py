@@ -65,6 +65,29 @@ def threads_per_job() -> int | None:
     return max(1, cores // parallel)
 
 
+def launcher_name() -> str:
+    """The Hydra launcher running this job ('basic', 'joblib', ...; 'basic' outside Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+    if not HydraConfig.initialized():
+        return "basic"
+    target = str(HydraConfig.get().launcher.get("_target_", ""))
+    for name in ("joblib", "vectorized", "submitit"):
+        if name in target.lower():
+            return name
+    return "basic"
+
+
+def check_data_parallel(cfg: DictConfig, world: Any, count: int) -> None:
+    """What torchrun's data parallelism needs, as one-line errors."""
+    if count > 1 or launcher_name() in ("joblib", "vectorized"):
+        raise ConfigError("hydra/launcher", "vectorized" if count > 1 else launcher_name(),
+                          "runs jobs in parallel in one process or in workers; under torchrun, "
+                          "sweep with the basic launcher (the default)")
+    if cfg.trainer.batch_size % world.size:
+        raise ConfigError("trainer.batch_size", cfg.trainer.batch_size,
+                          f"is the global batch, split over {world.size} processes: use a multiple of {world.size}")
+
+
 def _setup_torch(trainer: Any, device: Any) -> None:
     import torch
     threads = trainer.threads if trainer.threads is not None else threads_per_job()
@@ -175,7 +198,11 @@ def run_members(jobs: list[Job], resume_from: tuple[dict[str, Any], dict[str, An
         if cfg.logger.name == "tensorboard":
             for runlog in runlogs:
                 runlog.attach_tensorboard()
+        from . import distributed
         device = resolve_device(cfg.trainer.device)
+        if distributed.from_environment().active:
+            check_data_parallel(cfg, distributed.from_environment(), count)
+        world, device = distributed.start(device)
         _setup_torch(cfg.trainer, device)
         arrays = load_arrays(cfg.data)  # (mnist1d reseeds NumPy's global RNG: seed torch after it)
         plans = []
@@ -185,7 +212,8 @@ def run_members(jobs: list[Job], resume_from: tuple[dict[str, Any], dict[str, An
         p = plans[0]
         update(regularizers_active=active_regularizers(cfg.regularizer), device=str(device),
                sizes=p.target.sizes(), num_params=sum(t.numel() for t in p.model.parameters()),
-               monitor=cfg.trainer.monitor, versions=versions(), torch_threads=torch.get_num_threads())
+               monitor=cfg.trainer.monitor, versions=versions(), torch_threads=torch.get_num_threads(),
+               world_size=world.size, **({"batch_per_process": cfg.trainer.batch_size // world.size} if world.active else {}))
         seeds = [job.cfg.seed for job in jobs]
         show_choices(jobs[0].choices, {"seed": seeds[0] if count == 1 else f"{seeds} (vectorized)", "device": device,
                                        "data sizes": p.target.sizes(), "parameters": summaries[0]["num_params"],
@@ -206,10 +234,11 @@ def run_members(jobs: list[Job], resume_from: tuple[dict[str, Any], dict[str, An
         progress = StageProgress(cfg.trainer.progress)
         if count == 1:
             from .checkpoint import Checkpointer
-            checkpointer = Checkpointer(jobs[0].run_dir, cfg.trainer.checkpoint_every)
+            checkpointer = Checkpointer(jobs[0].run_dir, cfg.trainer.checkpoint_every) if world.main else None
             results = [run_stages(cfg, p, runlogs[0], progress, lambda r, state: on_stage_end(0, r, state),
-                                  checkpointer, resume_from[0] if resume_from else None)]
-            checkpointer.remove()  # finished (completed or diverged): weights/ holds what is worth keeping
+                                  checkpointer, resume_from[0] if resume_from else None, world)]
+            if checkpointer is not None:
+                checkpointer.remove()  # finished (completed or diverged): weights/ holds what is worth keeping
         else:
             from .members import Members
             from .pretrain import fit_members, steps_for
