@@ -14,7 +14,7 @@ from typing import Any
 
 import hydra
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 GROUPS = ("data", "model", "act", "regularizer", "optimizer", "scheduler", "pretrain", "trainer", "logger", "experiment")
 USAGE = """\
@@ -44,6 +44,10 @@ config groups (group=option):
 Runs go to outputs/DATE/TIME/ (sweeps: multirun/DATE/TIME/N/): config, metrics.jsonl, summary.json, weights,
 checkpoints.
 """
+
+# hydra/sweeper=optuna's direction follows trainer.monitor (registered wherever the CLI's task runs)
+OmegaConf.register_new_resolver(
+    "monitor_direction", lambda monitor: "minimize" if str(monitor).endswith("loss") else "maximize", replace=True)
 
 # Outcomes of the runs of this process (a sweep runs its jobs here, one after another).
 _unfinished: list[tuple[str, str]] = []
@@ -120,6 +124,23 @@ def check_keys(overrides: list[str]) -> str | None:
     return None
 
 
+PLUGINS = {  # Hydra options whose plugin may be missing: (module, how to install it)
+    "hydra/sweeper=optuna": ("hydra_plugins.hydra_optuna_sweeper", "pip install 'backprop-lab[search]'"),
+    "hydra/launcher=submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "pip install hydra-submitit-launcher"),
+    "hydra/launcher=submitit_local": ("hydra_plugins.hydra_submitit_launcher", "pip install hydra-submitit-launcher"),
+}
+
+
+def check_plugins(overrides: list[str]) -> str | None:
+    """A one-line error for a launcher or sweeper whose plugin is not installed."""
+    from importlib.util import find_spec
+    for override in overrides:
+        module, install = PLUGINS.get(override.replace(" ", ""), (None, None))
+        if module is not None and find_spec(module) is None:
+            return f"{override} needs a Hydra plugin that is not installed: {install}"
+    return None
+
+
 def precheck(args: list[str]) -> str | None:
     """One-line errors for unknown options and keys, before Hydra starts. Skipped when the user
     brings configs of their own (--config-dir & co.), which may add options and keys."""
@@ -130,7 +151,8 @@ def precheck(args: list[str]) -> str | None:
         return None
     if parsed.config_dir or parsed.config_path or parsed.config_name:
         return None
-    return check_group_choices(parsed.overrides) or (None if parsed.multirun else check_keys(parsed.overrides))
+    return (check_plugins(parsed.overrides) or check_group_choices(parsed.overrides)
+            or (None if parsed.multirun else check_keys(parsed.overrides)))
 
 
 def current_job(cfg: DictConfig) -> Any:
@@ -146,14 +168,24 @@ def current_job(cfg: DictConfig) -> Any:
     return Job(cfg, Path(hc.runtime.output_dir), choices, list(hc.overrides.task))
 
 
+class RunNotCompleted(Exception):
+    """Raised to a searching sweeper (Optuna) for a run that diverged or failed: a failed trial."""
+
+
 def job_outcome(summary: dict[str, Any]) -> float | None:
-    """What a job returns to Hydra (the sweeper optimises it): the best validation value. An
-    unfinished single run is remembered for the exit status (a sweep's, by SweepOutcomes)."""
+    """What a job returns to Hydra (a sweeper optimises it): the best validation value. An unfinished
+    single run is remembered for the exit status (a sweep's, by SweepOutcomes); to a sweeper other
+    than the basic one (Optuna), an unfinished run is an exception, which it records as a failed trial."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-    if summary["status"] != "completed" and HydraConfig.get().mode == RunMode.RUN:
+    if summary["status"] == "completed":
+        return summary["metrics"].get(summary.get("monitor", "val/acc"))
+    hydra_config = HydraConfig.get()
+    if hydra_config.mode == RunMode.RUN:
         _unfinished.append((summary["run_dir"], summary["status"]))
-    return summary["metrics"].get(summary.get("monitor", "val/acc"))
+    elif "BasicSweeper" not in str(hydra_config.sweeper.get("_target_", "")):
+        raise RunNotCompleted(f"{summary['status']}: {summary['error']} ({summary['run_dir']})")
+    return None
 
 
 class SweepOutcomes(Callback):
@@ -281,6 +313,10 @@ def main(argv: list[str] | None = None) -> None:
     if scratch is not None:
         rest = [*rest, f"hydra.run.dir={scratch}/run", f"hydra.sweep.dir={scratch}/sweep"]
     sys.argv = [sys.argv[0], *rest]
+    from .plugin_configs import register
+    register()
+    import logging
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # (imported by Optuna: a line per plugin it sets up)
     _on_signals()
     try:
         train_app()

@@ -52,12 +52,15 @@ def resolve_device(name: str) -> Any:
 
 def threads_per_job() -> int | None:
     """Under hydra/launcher=joblib, the cores shared out among the parallel jobs (at least 1 each), so
-    jobs x threads fit the machine; None elsewhere (torch's default)."""
+    jobs x threads fit the machine; under submitit, the job's cpus_per_task; None elsewhere (torch's
+    default)."""
     from hydra.core.hydra_config import HydraConfig
     if not HydraConfig.initialized():
         return None
     launcher = HydraConfig.get().launcher
-    if "joblib" not in str(launcher.get("_target_", "")):
+    if launcher_name() == "submitit":
+        return launcher.get("cpus_per_task") or None
+    if launcher_name() != "joblib":
         return None
     cores = os.cpu_count() or 1
     n_jobs = int(launcher.get("n_jobs") or -1)

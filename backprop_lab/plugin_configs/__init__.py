@@ -1,0 +1,43 @@
+"""backprop-lab's settings for the cluster and search plugins, stored under the plugins' own names.
+
+`hydra/launcher=submitit_slurm`, `hydra/launcher=submitit_local` and `hydra/sweeper=optuna` select
+the plugins' configs as in any Hydra app; `register()` stores each again with the plugin's schema
+as its base (every key of the plugin stays, typed, overridable: hydra.launcher.qos=high) and our
+values on top, from NAME.yaml in this folder.
+
+Two things Hydra rules out make it a function the CLI calls after Hydra's plugin scan: a YAML file
+of the plugin's name in the config folder gets validated against the plugin's schema (refused for
+the Optuna sweeper), and a plugin module of ours would be overwritten, since the scan executes
+every plugin module, the plugins' after ours.
+"""
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+PLUGINS = {  # name: (group, where the plugin's schema is, its class, group defaults after ours)
+    "submitit_slurm": ("hydra/launcher", "hydra_plugins.hydra_submitit_launcher.config", "SlurmQueueConf", []),
+    "submitit_local": ("hydra/launcher", "hydra_plugins.hydra_submitit_launcher.config", "LocalQueueConf", []),
+    "optuna": ("hydra/sweeper", "hydra_plugins.hydra_optuna_sweeper.config", "OptunaSweeperConf",
+               [{"params": "lr_decay_dropout"}]),  # the search space: hydra/sweeper/params=...
+}
+
+
+def register() -> None:
+    """Store our version of every installed plugin's config (after Hydra has scanned the plugins)."""
+    import importlib
+
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.plugins import Plugins
+    from omegaconf import OmegaConf
+    Plugins.instance()  # the scan, once per process: the plugins store their own configs
+    store = ConfigStore.instance()
+    for name, (group, module, schema, after_self) in PLUGINS.items():
+        try:
+            node: Any = getattr(importlib.import_module(module), schema)
+        except ImportError:  # not installed: the CLI says how to install it when it is chosen
+            continue
+        store.store(group=group, name=f"{name}_schema", node=node, provider="backprop-lab")
+        values = OmegaConf.load(resources.files(__name__) / f"{name}.yaml")
+        store.store(group=group, name=name, node=OmegaConf.merge({"defaults": [f"{name}_schema", "_self_", *after_self]}, values),
+                    provider="backprop-lab")

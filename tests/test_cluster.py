@@ -1,0 +1,74 @@
+"""Sweeps through Hydra's cluster and search plugins, from the installed CLI in a subprocess:
+hydra/launcher=submitit_local (SLURM's twin on one machine) and hydra/sweeper=optuna."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+CLI = [sys.executable, "-m", "backprop_lab", "train", "-m"]
+FAST = ["data=synthetic", "trainer=smoke", "trainer.progress=off"]
+
+
+def _sweep(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *FAST, *args, f"hydra.sweep.dir={folder}"], capture_output=True, text=True, timeout=300)
+
+
+def _summaries(folder: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in folder.glob("*/summary.json")}
+
+
+def test_submitit_local_runs_each_job_in_its_own_process_and_counts_failures(tmp_path):
+    done = _sweep(tmp_path / "sweep", "hydra/launcher=submitit_local", "optimizer=sgd", "optimizer.lr=0.1,1e12")
+    assert done.returncode == 1, done.stderr[-2000:]  # one job diverged: the sweep says so
+    assert "1 run(s) did not complete" in done.stderr and "diverged" in done.stderr
+    runs = _summaries(tmp_path / "sweep")
+    assert {r["overrides"][-1].split("=")[1]: r["status"] for r in runs.values()} == \
+        {"0.1": "completed", "1000000000000.0": "diverged"}
+    assert all(r["torch_threads"] == 1 for r in runs.values())  # hydra.launcher.cpus_per_task
+    assert (tmp_path / "sweep" / ".submitit").is_dir()  # submitit's own logs of each job
+
+
+def test_submitit_slurm_config_has_our_values_and_the_plugins_keys(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "backprop_lab", "train", "hydra/launcher=submitit_slurm",
+                           "hydra.launcher.partition=gpu", "hydra.launcher.qos=high", "--cfg", "hydra", "--package",
+                           "hydra.launcher"], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    launcher = yaml.safe_load(done.stdout)  # (printed as "# @package hydra.launcher")
+    assert launcher["_target_"].endswith("SlurmLauncher")
+    assert (launcher["partition"], launcher["qos"], launcher["timeout_min"], launcher["cpus_per_task"]) == ("gpu", "high", 60, 2)
+
+
+def _study(folder: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict, dict[str, dict]]:
+    done = _sweep(folder, "hydra/sweeper=optuna", "hydra.sweeper.n_trials=4", *args)
+    results = yaml.safe_load((folder / "optimization_results.yaml").read_text())
+    return done, results, _summaries(folder)
+
+
+def test_optuna_maximises_accuracy_and_minimises_loss(tmp_path):
+    done, results, runs = _study(tmp_path / "acc")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(runs) == 4 and "Directions: ['maximize']" in done.stdout
+    assert results["best_value"] == max(r["metrics"]["val/acc"] for r in runs.values())
+    lrs = {r["metrics"]["val/acc"]: r for r in runs.values()}
+    best = lrs[results["best_value"]]
+    assert f"optimizer.lr={results['best_params']['optimizer.lr']}" in best["overrides"]
+
+    done, results, runs = _study(tmp_path / "loss", "trainer.monitor=val/loss")
+    assert done.returncode == 0 and "Directions: ['minimize']" in done.stdout
+    assert results["best_value"] == min(r["metrics"]["val/loss"] for r in runs.values())
+
+
+def test_optuna_records_a_diverged_trial_as_failed_and_goes_on(tmp_path):
+    # the preset's lr range stays safe; this study draws lr from {1e12, 0.1}, seeded to draw both
+    done, results, runs = _study(tmp_path / "study", "optimizer=sgd", "optimizer.lr=choice(1e12,0.1)")
+    statuses = sorted(r["status"] for r in runs.values())
+    assert "diverged" in statuses and "completed" in statuses, statuses
+    assert done.returncode == 1  # like any sweep with a run that did not complete
+    assert "Traceback" not in done.stderr
+    assert "Failed experiment: diverged: non-finite loss" in done.stdout + done.stderr  # a failed trial
+    assert results["best_params"]["optimizer.lr"] == 0.1 and math.isfinite(results["best_value"])
