@@ -91,6 +91,19 @@ def check_data_parallel(cfg: DictConfig, world: Any, count: int) -> None:
                           f"is the global batch, split over {world.size} processes: use a multiple of {world.size}")
 
 
+def check_one_process_per_job() -> None:
+    """submitit starts tasks_per_node x nodes copies of a job, which would all write one run folder."""
+    from hydra.core.hydra_config import HydraConfig
+    if launcher_name() != "submitit":
+        return
+    launcher = HydraConfig.get().launcher
+    tasks = int(launcher.get("tasks_per_node") or 1) * int(launcher.get("nodes") or 1)
+    if tasks > 1:
+        raise ConfigError("hydra.launcher.tasks_per_node", launcher.get("tasks_per_node"),
+                          "each job is one process (tasks_per_node=1, nodes=1); for data parallel on SLURM run "
+                          "torchrun inside an sbatch script (README: Scaling up)")
+
+
 def _setup_torch(trainer: Any, device: Any) -> None:
     import torch
     threads = trainer.threads if trainer.threads is not None else threads_per_job()
@@ -205,6 +218,7 @@ def run_members(jobs: list[Job], resume_from: tuple[dict[str, Any], dict[str, An
         device = resolve_device(cfg.trainer.device)
         if distributed.from_environment().active:
             check_data_parallel(cfg, distributed.from_environment(), count)
+        check_one_process_per_job()
         world, device = distributed.start(device)
         _setup_torch(cfg.trainer, device)
         arrays = load_arrays(cfg.data)  # (mnist1d reseeds NumPy's global RNG: seed torch after it)
