@@ -72,3 +72,11 @@ def test_optuna_records_a_diverged_trial_as_failed_and_goes_on(tmp_path):
     assert "Traceback" not in done.stderr
     assert "Failed experiment: diverged: non-finite loss" in done.stdout + done.stderr  # a failed trial
     assert results["best_params"]["optimizer.lr"] == 0.1 and math.isfinite(results["best_value"])
+
+
+def test_a_study_where_every_trial_fails_ends_in_one_line_not_a_traceback(tmp_path):
+    done = _sweep(tmp_path / "study", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "optimizer=sgd",
+                  "optimizer.lr=choice(1e12)")
+    assert done.returncode == 1 and "Traceback" not in done.stderr + done.stdout
+    assert "no trial completed: every run diverged or failed" in done.stdout + done.stderr
+    assert "2 run(s) did not complete" in done.stderr

@@ -15,11 +15,12 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any
 
-PLUGINS = {  # name: (group, where the plugin's schema is, its class, group defaults after ours)
-    "submitit_slurm": ("hydra/launcher", "hydra_plugins.hydra_submitit_launcher.config", "SlurmQueueConf", []),
-    "submitit_local": ("hydra/launcher", "hydra_plugins.hydra_submitit_launcher.config", "LocalQueueConf", []),
+PLUGINS = {  # name: (group, where the plugin's schema is, its class, group defaults after ours, our class)
+    "submitit_slurm": ("hydra/launcher", "hydra_plugins.hydra_submitit_launcher.config", "SlurmQueueConf", [], None),
+    "submitit_local": ("hydra/launcher", "hydra_plugins.hydra_submitit_launcher.config", "LocalQueueConf", [], None),
     "optuna": ("hydra/sweeper", "hydra_plugins.hydra_optuna_sweeper.config", "OptunaSweeperConf",
-               [{"params": "lr_decay_dropout"}]),  # the search space: hydra/sweeper/params=...
+               [{"params": "lr_decay_dropout"}],  # the search space: hydra/sweeper/params=...
+               "hydra_plugins.backprop_lab_launchers.optuna_search.OptunaSweeper"),  # ends a study with no completed trial in one line
 }
 
 
@@ -32,12 +33,14 @@ def register() -> None:
     from omegaconf import OmegaConf
     Plugins.instance()  # the scan, once per process: the plugins store their own configs
     store = ConfigStore.instance()
-    for name, (group, module, schema, after_self) in PLUGINS.items():
+    for name, (group, module, schema, after_self, target) in PLUGINS.items():
         try:
             node: Any = getattr(importlib.import_module(module), schema)
         except ImportError:  # not installed: the CLI says how to install it when it is chosen
             continue
         store.store(group=group, name=f"{name}_schema", node=node, provider="backprop-lab")
         values = OmegaConf.load(resources.files(__name__) / f"{name}.yaml")
+        if target is not None:
+            values["_target_"] = target
         store.store(group=group, name=name, node=OmegaConf.merge({"defaults": [f"{name}_schema", "_self_", *after_self]}, values),
                     provider="backprop-lab")
