@@ -97,6 +97,14 @@ def _per_member(metrics: dict[str, torch.Tensor], count: int) -> list[dict[str, 
     return [dict(zip(metrics, row)) for row in values]
 
 
+def _member_optimizer_state(state: dict[str, Any], k: int) -> dict[str, Any]:
+    """Member k's part of an optimizer state over stacked parameters: what an optimizer of member k
+    alone would hold (the optimizers are elementwise; scalar entries such as `step` are shared)."""
+    sliced = {i: {key: v[k].clone() if isinstance(v, torch.Tensor) and v.ndim > 0 else v for key, v in s.items()}
+              for i, s in state["state"].items()}
+    return {"state": sliced, "param_groups": state["param_groups"]}
+
+
 def _state(model: nn.Module, k: int) -> dict[str, torch.Tensor]:
     """Member k's weights as an ordinary state dict (a copy)."""
     if isinstance(model, Members):
@@ -112,8 +120,10 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
     """Train `model` on `split` for `max_steps` steps; validate every `trainer.eval_every` steps,
     keep the best weights by `trainer.monitor`, stop early or on a non-finite loss, then test the best.
     Returns one StageResult per member (`seeds[k]` orders member k's data, `logs[k]` gets its rows).
-    A single model writes `checkpoint` (a checkpoint.Checkpointer) periodically and when interrupted,
-    and continues from `resume` (such a checkpoint) to the numbers it would have had."""
+    `checkpoint` (a checkpoint.Checkpointer; for members, one per member) is written periodically and
+    when interrupted; a single model continues from `resume` (such a checkpoint) to the numbers it
+    would have had. A member's checkpoint is an ordinary single-model one (its slice of the stacked
+    weights and optimizer state), so an interrupted member resumes as an ordinary run."""
     device = split.x_train.device
     x, y = split.x_train, split.y_train
     n = len(x)
@@ -168,22 +178,6 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
         if on_step is not None:
             on_step(step)  # e.g. the blocks gradual fine-tuning had unfrozen by then
 
-    def snapshot(b_next: int, order: torch.Tensor) -> dict[str, Any]:
-        """Everything the loop needs to continue after this step (single model)."""
-        r = results[0]
-        return {"stage": stage, "step": step, "batch": b_next, "order": order[0], "seen": seen,
-                "generator": generators[0].get_state(), "torch_rng": torch.get_rng_state(),
-                **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "loss_sum": loss_sum, "correct_sum": correct_sum, "best_score": best_score[0],
-                "best_state": best_state[0], "evals_since_best": evals_since_best[0], "last_train": r.last_train,
-                "best": r.best, "best_step": r.best_step, "target": r.target, "elapsed_s": time.perf_counter() - start}
-
-    if count > 1:
-        checkpoint = None  # members write no checkpoint (yet): an interrupted group stops as interrupted
-    progress.start_stage(stage, max_steps)
-
     def finish(k: int, **outcome: Any) -> None:
         """Member k trains no more: record where it stopped and the weights it stopped with."""
         r = results[k]
@@ -193,7 +187,31 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
             setattr(r, key, value)
         running.remove(k)
 
-    stop = step >= max_steps
+    if resume is not None and resume.get("finished") is not None:
+        finish(0, **resume["finished"])  # a member that had stopped (early, or diverged) before its group
+
+    def snapshot(k: int, b_next: int, order: torch.Tensor) -> dict[str, Any]:
+        """Everything member k (a single model: k = 0) needs to continue after this step, as an
+        ordinary run; a member that has stopped keeps its weights and outcome from then."""
+        r = results[k]
+        stopped = k not in running
+        return {"stage": stage, "step": r.steps if stopped else step, "batch": b_next, "order": order[k], "seen": seen,
+                "generator": generators[k].get_state(), "torch_rng": torch.get_rng_state(),
+                **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
+                "model": r.last_state if stopped else _state(model, k) if count > 1 else model.state_dict(),
+                "optimizer": _member_optimizer_state(optimizer.state_dict(), k) if count > 1 else optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "loss_sum": loss_sum[k:k + 1], "correct_sum": correct_sum[k:k + 1], "best_score": best_score[k],
+                "best_state": best_state[k], "evals_since_best": evals_since_best[k], "last_train": r.last_train,
+                "best": r.best, "best_step": r.best_step, "target": r.target,
+                "elapsed_s": r.seconds if stopped else time.perf_counter() - start,
+                "finished": {"status": r.status, "stopped_early": r.stopped_early} if stopped else None}
+
+    checkpoints = checkpoint if isinstance(checkpoint, list) else [checkpoint] * count
+    checkpoint = checkpoints[0]
+    progress.start_stage(stage, max_steps)
+
+    stop = step >= max_steps or not running
     with interrupts.deferred():  # Ctrl-C / SIGTERM: finish the step, checkpoint, then stop
         while not stop:
             if resume_order is not None:  # the epoch the checkpoint was in
@@ -295,7 +313,8 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
                     interrupted = step % distributed.INTERRUPT_CHECK_EVERY == 0 and distributed.any_(interrupted, device)
                 if not stop and (interrupted or (checkpoint is not None and checkpoint.due(step))):
                     if checkpoint is not None:
-                        checkpoint.save(snapshot(b + 1, orders))
+                        for k in range(count):
+                            checkpoints[k].save(snapshot(k, b + 1, orders))
                     if interrupted:
                         raise KeyboardInterrupt
                 if stop:

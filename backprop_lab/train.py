@@ -158,9 +158,6 @@ def resume(run_dir: Path) -> dict[str, Any]:
     except (OSError, ValueError) as err:
         raise ConfigError("RUN_DIR", str(run_dir), f"is not a readable run folder ({type(err).__name__}: "
                           "it needs summary.json and .hydra/config.yaml)") from None
-    if "vectorized" in previous:
-        raise ConfigError("RUN_DIR", str(run_dir), "was one member of a vectorized group, which writes no checkpoint; "
-                          "rerun it: backprop-lab train " + " ".join(previous.get("overrides", [])))
     state = load_checkpoint(run_dir)
     done = [s for s in previous.get("stages", []) if s["stage"] != state["stage"]]
     finished = {s["stage"] for s in done}
@@ -192,7 +189,8 @@ def run_members(jobs: list[Job], resume_from: tuple[dict[str, Any], dict[str, An
                if count > 1 else {}),
         })
         if resume_from is not None:
-            summaries[k].update({key: resume_from[1][key] for key in ("started_at", "resumed") if key in resume_from[1]})
+            summaries[k].update({key: resume_from[1][key] for key in ("started_at", "resumed", "vectorized")
+                                 if key in resume_from[1]})  # (a member of a vectorized group resumes alone)
         runlogs[k].summary(**summaries[k])
     stages: list[list[dict[str, Any]]] = [[] for _ in jobs]
     if resume_from is not None:
@@ -249,8 +247,8 @@ def run_members(jobs: list[Job], resume_from: tuple[dict[str, Any], dict[str, An
                 torch.save(result.last_state, runlogs[k].weights_path("last.pt"))
 
         progress = StageProgress(cfg.trainer.progress)
+        from .checkpoint import Checkpointer
         if count == 1:
-            from .checkpoint import Checkpointer
             checkpointer = Checkpointer(jobs[0].run_dir, cfg.trainer.checkpoint_every) if world.main else None
             results = [run_stages(cfg, p, runlogs[0], progress, lambda r, state: on_stage_end(0, r, state),
                                   checkpointer, resume_from[0] if resume_from else None, world)]
@@ -261,7 +259,12 @@ def run_members(jobs: list[Job], resume_from: tuple[dict[str, Any], dict[str, An
             from .pretrain import fit_members, steps_for
             model = Members([q.model for q in plans])
             steps = steps_for(cfg.trainer, len(p.target.x_train))
-            per_member = fit_members(cfg, model, p.target, "train", steps, seeds, runlogs, progress)
+            # each member's checkpoint is an ordinary run's: `backprop-lab resume` continues it alone
+            checkpointers = [Checkpointer(job.run_dir, cfg.trainer.checkpoint_every) for job in jobs]
+            per_member = fit_members(cfg, model, p.target, "train", steps, seeds, runlogs, progress,
+                                     checkpoint=checkpointers)
+            for checkpointer in checkpointers:
+                checkpointer.remove()
             results = []
             for k, result in enumerate(per_member):
                 on_stage_end(k, result, model.member_state(k))  # fit left each member's best weights in

@@ -131,3 +131,49 @@ def test_a_sweep_with_a_diverging_and_an_invalid_job_finishes_the_rest(tmp_path)
     table = subprocess.run([*CLI, "compare", str(tmp_path / "sweep"), "--by", "optimizer.lr", "--format", "json"],
                            capture_output=True, text=True).stdout
     assert "1 diverged" in table and "1 failed" in table
+
+
+def test_an_interrupted_vectorized_group_resumes_member_by_member(tmp_path):
+    """Each member of a batched group checkpoints as an ordinary run, and resumed alone ends where the
+    uninterrupted group's member ends: exactly for members that had stopped early before the signal,
+    to float precision for one still training (batched and single kernels round differently)."""
+    # with these seeds the members stop early at steps 300, 350, 750 and 500: kill after step 600
+    sweep = [*CLI, "train", "-m", "hydra/launcher=vectorized", "seed=0,1,2,3", "data=synthetic", "trainer.max_steps=3000",
+             "trainer.eval_every=50", "trainer.log_every=50", "trainer.early_stopping=3", "trainer.monitor=val/loss",
+             "trainer.checkpoint_every=0", "trainer.progress=off"]
+    reference = subprocess.run([*sweep, f"hydra.sweep.dir={tmp_path / 'reference'}"], capture_output=True, text=True,
+                               timeout=300)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    expected = {k: json.loads((tmp_path / "reference" / k / "summary.json").read_text()) for k in "0123"}
+    assert sorted(s["steps"] for s in expected.values()) == [300, 350, 500, 750]
+
+    p = subprocess.Popen([*sweep, f"hydra.sweep.dir={tmp_path / 'killed'}"], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    last = max(expected, key=lambda k: expected[k]["steps"])
+    metrics, deadline = tmp_path / "killed" / last / "metrics.jsonl", time.time() + 120
+    while time.time() < deadline and not any(r.get("step", 0) >= 600 for r in read_rows(metrics)):
+        time.sleep(0.02)
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=60)
+    assert p.returncode == 130
+    for k, reference_summary in expected.items():
+        run_dir = tmp_path / "killed" / k
+        assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+        done = resume(run_dir)
+        assert done.returncode == 0, done.stderr[-2000:]
+        resumed = json.loads((run_dir / "summary.json").read_text())
+        assert resumed["status"] == "completed" and resumed["vectorized"]["member"] == int(k)
+        assert (resumed["steps"], resumed["best_step"]) == (reference_summary["steps"], reference_summary["best_step"])
+        if k != last:  # it had stopped before the signal: nothing left to train
+            assert resumed["metrics"] == reference_summary["metrics"]
+        for key, value in reference_summary["metrics"].items():
+            assert resumed["metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
+        assert [(r["split"], r["step"]) for r in comparable(run_dir)] == \
+            [(r["split"], r["step"]) for r in comparable(tmp_path / "reference" / k)]
+
+
+def read_rows(path: Path) -> list[dict]:
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+    except (OSError, ValueError):
+        return []
