@@ -125,7 +125,8 @@ def check_keys(overrides: list[str]) -> str | None:
 
 
 PLUGINS = {  # Hydra options whose plugin may be missing: (module, how to install it)
-    "hydra/sweeper=optuna": ("hydra_plugins.hydra_optuna_sweeper", "pip install 'backprop-lab[search]' (in a clone: pip install '.[search]')"),
+    "hydra/sweeper=optuna": ("hydra_plugins.hydra_optuna_sweeper",
+                             "pip install 'backprop-lab[search]' (in a clone: pip install '.[search]')"),
     "hydra/launcher=submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "pip install hydra-submitit-launcher"),
     "hydra/launcher=submitit_local": ("hydra_plugins.hydra_submitit_launcher", "pip install hydra-submitit-launcher"),
 }
