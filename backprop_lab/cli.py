@@ -225,15 +225,19 @@ def _on_signals() -> None:
 
 def _scratch_for_other_ranks() -> Path | None:
     """Under torchrun, rank 0 alone writes the run folder: the other ranks are sent to a scratch
-    folder (removed at exit) and print nothing. None on rank 0 and outside torchrun. (Plain env
-    reads: the CLI does not import torch before a run.)"""
+    folder (removed at exit) and print nothing. None on rank 0 and outside torchrun (where
+    distributed.py, which imports torch, is not even imported)."""
     import os
     import tempfile
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or int(os.environ.get("RANK", "0")) == 0:
+    if "WORLD_SIZE" not in os.environ:
+        return None
+    from .distributed import from_environment
+    world = from_environment()
+    if world.main:
         return None
     from .console import console, err_console
     console.quiet = err_console.quiet = True
-    return Path(tempfile.mkdtemp(prefix=f"backprop-lab-rank{os.environ['RANK']}-"))
+    return Path(tempfile.mkdtemp(prefix=f"backprop-lab-rank{world.rank}-"))
 
 
 def _finish_ranks(scratch: Path | None) -> None:

@@ -76,26 +76,25 @@ def sum_(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def average_gradients_(params: list[torch.Tensor], world: World) -> None:
-    """Every parameter's gradient becomes its mean over the processes (one all-reduce for all)."""
-    grads = [p.grad for p in params if p.grad is not None]  # the same parameters train on every rank
-    if not grads:
+def _average_(tensors: list[torch.Tensor], world: World) -> None:
+    """Each tensor becomes its mean over the processes, in place, with one all-reduce for all."""
+    if not tensors:
         return
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat = torch.cat([t.reshape(-1) for t in tensors])
     sum_(flat).div_(world.size)
-    for g, part in zip(grads, flat.split([g.numel() for g in grads])):
-        g.copy_(part.view_as(g))
+    for t, part in zip(tensors, flat.split([t.numel() for t in tensors])):
+        t.copy_(part.view_as(t))
+
+
+def average_gradients_(params: list[torch.Tensor], world: World) -> None:
+    """Every parameter's gradient becomes its mean over the processes."""
+    _average_([p.grad for p in params if p.grad is not None], world)  # the same parameters train on every rank
 
 
 def average_buffers_(module: torch.nn.Module, world: World) -> None:
     """Batch-norm running statistics differ by rank (each saw its own slices): average them, so
     that every process evaluates, and rank 0 saves, the same model."""
-    buffers = [b for b in module.buffers() if b.is_floating_point()]
-    if world.active and buffers:
-        flat = torch.cat([b.reshape(-1) for b in buffers])
-        sum_(flat).div_(world.size)
-        for b, part in zip(buffers, flat.split([b.numel() for b in buffers])):
-            b.copy_(part.view_as(b))
+    _average_([b for b in module.buffers() if b.is_floating_point()], world)
 
 
 def any_(flag: bool, device: torch.device) -> bool:

@@ -207,8 +207,8 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
                 "elapsed_s": r.seconds if stopped else time.perf_counter() - start,
                 "finished": {"status": r.status, "stopped_early": r.stopped_early} if stopped else None}
 
-    checkpoints = checkpoint if isinstance(checkpoint, list) else [checkpoint] * count
-    checkpoint = checkpoints[0]
+    checkpoints = checkpoint if isinstance(checkpoint, list) else [checkpoint]  # one per member
+    periodic = checkpoints[0]  # (all are due at the same steps)
     progress.start_stage(stage, max_steps)
 
     stop = step >= max_steps or not running
@@ -311,10 +311,10 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
                 interrupted = interrupts.requested
                 if world.active:  # all processes stop at the same step, or the others would wait forever
                     interrupted = step % distributed.INTERRUPT_CHECK_EVERY == 0 and distributed.any_(interrupted, device)
-                if not stop and (interrupted or (checkpoint is not None and checkpoint.due(step))):
-                    if checkpoint is not None:
-                        for k in range(count):
-                            checkpoints[k].save(snapshot(k, b + 1, orders))
+                if not stop and (interrupted or (periodic is not None and periodic.due(step))):
+                    if periodic is not None:
+                        for k, member_checkpoint in enumerate(checkpoints):
+                            member_checkpoint.save(snapshot(k, b + 1, orders))
                     if interrupted:
                         raise KeyboardInterrupt
                 if stop:

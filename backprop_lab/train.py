@@ -13,13 +13,16 @@ import traceback
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from .console import err_console, show_choices, show_members, show_results, StageProgress
 from .errors import ConfigError
 from .runlog import RunLog, versions
+
+if TYPE_CHECKING:  # (torch is imported only inside a run)
+    from .distributed import World
 
 log = logging.getLogger(__name__)
 GROUPS = ("data", "model", "act", "regularizer", "optimizer", "scheduler", "pretrain", "trainer", "logger")
@@ -57,10 +60,10 @@ def threads_per_job() -> int | None:
     from hydra.core.hydra_config import HydraConfig
     if not HydraConfig.initialized():
         return None
-    launcher = HydraConfig.get().launcher
-    if launcher_name() == "submitit":
+    launcher, name = HydraConfig.get().launcher, launcher_name()
+    if name == "submitit":
         return launcher.get("cpus_per_task") or None
-    if launcher_name() != "joblib":
+    if name != "joblib":
         return None
     cores = os.cpu_count() or 1
     n_jobs = int(launcher.get("n_jobs") or -1)
@@ -80,7 +83,7 @@ def launcher_name() -> str:
     return "basic"
 
 
-def check_data_parallel(cfg: DictConfig, world: Any, count: int) -> None:
+def check_data_parallel(cfg: DictConfig, world: World, count: int) -> None:
     """What torchrun's data parallelism needs, as one-line errors."""
     if count > 1 or launcher_name() in ("joblib", "vectorized"):
         raise ConfigError("hydra/launcher", "vectorized" if count > 1 else launcher_name(),
@@ -214,7 +217,7 @@ def run_members(jobs: list[Job], resume_from: tuple[dict[str, Any], dict[str, An
                 runlog.attach_tensorboard()
         from . import distributed
         device = resolve_device(cfg.trainer.device)
-        if distributed.from_environment().active:
+        if distributed.from_environment().active:  # before joining the group: every rank refuses alike
             check_data_parallel(cfg, distributed.from_environment(), count)
         check_one_process_per_job()
         world, device = distributed.start(device)

@@ -20,7 +20,8 @@ PLUGINS = {  # name: (group, where the plugin's schema is, its class, group defa
     "submitit_local": ("hydra/launcher", "hydra_plugins.hydra_submitit_launcher.config", "LocalQueueConf", [], None),
     "optuna": ("hydra/sweeper", "hydra_plugins.hydra_optuna_sweeper.config", "OptunaSweeperConf",
                [{"params": "lr_decay_dropout"}],  # the search space: hydra/sweeper/params=...
-               "hydra_plugins.backprop_lab_launchers.optuna_search.OptunaSweeper"),  # ends a study with no completed trial in one line
+               # ours ends a study in which no trial completed in one line, not a traceback
+               "hydra_plugins.backprop_lab_launchers.optuna_search.OptunaSweeper"),
 }
 
 
