@@ -51,6 +51,7 @@ OmegaConf.register_new_resolver(
 
 # Outcomes of the runs of this process (a sweep runs its jobs here, one after another).
 _unfinished: list[tuple[str, str]] = []
+_refused = False  # a run of this process was refused (bad input)
 
 
 def group_options() -> dict[str, list[str]]:
@@ -183,7 +184,9 @@ def job_outcome(summary: dict[str, Any]) -> float | None:
         return summary["metrics"].get(summary.get("monitor", "val/acc"))
     hydra_config = HydraConfig.get()
     if hydra_config.mode == RunMode.RUN:
+        global _refused
         _unfinished.append((summary["run_dir"], summary["status"]))
+        _refused = bool(summary.get("refused"))
     elif "BasicSweeper" not in str(hydra_config.sweeper.get("_target_", "")):
         raise RunNotCompleted(f"{summary['status']}: {summary['error']} ({summary['run_dir']})")
     return None
@@ -330,6 +333,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     finally:
         _finish_ranks(scratch)
+    if scratch is not None and _refused:
+        # torchrun's other ranks: rank 0 refuses the same settings and says so; exiting non-zero first
+        # would have torchrun kill rank 0 before it could
+        sys.exit(0)
     if _unfinished:
         if len(_unfinished) > 1 or "-m" in rest or "--multirun" in rest:
             print(f"{len(_unfinished)} run(s) did not complete:", file=sys.stderr)

@@ -281,7 +281,7 @@ def run_members(jobs: list[Job], resume_from: tuple[dict[str, Any], dict[str, An
                 err_console.print(f"diverged: {summary['error']}; lower optimizer.lr or set trainer.grad_clip"
                                   + (f" ({summary['run_dir']})" if count > 1 else ""))
     except ConfigError as err:
-        update(status="failed", error=str(err))
+        update(status="failed", error=str(err), refused=True)  # bad input, as opposed to a crash
         err_console.print(f"error: {err}", markup=False)
     except KeyboardInterrupt:
         update(status="interrupted", error="interrupted by the user")
