@@ -17,11 +17,19 @@ from .errors import ConfigError
 
 @dataclass
 class Arrays:
-    """A data set as loaded: train and test arrays (float32 inputs, int64 labels)."""
+    """A data set as loaded: train and test inputs (float32, or uint8 images) and int64 labels.
+    uint8 images stay uint8 (on the device too) and become `x * scale + shift` per batch."""
     x: np.ndarray
     y: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    scale: np.ndarray | None = None   # broadcasts against one example: (C, 1, 1), x.shape[1:] or ()
+    shift: np.ndarray | None = None
+    normalization: dict[str, Any] | None = None  # what standardize() did, for summary.json
+
+    @property
+    def images(self) -> bool:
+        return self.x.ndim == 4
 
 
 def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, ...]:
@@ -49,34 +57,43 @@ def generate_mnist1d(num_samples: int, seed: int) -> Arrays:
     return Arrays(data["x"], data["y"], data["x_test"], data["y_test"])
 
 
+def cached_arrays(key: str, make: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The arrays `make()` returns, kept in <cache>/<key>.npz: written atomically (a parallel run never
+    reads half a file), made anew when absent or damaged, skipped on a read-only home."""
+    path = cache_dir() / f"{key}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, KeyError, ValueError):  # absent or damaged: make it anew
+        pass
+    arrays = make()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return arrays
+
+
 def load_mnist1d(cfg: Any) -> Arrays:
     """MNIST-1D as the mnist1d package generates it, cached by its arguments (and the package version)."""
     from importlib.metadata import version
     key = f"mnist1d-{version('mnist1d')}-n{int(cfg.num_samples)}-seed{int(cfg.generation_seed)}"
-    path = cache_dir() / f"{key}.npz"
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return Arrays(f["x"], f["y"], f["x_test"], f["y_test"])
-    except (OSError, KeyError, ValueError):  # absent or damaged: generate it anew
-        pass
-    arrays = generate_mnist1d(int(cfg.num_samples), int(cfg.generation_seed))
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, x=arrays.x, y=arrays.y, x_test=arrays.x_test, y_test=arrays.y_test)
-        os.replace(tmp, path)  # atomic: a parallel run never reads half a file
-    except OSError:
-        pass  # a read-only home: no cache, same data
-    return arrays
+
+    def make() -> dict[str, np.ndarray]:
+        a = generate_mnist1d(int(cfg.num_samples), int(cfg.generation_seed))
+        return {"x": a.x, "y": a.y, "x_test": a.x_test, "y_test": a.y_test}
+    a = cached_arrays(key, make)
+    return Arrays(a["x"], a["y"], a["x_test"], a["y_test"])
 
 
 def load_digits(cfg: Any) -> Arrays:
     from sklearn.datasets import load_digits as sk_load_digits
     digits = sk_load_digits()
-    x = digits.images / 16.0
-    x_train, y_train, x_test, y_test = _split(x, digits.target, cfg.test_fraction, cfg.split_seed)
-    mean, std = x_train.mean(), x_train.std()  # one scale for all pixels keeps the images' shape
-    return Arrays((x_train - mean) / std, y_train, (x_test - mean) / std, y_test)
+    x_train, y_train, x_test, y_test = _split(digits.images / 16.0, digits.target, cfg.test_fraction, cfg.split_seed)
+    return Arrays(x_train, y_train, x_test, y_test)  # 8x8 images: standardized per channel (one), by the rule
 
 
 def load_synthetic(cfg: Any) -> Arrays:
@@ -100,7 +117,7 @@ def load_npz(cfg: Any) -> Arrays:
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
-    except Exception as err:  # not a zip, truncated, object arrays…
+    except Exception as err:  # truncated, object arrays…
         raise ConfigError("data.path", cfg.path, f"could not be read as .npz ({type(err).__name__}: {err})") from None
     for key in ("x", "y"):
         if key not in arrays:
@@ -109,12 +126,71 @@ def load_npz(cfg: Any) -> Arrays:
     if len(x) != len(y) or y.ndim != 1 or x.ndim < 2:
         raise ConfigError("data.path", cfg.path, f"x must be (N, ...) and y (N,) integer labels; got x {x.shape}, y {y.shape}")
     if "x_test" in arrays and "y_test" in arrays:
-        x_train, y_train, x_test, y_test = x, y, arrays["x_test"], arrays["y_test"]
+        x_test, y_test = arrays["x_test"], arrays["y_test"]
+        if len(x_test) != len(y_test) or x_test.shape[1:] != x.shape[1:]:
+            raise ConfigError("data.path", cfg.path, f"x_test {x_test.shape} and y_test {y_test.shape} must match x {x.shape} "
+                              "in shape and each other in length")
+        x_train, y_train = x, y
     else:
         x_train, y_train, x_test, y_test = _split(x, y, cfg.test_fraction, cfg.split_seed)
-    if cfg.standardize:
-        mean, std = x_train.mean(0), x_train.std(0) + 1e-8
-        x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+    layout = cfg.get("layout", "auto")
+    return Arrays(to_nchw(x_train, layout), y_train, to_nchw(x_test, layout), y_test)
+
+
+def data_root(cfg: Any) -> Path:
+    """data.root, else $BACKPROP_LAB_DATA (the config's default), else <cache>/datasets."""
+    return Path(cfg.root).expanduser() if cfg.get("root") else cache_dir() / "datasets"
+
+
+def load_image_benchmark(cfg: Any) -> Arrays:
+    from .image_sets import IDX_SETS, load_cifar_set, load_idx_set
+    root = data_root(cfg)
+    load = load_idx_set if cfg.name in IDX_SETS else load_cifar_set
+    x, y, x_test, y_test = load(cfg.name, root, bool(cfg.download))
+    return Arrays(to_nchw(x, "auto"), y, to_nchw(x_test, "auto"), y_test)
+
+
+def load_image_folder(cfg: Any) -> Arrays:
+    """data=images: class subfolders of PNG/JPEG files under data.path (or under its train/ and test/),
+    decoded once with Pillow and cached by the files' names, sizes and times and data.size."""
+    from . import formats
+    folder = Path(cfg.path).expanduser()
+    if not folder.is_dir():
+        raise ConfigError("data.path", cfg.path, "no such folder; give a folder of class subfolders of images")
+    parts = {"train": folder / "train", "test": folder / "test"}
+    split_given = all(p.is_dir() for p in parts.values())
+    found = {k: formats.image_files(p) for k, p in parts.items()} if split_given else {"train": formats.image_files(folder)}
+    for part, classes in found.items():
+        where = parts[part] if split_given else folder
+        if not classes:
+            raise ConfigError("data.path", cfg.path, f"{where} has no class subfolders: put each class's images in a folder named after it")
+        empty = [c for c, files in classes.items() if not files]
+        if empty:
+            raise ConfigError("data.path", cfg.path, f"class folder {where / empty[0]} holds no PNG/JPEG images")
+    names = sorted(found["train"])
+    if split_given and sorted(found["test"]) != names:
+        raise ConfigError("data.path", cfg.path, f"train/ and test/ must have the same class folders; train has {names}, "
+                          f"test has {sorted(found['test'])}")
+    size = tuple(cfg.size) if cfg.size is not None else None
+    listing = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for classes in found.values()
+               for files in classes.values() for f in files]
+    import hashlib
+    key = hashlib.sha256(repr((str(folder.resolve()), size, listing)).encode()).hexdigest()[:20]
+
+    def decode() -> dict[str, np.ndarray]:
+        out = {}
+        for part, classes in found.items():
+            files = [f for c in names for f in classes[c]]
+            labels = np.concatenate([np.full(len(classes[c]), i, dtype=np.int64) for i, c in enumerate(names)])
+            try:
+                out[f"x_{part}"], out[f"y_{part}"] = formats.decode_images(files, size), labels
+            except formats.FormatError as err:
+                raise ConfigError("data.path", cfg.path, str(err)) from None
+        return out
+    a = cached_arrays(f"images-{key}", decode)
+    if split_given:
+        return Arrays(a["x_train"], a["y_train"], a["x_test"], a["y_test"])
+    x_train, y_train, x_test, y_test = _split(a["x_train"], a["y_train"], cfg.test_fraction, cfg.split_seed)
     return Arrays(x_train, y_train, x_test, y_test)
 
 
@@ -123,12 +199,40 @@ DATASETS: dict[str, Callable[[Any], Arrays]] = {
     "digits": load_digits,
     "synthetic": load_synthetic,
     "npz": load_npz,
+    "images": load_image_folder,
+    "mnist": load_image_benchmark,
+    "fashion_mnist": load_image_benchmark,
+    "kmnist": load_image_benchmark,
+    "cifar10": load_image_benchmark,
+    "cifar100": load_image_benchmark,
 }
+CHANNELS = (1, 3, 4)  # grayscale, RGB, RGBA
+
+
+def to_nchw(x: np.ndarray, layout: str) -> np.ndarray:
+    """Examples as (N, D) vectors, (N, L) sequences, or (N, C, H, W) images. An image array is
+    (N, H, W) (one channel), (N, C, H, W) or (N, H, W, C); `auto` takes the axis that holds 1, 3 or 4
+    (second or last) as the channels, and refuses when both or neither do."""
+    if x.ndim == 2 and layout == "auto":
+        return x
+    if x.ndim == 3 and layout in ("auto", "nchw", "nhwc"):
+        return x[:, None]
+    if x.ndim != 4:
+        raise ConfigError("data.layout", layout, f"x of shape {list(x.shape)} fits no image layout: images are (N, H, W), "
+                          "(N, C, H, W) or (N, H, W, C); vectors are (N, D)")
+    if layout == "auto":
+        first, last = x.shape[1] in CHANNELS, x.shape[3] in CHANNELS
+        if first == last:
+            raise ConfigError("data.layout", layout, f"x of shape {list(x.shape)} fits no rule: the channels (1, 3 or 4) "
+                              "must be the second or the last axis, and only one of them; set data.layout=nchw or nhwc")
+        layout = "nchw" if first else "nhwc"
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if layout == "nhwc" else x
 
 
 @dataclass
 class Split:
-    """One task's tensors, on the device: what the engine trains and evaluates on."""
+    """One task's tensors, on the device: what the engine trains and evaluates on. uint8 images stay
+    uint8 there (a quarter of float32's memory) and `prepare` makes each batch float."""
     x_train: Any
     y_train: Any
     x_val: Any
@@ -136,6 +240,8 @@ class Split:
     x_test: Any
     y_test: Any
     classes: list[int]  # original labels, in the order of the renumbered ones
+    scale: Any = None   # float32 tensors that broadcast against one example (None: inputs are float already)
+    shift: Any = None
 
     @property
     def num_classes(self) -> int:
@@ -148,17 +254,26 @@ class Split:
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.x_train), "val": len(self.x_val), "test": len(self.x_test)}
 
+    def prepare(self, xb: Any) -> Any:
+        """A batch as the model takes it: float32, standardized."""
+        if self.scale is None:
+            return xb
+        import torch
+        return torch.addcmul(self.shift, xb.float(), self.scale)
+
 
 def _select(x: np.ndarray, y: np.ndarray, classes: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """Keep the examples of `classes` and renumber their labels 0..k-1 in that order."""
     keep = np.isin(y, classes)
-    lookup = {c: i for i, c in enumerate(classes)}
-    return x[keep], np.array([lookup[int(c)] for c in y[keep]], dtype=np.int64)
+    lookup = np.full(int(max(classes)) + 1, -1, dtype=np.int64)
+    lookup[classes] = np.arange(len(classes))
+    return x[keep], lookup[y[keep]]
 
 
 def make_split(arrays: Arrays, classes: list[int], cfg: Any, device: Any, n_train: int | None,
                key: str) -> Split:
-    """Class selection, validation hold-out and label budget, then float32/int64 tensors on `device`."""
+    """Class selection, validation hold-out and label budget, then tensors on `device`: float32 (or
+    uint8 images) inputs, int64 labels."""
     import torch
     x, y = _select(arrays.x, arrays.y, classes)
     x_test, y_test = _select(arrays.x_test, arrays.y_test, classes)
@@ -171,18 +286,94 @@ def make_split(arrays: Arrays, classes: list[int], cfg: Any, device: Any, n_trai
         if n_train < len(x_train):
             x_train, y_train, _, _ = _split(x_train, y_train, len(x_train) - n_train, cfg.split_seed)
 
-    def tensor(a: np.ndarray, dtype: Any) -> Any:
+    def tensor(a: np.ndarray) -> Any:
+        dtype = torch.uint8 if a.dtype == np.uint8 else torch.int64 if a.dtype == np.int64 else torch.float32
         return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)
 
-    f, i = torch.float32, torch.int64
-    return Split(tensor(x_train, f), tensor(y_train, i), tensor(x_val, f), tensor(y_val, i),
-                 tensor(x_test, f), tensor(y_test, i), list(classes))
+    scale, shift = (None, None) if arrays.scale is None else (tensor(arrays.scale), tensor(arrays.shift))
+    return Split(tensor(x_train), tensor(y_train), tensor(x_val), tensor(y_val), tensor(x_test), tensor(y_test),
+                 list(classes), scale, shift)
+
+
+STANDARDIZE = ("auto", "channel", "feature", "global", "none")
+NEAR_ZERO = 0.1  # a spread below this fraction of the data's overall spread is not divided by
+
+
+def _moments(x: np.ndarray, axes: tuple[int, ...], base: float) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of `x * base` over `axes` (keepdims), in float64, in chunks: CIFAR-10 as float64
+    would take 1.2 GB."""
+    total = np.zeros([1 if a in axes else n for a, n in enumerate(x.shape)])
+    squares = np.zeros_like(total)
+    for start in range(0, len(x), 4096):
+        chunk = x[start:start + 4096].astype(np.float64) * base
+        total += chunk.sum(axis=axes, keepdims=True)
+        squares += np.square(chunk).sum(axis=axes, keepdims=True)
+    count = x.size / total.size
+    mean = total / count
+    return mean, np.sqrt(np.maximum(squares / count - mean ** 2, 0.0))
+
+
+def standardize(arrays: Arrays, mode: str) -> Arrays:
+    """Centre and scale by the training inputs' statistics: per channel for images (`auto` on
+    images), per feature (`auto` on vectors) or one for all (`global`). uint8 inputs are first
+    scaled to [0, 1]. A channel or feature whose spread is zero or near zero (below NEAR_ZERO of the
+    whole data's) is centred, never divided by it. uint8 images keep their bytes: the result is the
+    scale and shift that `Split.prepare` applies per batch; float inputs are transformed here."""
+    x = arrays.x
+    raw = x.dtype == np.uint8
+    base = 1 / 255 if raw else 1.0
+    if mode == "auto":
+        mode = "channel" if arrays.images else "feature"
+    if mode == "channel" and not arrays.images:
+        raise ConfigError("data.standardize", mode, f"is for images (N, C, H, W); these inputs are {list(x.shape)}: "
+                          "use feature, global or none")
+    axes = {"channel": (0, 2, 3), "feature": (0,), "global": tuple(range(x.ndim))}.get(mode)
+    note: dict[str, Any] = {"standardize": mode, **({"uint8_scaled_by": "1/255"} if raw else {})}
+    if axes is None:  # none
+        mean, std = np.zeros([1] * x.ndim), np.ones([1] * x.ndim)
+    else:
+        mean, std = _moments(x, axes, base)
+        overall = _moments(x, tuple(range(x.ndim)), base)[1].item()
+        flat = std <= max(NEAR_ZERO * overall, 1e-12)
+        std = np.where(flat, 1.0, std)
+        note["centred_only"] = int(flat.sum())  # features or channels with (near) zero spread
+        if mode in ("channel", "global"):
+            note.update(mean=[round(float(v), 6) for v in mean.ravel()], std=[round(float(v), 6) for v in std.ravel()])
+    scale = (base / std).astype(np.float32)[0]  # one example's shape: drop N
+    shift = (-mean / std).astype(np.float32)[0]
+    if raw:
+        return Arrays(x, arrays.y, arrays.x_test, arrays.y_test, scale, shift, note)
+    if axes is None:
+        return Arrays(x.astype(np.float32), arrays.y, arrays.x_test.astype(np.float32), arrays.y_test, None, None, note)
+
+    def apply(a: np.ndarray) -> np.ndarray:
+        return (a.astype(np.float32) * scale + shift).astype(np.float32)
+    return Arrays(apply(x), arrays.y, apply(arrays.x_test), arrays.y_test, None, None, note)
+
+
+def _check_labels(y: np.ndarray, name: str, key: str, value: Any) -> np.ndarray:
+    if not (np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y)))):
+        raise ConfigError(key, value, f"{name} must hold integer class labels; it holds {y.dtype}")
+    if len(y) and y.min() < 0:
+        raise ConfigError(key, value, f"{name} must hold class labels >= 0; it holds {int(y.min())}")
+    return y.astype(np.int64)
 
 
 def load_arrays(cfg: Any) -> Arrays:
+    """The data set `cfg` names, as loaded, then standardized by `data.standardize` (see standardize)."""
     arrays = DATASETS[cfg.name](cfg)
-    return Arrays(arrays.x.astype(np.float32), arrays.y.astype(np.int64),
-                  arrays.x_test.astype(np.float32), arrays.y_test.astype(np.int64))
+    key, value = ("data.path", cfg.get("path")) if "path" in cfg else ("data", cfg.name)
+    y, y_test = _check_labels(arrays.y, "y", key, value), _check_labels(arrays.y_test, "y_test", key, value)
+    x, x_test = arrays.x, arrays.x_test
+    if x.ndim == 3:  # (N, H, W) images from any loader: one channel
+        x, x_test = x[:, None], x_test[:, None]
+    if x.dtype != np.uint8:
+        x, x_test = x.astype(np.float32), x_test.astype(np.float32)
+        if not (np.isfinite(x).all() and np.isfinite(x_test).all()):
+            raise ConfigError(key, value, "the inputs hold NaN or infinite values")
+    mode = cfg.get("standardize", "none")
+    mode = {True: "auto", False: "none"}.get(mode, mode) if isinstance(mode, bool) else mode  # (npz's old boolean)
+    return standardize(Arrays(x, y, x_test, y_test), mode)
 
 
 def all_classes(arrays: Arrays) -> list[int]:

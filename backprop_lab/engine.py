@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .augment import Augment
 from .data import Split
 from .diagnostics import Diagnostics
 from . import distributed, interrupts
@@ -49,9 +50,11 @@ class StageResult:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, reconstruct: bool,
-             autocast: Any, world: World = World(), chunk: int = 8192) -> dict[str, torch.Tensor]:
+             autocast: Any, world: World = World(), chunk: int = 8192,
+             prepare: Callable[[torch.Tensor], torch.Tensor] = lambda xb: xb) -> dict[str, torch.Tensor]:
     """Mean loss (and accuracy) over a whole split, in eval mode, one value per member; tensors, so
-    nothing syncs here. Under torchrun each process evaluates its share and the sums are pooled."""
+    nothing syncs here. Under torchrun each process evaluates its share and the sums are pooled.
+    `prepare` makes a chunk of stored inputs float (Split.prepare)."""
     was_training = model.training
     model.eval()
     members = isinstance(model, Members)
@@ -63,7 +66,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, reconstruct: bo
     loss_sum = x.new_zeros(model.count if members else 1, dtype=torch.float32)
     correct = torch.zeros_like(loss_sum)
     for start in range(0, len(x), chunk):
-        xb, yb = x[start:start + chunk], y[start:start + chunk]
+        xb, yb = prepare(x[start:start + chunk]), y[start:start + chunk]
         with autocast():
             out = model(xb, shared=True) if members else model(xb)
         if reconstruct:
@@ -116,14 +119,16 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
         scheduler: Any, regularization: Regularization, trainer: Any, max_steps: int, seeds: list[int],
         logs: list[Any], progress: Any, reconstruct: bool = False, noise: float = 0.0,
         on_step: Callable[[int], None] | None = None, act_name: str | None = None,
-        checkpoint: Any = None, resume: dict[str, Any] | None = None, world: World = World()) -> list[StageResult]:
+        checkpoint: Any = None, resume: dict[str, Any] | None = None, world: World = World(),
+        augment: Augment | None = None) -> list[StageResult]:
     """Train `model` on `split` for `max_steps` steps; validate every `trainer.eval_every` steps,
     keep the best weights by `trainer.monitor`, stop early or on a non-finite loss, then test the best.
     Returns one StageResult per member (`seeds[k]` orders member k's data, `logs[k]` gets its rows).
     `checkpoint` (a checkpoint.Checkpointer; for members, one per member) is written periodically and
     when interrupted; a single model continues from `resume` (such a checkpoint) to the numbers it
     would have had. A member's checkpoint is an ordinary single-model one (its slice of the stacked
-    weights and optimizer state), so an interrupted member resumes as an ordinary run."""
+    weights and optimizer state), so an interrupted member resumes as an ordinary run.
+    `augment` (augment.Augment) transforms each training batch, drawn from the members' generators."""
     device = split.x_train.device
     x, y = split.x_train, split.y_train
     n = len(x)
@@ -228,7 +233,10 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
                 log_now = step == 0 or (step + 1) % trainer.log_every == 0 or step + 1 == max_steps
                 if diagnostics is not None and log_now:
                     diagnostics.arm()
-                xb = x[idx]
+                xb = x[idx]  # stored inputs (uint8 images stay uint8 until here)
+                if augment is not None:
+                    xb = augment(xb, generators, batch_size, my_slice if world.active else None)
+                xb = split.prepare(xb)
                 target = xb.flatten(1) if reconstruct else y[idx]  # (members never reconstruct)
                 if noise > 0:
                     xb = xb + noise * torch.randn_like(xb)
@@ -282,7 +290,8 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
                     progress.update(step, results[0].last_train)
 
                 if (step % trainer.eval_every == 0 or stop) and running:
-                    val = _per_member(evaluate(model, split.x_val, split.y_val, reconstruct, autocast, world), count)
+                    val = _per_member(evaluate(model, split.x_val, split.y_val, reconstruct, autocast, world,
+                                               prepare=split.prepare), count)
                     elapsed = time.perf_counter() - start
                     for k in list(running):
                         r = results[k]
@@ -329,7 +338,8 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
             model.load_member_states([best_state[k] or results[k].last_state for k in range(count)])
         else:
             model.load_state_dict(best_state[0])
-        test = _per_member(evaluate(model, split.x_test, split.y_test, reconstruct, autocast, world), count)
+        test = _per_member(evaluate(model, split.x_test, split.y_test, reconstruct, autocast, world,
+                                    prepare=split.prepare), count)
         for k in tested:
             results[k].test = test[k]
             logs[k].metrics(stage=stage, split="test", step=results[k].best_step, elapsed_s=results[k].seconds, **test[k])

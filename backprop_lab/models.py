@@ -9,6 +9,7 @@ import math
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .activations import init_weights, make_activation
@@ -98,13 +99,69 @@ def build_cnn1d(cfg: Any, act_cfg: Any, reg: Any, input_shape: tuple[int, ...], 
     return _conv_net(nn.Conv1d, nn.BatchNorm1d, (1, *input_shape), cfg, act_cfg, reg, num_classes)
 
 
+def _image_view(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(C, H, W) for a model of images: data of shape [C, H, W], or [H, W] (one channel)."""
+    if len(input_shape) == 2:
+        return (1, *input_shape)  # type: ignore[return-value]
+    if len(input_shape) != 3:
+        raise ConfigError("model", name, f"{name} needs images (shape [C, H, W] or [H, W]); this data has shape "
+                          f"{list(input_shape)}: use model=mlp (or model=cnn1d for sequences)")
+    return input_shape  # type: ignore[return-value]
+
+
 def build_cnn2d(cfg: Any, act_cfg: Any, reg: Any, input_shape: tuple[int, ...], num_classes: int) -> Classifier:
-    if len(input_shape) != 2:
-        raise ConfigError("model", "cnn2d", f"cnn2d needs images (shape [H, W]); this data has shape {list(input_shape)}: use model=cnn1d or model=mlp")
-    return _conv_net(nn.Conv2d, nn.BatchNorm2d, (1, *input_shape), cfg, act_cfg, reg, num_classes)
+    return _conv_net(nn.Conv2d, nn.BatchNorm2d, _image_view("cnn2d", input_shape), cfg, act_cfg, reg, num_classes)
 
 
-MODELS = {"mlp": build_mlp, "cnn1d": build_cnn1d, "cnn2d": build_cnn2d}
+class BasicBlock(nn.Module):
+    """He et al. 2016's CIFAR block: conv3x3 -> [BN] -> act -> conv3x3 -> [BN], plus the shortcut,
+    then act. The shortcut is the identity; where the block halves the size and doubles the width it
+    subsamples and pads the new channels with zeros (the paper's option A: no parameters)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, act_cfg: Any, batchnorm: bool):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=not batchnorm)
+        self.norm1 = nn.BatchNorm2d(c_out) if batchnorm else None
+        self.act1 = make_activation(act_cfg)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=not batchnorm)
+        self.norm2 = nn.BatchNorm2d(c_out) if batchnorm else None
+        self.act2 = make_activation(act_cfg)
+        self.stride, self.extra = stride, c_out - c_in
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(x)
+        out = self.act1(out if self.norm1 is None else self.norm1(out))
+        out = self.conv2(out)
+        out = out if self.norm2 is None else self.norm2(out)
+        shortcut = x[:, :, ::self.stride, ::self.stride] if self.stride > 1 else x
+        if self.extra:
+            shortcut = F.pad(shortcut, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
+        return self.act2(out + shortcut)
+
+
+def build_resnet(cfg: Any, act_cfg: Any, reg: Any, input_shape: tuple[int, ...], num_classes: int) -> Classifier:
+    """The CIFAR ResNet (He et al. 2016, section 4.2): a 3x3 conv, three stages of
+    `blocks_per_stage` basic blocks at widths w, 2w, 4w (the last two start with stride 2), global
+    average pooling, [dropout], the head: 6n + 2 layers (n = 3: ResNet-20). Blocks, for freezing and
+    the per-layer diagnostics: the stem, then one per stage."""
+    view = _image_view("resnet", input_shape)
+    w, n, bn = cfg.width, cfg.blocks_per_stage, reg.batchnorm
+    stem = [nn.Conv2d(view[0], w, 3, padding=1, bias=not bn), *([nn.BatchNorm2d(w)] if bn else []), make_activation(act_cfg)]
+    blocks: list[nn.Module] = [nn.Sequential(*stem)]
+    c_in = w
+    for stage, width in enumerate((w, 2 * w, 4 * w)):
+        layers: list[nn.Module] = []
+        for i in range(n):
+            layers.append(BasicBlock(c_in, width, 2 if stage > 0 and i == 0 else 1, act_cfg, bn))
+            c_in = width
+        blocks.append(nn.Sequential(*layers))
+    blocks[-1].append(nn.AdaptiveAvgPool2d(1))
+    if reg.dropout > 0:
+        blocks[-1].append(nn.Dropout(reg.dropout))  # dropout before the head
+    return Classifier(blocks, view, 4 * w, num_classes)
+
+
+MODELS = {"mlp": build_mlp, "cnn1d": build_cnn1d, "cnn2d": build_cnn2d, "resnet": build_resnet}
 
 
 def build_model(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> Classifier:

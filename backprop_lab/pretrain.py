@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import torch
 
+from .augment import Augment
 from .data import Arrays, Split, all_classes, make_split
 from .engine import StageResult, fit
 from .errors import ConfigError
@@ -105,24 +106,65 @@ class Plan:
     model: Classifier
 
 
+def pretrain_data(cfg: Any) -> Any:
+    """The config of pretrain.data (another data option): its shipped defaults, with data.root,
+    data.download and the split settings of the run's data, and pretrain.data_path as its path."""
+    from importlib import resources
+
+    from omegaconf import OmegaConf
+    node = OmegaConf.load(str(resources.files("backprop_lab.configs") / "data" / f"{cfg.pretrain.data}.yaml"))
+    for key in ("root", "download", "val_fraction", "split_seed"):
+        if key in node and key in cfg.data:
+            node[key] = cfg.data[key]
+    if "path" in node:
+        if cfg.pretrain.get("data_path") is None:
+            raise ConfigError("pretrain.data_path", None, f"pretrain.data={cfg.pretrain.data} needs the path of its files")
+        node.path = cfg.pretrain.data_path
+    node.augment = list(cfg.data.augment or [])  # pretraining images are augmented alike
+    node.source_classes, node.target_classes, node.n_train = None, None, None
+    return node
+
+
+def _source_task(cfg: Any, arrays: Arrays, target: Split, device: torch.device) -> Split | None:
+    """The pretraining task: labelled source classes (supervised), inputs only (autoencoder), from
+    this data set or, with pretrain.data, from another one whose inputs have the same shape."""
+    name = cfg.pretrain.name
+    if name not in ("supervised", "autoencoder"):
+        return None
+    data_cfg, source_arrays = cfg.data, arrays
+    if cfg.pretrain.get("data") is not None:
+        from .data import load_arrays
+        data_cfg = pretrain_data(cfg)
+        source_arrays = load_arrays(data_cfg)
+        shape, own = list(source_arrays.x.shape[1:]), list(target.input_shape)
+        if shape != own:
+            raise ConfigError("pretrain.data", cfg.pretrain.data, f"has inputs of shape {shape}, data={cfg.data.name} "
+                              f"has {own}: one model must take both (pretrain on a data set of the same shape)")
+    available = all_classes(source_arrays)
+    chosen = cfg.data.source_classes
+    if chosen is not None and not set(chosen) <= set(available):
+        raise ConfigError("data.source_classes", list(chosen), f"the pretraining data's classes are {available}")
+    if name == "autoencoder" and chosen is None and source_arrays is arrays:  # no labels used: any budget
+        chosen = target.classes
+    return make_split(source_arrays, list(chosen or available), data_cfg, device, None, "data.source_classes")
+
+
 def plan(cfg: Any, arrays: Arrays, device: torch.device) -> Plan:
     classes = all_classes(arrays)
-    for key in ("source_classes", "target_classes"):
-        chosen = cfg.data[key]
-        if chosen is not None and not set(chosen) <= set(classes):
-            raise ConfigError(f"data.{key}", list(chosen), f"the data set's classes are {classes}")
-    target_classes = list(cfg.data.target_classes or classes)
-    target = make_split(arrays, target_classes, cfg.data, device, cfg.data.n_train, "data.n_train")
-    source = None
-    name = cfg.pretrain.name
-    if name == "supervised":
-        source = make_split(arrays, list(cfg.data.source_classes), cfg.data, device, None, "data.source_classes")
-    elif name == "autoencoder":  # no labels used, so the label budget does not limit it
-        source = make_split(arrays, list(cfg.data.source_classes or target_classes), cfg.data, device, None,
-                            "data.source_classes")
-    first_classes = source.num_classes if name == "supervised" else target.num_classes
+    chosen = cfg.data.target_classes
+    if chosen is not None and not set(chosen) <= set(classes):
+        raise ConfigError("data.target_classes", list(chosen), f"the data set's classes are {classes}")
+    if cfg.data.source_classes is not None and cfg.pretrain.get("data") is None \
+            and not set(cfg.data.source_classes) <= set(classes):
+        raise ConfigError("data.source_classes", list(cfg.data.source_classes), f"the data set's classes are {classes}")
+    if cfg.data.augment and not arrays.images:
+        raise ConfigError("data.augment", list(cfg.data.augment), f"crops and flips are for images (N, C, H, W); "
+                          f"data={cfg.data.name} has inputs of shape {list(arrays.x.shape)}")
+    target = make_split(arrays, list(chosen or classes), cfg.data, device, cfg.data.n_train, "data.n_train")
+    source = _source_task(cfg, arrays, target, device)
+    first_classes = source.num_classes if cfg.pretrain.name == "supervised" else target.num_classes
     model = build_model(cfg, target.input_shape, first_classes).to(device)
-    if name == "checkpoint":
+    if cfg.pretrain.name == "checkpoint":
         load_body(model, load_weights(cfg.pretrain.path), cfg.pretrain.path)
     return Plan(target, source, model)
 
@@ -138,9 +180,11 @@ def fit_members(cfg: Any, module: torch.nn.Module, split: Split, stage: str, ste
     """fit_stage for K members at once (`module` is a members.Members when K > 1)."""
     optimizer = build_optimizer(module, cfg.optimizer, cfg.regularizer.decay_bias_and_norm)
     scheduler = build_scheduler(optimizer, cfg.scheduler, steps, cfg.optimizer.lr)
+    augment = Augment(cfg.data.augment, cfg.data.crop_padding) if cfg.data.get("augment") else None
     return fit(module, split, stage=stage, optimizer=optimizer, scheduler=scheduler,
                regularization=Regularization(module, cfg.regularizer), trainer=cfg.trainer,
-               max_steps=steps, seeds=seeds, logs=logs, progress=progress, act_name=cfg.act.name, **kwargs)
+               max_steps=steps, seeds=seeds, logs=logs, progress=progress, act_name=cfg.act.name,
+               augment=augment, **kwargs)
 
 
 def run_stages(cfg: Any, p: Plan, log: Any, progress: Any,

@@ -228,7 +228,7 @@ def run_members(jobs: list[Job], resume_from: tuple[dict[str, Any], dict[str, An
             torch.manual_seed(job.cfg.seed)
             plans.append(plan(job.cfg, arrays, device))
         p = plans[0]
-        update(regularizers_active=active_regularizers(cfg.regularizer), device=str(device),
+        update(regularizers_active=active_regularizers(cfg.regularizer), device=str(device), inputs=arrays.normalization,
                sizes=p.target.sizes(), num_params=sum(t.numel() for t in p.model.parameters()),
                monitor=cfg.trainer.monitor, versions=versions(), torch_threads=torch.get_num_threads(),
                world_size=world.size, **({"batch_per_process": cfg.trainer.batch_size // world.size} if world.active else {}))

@@ -74,6 +74,27 @@ def path(v: Any) -> str | None:
     return None if isinstance(v, str) and v else "must be a path"
 
 
+def optional(rule: Rule) -> Rule:
+    return lambda v: None if v is None else rule(v)
+
+
+def names_list(*names: str) -> Rule:
+    def rule(v: Any) -> str | None:
+        ok = isinstance(v, list) and all(isinstance(n, str) and n in names for n in v) and len(set(v)) == len(v)
+        return None if ok else f"must be a list of distinct names from: {', '.join(names)} (e.g. [{','.join(names)}])"
+    return rule
+
+
+def standardize_mode(v: Any) -> str | None:  # (true / false: what npz's boolean meant before)
+    return None if isinstance(v, bool) or v in ("auto", "channel", "feature", "global", "none") else \
+        "choose one of: auto, channel, feature, global, none"
+
+
+def image_size(v: Any) -> str | None:
+    ok = v is None or (isinstance(v, list) and len(v) == 2 and all(_is_int(i) and i >= 1 for i in v))
+    return None if ok else "must be [H, W] (two integers >= 1) or null"
+
+
 positive = number(0, lo_open=True)
 nonnegative = number(0)
 probability = number(0, 1, hi_open=True)
@@ -146,16 +167,17 @@ GROUP_KNOBS: dict[str, dict[str, Rule]] = {
     },
     "model": {
         "depth": integer(1), "width": integer(1), "residual": boolean, "channels": int_list(1),
-        "kernel_sizes": int_list(1), "strides": int_list(1), "padding": integer(0),
+        "kernel_sizes": int_list(1), "strides": int_list(1), "padding": integer(0), "blocks_per_stage": integer(1),
     },
     "pretrain": {
         "steps": integer(1, nullable=True), "finetune": choice("full", "freeze", "gradual"),
-        "unfreeze_every": integer(1), "noise": nonnegative, "path": path,
+        "unfreeze_every": integer(1), "noise": nonnegative, "path": path, "data_path": optional(path),
     },
     "data": {
         "num_samples": integer(10), "generation_seed": integer(0), "test_fraction": number(0, 1, lo_open=True, hi_open=True),
-        "num_classes": integer(2), "shape": int_list(1), "standardize": boolean,
-        "path": path,
+        "num_classes": integer(2), "shape": int_list(1), "standardize": standardize_mode,
+        "path": path, "root": optional(path), "download": boolean, "layout": choice("auto", "nchw", "nhwc"),
+        "augment": names_list("crop", "flip"), "crop_padding": integer(0), "size": image_size,
     },
 }
 
@@ -199,12 +221,16 @@ def validate(cfg: dict, names: dict[str, tuple[str, ...]]) -> None:
             raise ConfigError(key, classes, "lists a class twice")
         if classes is not None and key == "data.target_classes" and len(classes) < 2:
             raise ConfigError(key, classes, "needs at least 2 classes")
-    if source is not None and target is not None and set(source) & set(target):
+    other_data = pretrain.get("data")  # pretraining on another data set: its classes are its own
+    if other_data is not None and other_data not in names["data"]:
+        raise ConfigError("pretrain.data", other_data, f"choose a data option: {', '.join(names['data'])}")
+    if source is not None and target is not None and set(source) & set(target) and other_data is None:
         raise ConfigError("data.source_classes", source, f"must not share classes with data.target_classes={target}")
-    if pretrain["name"] == "supervised" and source is None:
+    if pretrain["name"] == "supervised" and source is None and other_data is None:
         raise ConfigError("data.source_classes", None,
-                          "pretrain=supervised needs the pretraining task's classes, e.g. data.source_classes=[0,1,2,3,4] data.target_classes=[5,6,7,8,9]")
+                          "pretrain=supervised needs the pretraining task: its classes, e.g. data.source_classes=[0,1,2,3,4] "
+                          "data.target_classes=[5,6,7,8,9], or another data set, e.g. pretrain.data=fashion_mnist")
     if pretrain["name"] == "checkpoint":
         _check("pretrain.path", pretrain["path"], GROUP_KNOBS["pretrain"]["path"])
-    if data["name"] == "npz":
+    if data["name"] in ("npz", "images"):
         _check("data.path", data["path"], GROUP_KNOBS["data"]["path"])
