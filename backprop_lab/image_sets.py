@@ -135,7 +135,8 @@ def load_cifar_set(name: str, root: Path, fetch: bool) -> Loaded:
             download.unpack(archive, spec.binary, root)
         except download.DownloadError as err:
             raise ConfigError("data.download", True, str(err)) from None
-        archive.unlink()
+        finally:
+            archive.unlink()  # unpacked (or refused): the archive is not kept
         found = _cifar_files(spec, root)
     if found is None:
         expected = lambda folder, files: f"{root / folder}/ ({', '.join(files)})"  # noqa: E731

@@ -90,6 +90,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, sched_cfg: Any, total_step
         return None
     if name == "step":
         return S.StepLR(optimizer, step_size=sched_cfg.step_size, gamma=sched_cfg.gamma)
+    if name == "multistep":
+        return S.MultiStepLR(optimizer, milestones=list(sched_cfg.milestones), gamma=sched_cfg.gamma)
     if name == "cosine":
         return S.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=sched_cfg.min_lr)
     if name == "warmup_cosine":
@@ -103,4 +105,4 @@ def build_scheduler(optimizer: torch.optim.Optimizer, sched_cfg: Any, total_step
     raise KeyError(name)
 
 
-SCHEDULERS = ("constant", "step", "cosine", "warmup_cosine", "onecycle", "plateau")
+SCHEDULERS = ("constant", "step", "multistep", "cosine", "warmup_cosine", "onecycle", "plateau")

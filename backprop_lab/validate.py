@@ -159,7 +159,7 @@ GROUP_KNOBS: dict[str, dict[str, Rule]] = {
         "step_size": integer(1), "gamma": number(0, 1, lo_open=True), "min_lr": nonnegative,
         "warmup_steps": integer(0), "pct_start": number(0, 1, lo_open=True, hi_open=True),
         "div_factor": positive, "final_div_factor": positive, "factor": number(0, 1, lo_open=True, hi_open=True),
-        "patience": integer(0),
+        "patience": integer(0), "milestones": int_list(1),
     },
     "act": {
         "negative_slope": nonnegative, "init_slope": nonnegative, "alpha": positive, "beta": positive,

@@ -93,6 +93,8 @@ BAD = [
     (["pretrain=checkpoint", "pretrain.path=/nonexistent"], 1, "pretrain.path=/nonexistent is not valid: no weights there"),
     (["data=npz", "data.path=/nonexistent.npz"], 1, "data.path=/nonexistent.npz is not valid: no such file"),
     (["data=npz", f"data.path={REPO / 'pyproject.toml'}"], 1, "pyproject.toml is not valid: is not an .npz file"),
+    (["data=mnist", "data.root=nowhere"], 1, "data.root=nowhere is not valid: has no mnist files: looked in nowhere"),
+    (["data=cifar10", "data.augment=[rotate]"], 1, "data.augment=['rotate'] is not valid: must be a list of distinct names"),
 ]
 
 
@@ -160,3 +162,17 @@ def test_user_configs_extend_the_shipped_ones(tmp_path):
     (summary,) = tmp_path.glob("outputs/*/*/summary.json")
     s = json.loads(summary.read_text())
     assert s["choices"]["act"] == "tanh" and s["choices"]["experiment"] == "mine"
+
+
+def test_mnist_idx_files_train_from_an_empty_folder(tmp_path):
+    """Real handwritten digits in MNIST's gzipped IDX files, as a user has them after a download."""
+    from fake_files import digits_as_mnist, write_idx_set
+    write_idx_set(tmp_path / "data" / "MNIST" / "raw", *digits_as_mnist())
+    work = tmp_path / "work"
+    work.mkdir()
+    r = cli(work, "train", "data=mnist", f"data.root={tmp_path / 'data'}", "trainer.max_steps=300",
+            "trainer.eval_every=100", "trainer.progress=off")
+    assert r.returncode == 0, r.stderr
+    (summary,) = [json.loads(p.read_text()) for p in work.glob("outputs/*/*/summary.json")]
+    assert summary["sizes"] == {"train": 1347, "val": 150, "test": 300}
+    assert summary["metrics"]["test/acc"] > 0.8 and summary["metrics"]["test/loss"] < 1.0, summary["metrics"]

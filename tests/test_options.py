@@ -14,11 +14,13 @@ from backprop_lab.data import DATASETS
 from backprop_lab.models import MODELS
 from backprop_lab.optimizers import OPTIMIZERS, SCHEDULERS
 from backprop_lab.pretrain import PRETRAIN_STRATEGIES
+from fake_files import random_cifar, write_cifar_binary, write_idx_set, write_png_folder
 
 OPTIONS = group_options()
 # What an option needs besides itself to run on small data.
 NEEDS = {
     ("model", "cnn2d"): ["data.shape=[8,8]"],
+    ("model", "resnet"): ["data.shape=[8,8]", "model.blocks_per_stage=1", "model.width=4"],
     ("data", "mnist1d"): ["data.num_samples=600"],
     ("data", "digits"): [],
     ("pretrain", "supervised"): ["data.source_classes=[0,1]", "data.target_classes=[2,3]"],
@@ -28,6 +30,34 @@ NEEDS = {
     ("experiment", "study_pretraining"): ["data=mnist1d", "data.num_samples=600", "data.n_train=40", "pretrain.steps=6"],
     ("experiment", "study_regularization"): ["data.n_train=40"],
 }
+
+
+def _idx(name: str):
+    def make(tmp_path):
+        x, y = random_cifar(80, 10)
+        write_idx_set(tmp_path / "root", x[:, 0, :28, :28], y, x[:20, 0, :28, :28], y[:20])
+        return [f"data.root={tmp_path / 'root'}"]
+    return make
+
+
+def _cifar(name: str, classes: int):
+    def make(tmp_path):
+        x, y = random_cifar(80, classes)
+        write_cifar_binary(tmp_path / "root", name, x, y, x[:20], y[:20])
+        return [f"data.root={tmp_path / 'root'}"]
+    return make
+
+
+def _pngs(tmp_path):
+    x, y = random_cifar(40, 2)
+    write_png_folder(tmp_path / "pngs", x, y)
+    return [f"data.path={tmp_path / 'pngs'}", "data.val_fraction=0.25"]
+
+
+EXPERIMENT_DATA = {"mnist_mlp": "mnist", "fashion_mnist_cnn": "fashion_mnist", "cifar10_resnet20": "cifar10"}
+# Data options read from files: small files in their real formats.
+IMAGE_SETS = {"mnist": _idx("mnist"), "fashion_mnist": _idx("fashion_mnist"), "kmnist": _idx("kmnist"),
+              "cifar10": _cifar("cifar10", 10), "cifar100": _cifar("cifar100", 100), "images": _pngs}
 
 
 def test_every_registry_name_has_a_config_and_back():
@@ -54,10 +84,16 @@ def test_option_trains(group, name, train, tmp_path):
         y = (x[:, 0] > 0).astype("int64")
         np.savez(tmp_path / "mine.npz", x=x, y=y)
         extra.append(f"data.path={tmp_path / 'mine.npz'}")
+    if group == "data" and name in IMAGE_SETS:
+        extra += IMAGE_SETS[name](tmp_path)
     if (group, name) == ("pretrain", "checkpoint"):
         first, first_dir = train()
         assert first["status"] == "completed"
         extra.append(f"pretrain.path={first_dir}")
+    if group == "experiment" and name in EXPERIMENT_DATA:
+        extra += [f"data={EXPERIMENT_DATA[name]}", *IMAGE_SETS[EXPERIMENT_DATA[name]](tmp_path)]
+        extra += ["trainer.max_epochs=null", "trainer.batch_size=16", "scheduler.milestones=[3]"
+                  if name == "cifar10_resnet20" else "seed=0"]
     if group == "experiment":
         extra += ["trainer=smoke", "trainer.max_steps=6", "trainer.eval_every=3", "trainer.progress=off"]
     summary, run_dir = train(f"{group}={name}", *extra)
