@@ -241,8 +241,13 @@ def pretraining_verdict(runs: list[Run]) -> str:
                      if name != "scratch" or r.settings.get("pretrain") == "none"]
             acc[name, n] = values(group, "test/acc")
     rows = [[name] + [fmt(acc[name, n]) for n in budgets] for name, _ in STRATEGIES]
-    out = ["### Measurements", "", "Test accuracy on classes 5-9 (mean [95% CI]) by label budget; pretraining used "
-           "classes 0-4 (all their labels) or, for the autoencoder, their inputs only.", "",
+    source = next((r.settings["pretrain.data"] for r in runs if r.settings.get("pretrain.data")), None)
+    target = next((r.settings["data"] for r in runs if r.settings.get("data")), None)
+    task = (f"Test accuracy on {target or 'the run data'} (mean [95% CI]) by label budget; pretraining used {source} "
+            "(all its labels) or, for the autoencoder, its inputs only.") if source else (
+           "Test accuracy on classes 5-9 (mean [95% CI]) by label budget; pretraining used "
+           "classes 0-4 (all their labels) or, for the autoencoder, their inputs only.")
+    out = ["### Measurements", "", task, "",
            table(["strategy"] + [f"{n} labels" for n in budgets], rows), "", "### Verdict", ""]
     for name, _ in STRATEGIES[1:]:
         parts = []
@@ -293,7 +298,11 @@ def run_study(name: str, out: Path, extra: list[str], smoke: bool, report_only: 
 
     def run_sweep(label: str, overrides: list[str], note: str | None = None) -> Path:
         folder = out / label
-        args = ["train", "-m", f"hydra/launcher={launcher}", f"experiment=study_{name}", *overrides, *(SMOKE if smoke else []), *extra]
+        staged = not any(o == "pretrain=none" for o in overrides)  # pretrain.* overrides only where there is a stage
+        own_data = any(o.startswith("data=") for o in extra)  # (the smoke's data.num_samples is MNIST-1D's)
+        smoke_args = [a for a in SMOKE if not (own_data and a.startswith("data.num_samples"))] if smoke else []
+        args = ["train", "-m", f"hydra/launcher={launcher}", f"experiment=study_{name}", *overrides, *smoke_args,
+                *[e for e in extra if staged or not e.startswith("pretrain.")]]
         shown = "backprop-lab " + " ".join(f"'{a}'" if "[" in a else a for a in args)
         commands.append(f"- `{shown}`" + (f" ({note})" if note else ""))
         commands_file.write_text("\n".join(commands) + "\n")

@@ -104,7 +104,7 @@ def check_one_process_per_job() -> None:
     if tasks > 1:
         raise ConfigError("hydra.launcher.tasks_per_node", launcher.get("tasks_per_node"),
                           "each job is one process (tasks_per_node=1, nodes=1); for data parallel on SLURM run "
-                          "torchrun inside an sbatch script (README: Scaling up)")
+                          "torchrun inside an sbatch script (docs/scaling.md)")
 
 
 def _setup_torch(trainer: Any, device: Any) -> None:

@@ -43,3 +43,21 @@ def test_verdict_statistics_say_no_when_the_data_say_no():
 def test_unknown_study_is_one_line(tmp_path):
     r = subprocess.run([EXE, "study", "dropout"], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.startswith("error: study 'dropout' does not exist; choose one of:")
+
+
+def test_pretraining_study_across_data_sets(tmp_path):
+    """`backprop-lab study pretraining` with pretrain.data: Fashion-MNIST -> MNIST, both in IDX files."""
+    from fake_files import random_cifar, write_idx_set
+    for folder, seed in (("MNIST", 0), ("FashionMNIST", 1)):
+        x, y = random_cifar(400, 10, seed=seed)
+        write_idx_set(tmp_path / "data" / folder / "raw", x[:, 0, 2:30, 2:30], y, x[:80, 0, 2:30, 2:30], y[:80])
+    out = tmp_path / "study"
+    r = subprocess.run([EXE, "study", "pretraining", "--smoke", "--out", str(out), "data=mnist",
+                        f"data.root={tmp_path / 'data'}", "pretrain.data=fashion_mnist", "data.source_classes=null",
+                        "data.target_classes=null"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    report = (out / "report.md").read_text()
+    assert "Test accuracy on mnist (mean [95% CI]) by label budget; pretraining used fashion_mnist" in report
+    runs = find_runs([out])
+    assert len(runs) == 36 and all(run.status == "completed" for run in runs)
+    assert "pretrain.data=fashion_mnist" not in (out / "commands.md").read_text().splitlines()[0]  # scratch: no stage
