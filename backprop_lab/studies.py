@@ -334,7 +334,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--report-only", action="store_true", help="recompute the report of an existing --out folder")
     parser.add_argument("--launcher", default="vectorized", choices=["vectorized", "basic", "joblib"],
                         help="how each sweep runs: seeds as one batched model (default), one by one, or in parallel")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may come before or after the options
     if args.name not in STUDIES:
         print(f"error: study '{args.name}' does not exist; choose one of: {', '.join(STUDIES)}", file=sys.stderr)
         return 2

@@ -161,13 +161,13 @@ def test_augmented_vectorized_members_match_their_own_runs(tmp_path, cifar_root)
 
 def test_an_augmented_run_resumes_to_the_same_numbers(tmp_path, cifar_root):
     overrides = ["data=cifar10", f"data.root={cifar_root}", "model=cnn2d", "model.channels=[4,8]",
-                 "data.augment=[crop,flip]", "trainer.max_steps=400", "trainer.eval_every=100",
-                 "trainer.log_every=20", "trainer.checkpoint_every=50", "trainer.batch_size=16", "trainer.progress=off"]
+                 "data.augment=[crop,flip]", "trainer.max_steps=200", "trainer.eval_every=50",
+                 "trainer.log_every=10", "trainer.checkpoint_every=30", "trainer.batch_size=16", "trainer.progress=off"]
     reference = run_cfg(tmp_path / "reference", *overrides)
     assert reference["status"] == "completed"
     import signal
     run_dir = tmp_path / "killed"
-    p = kill_mid_run(run_dir, signal.SIGTERM, overrides, after_rows=6)
+    p = kill_mid_run(run_dir, signal.SIGTERM, overrides, after_rows=8)
     assert p.returncode == 130
     done = subprocess.run([*CLI, "resume", str(run_dir)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
