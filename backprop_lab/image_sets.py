@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import download, formats
+from . import formats
 from .errors import ConfigError
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -109,6 +109,7 @@ def load_idx_set(name: str, root: Path, fetch: bool) -> Loaded:
 
 
 def _download(urls: list[str], target: Path, md5: str) -> None:
+    from . import download  # (urllib and tarfile: only when a download was asked for)
     try:
         download.fetch(urls, target, md5)
     except download.DownloadError as err:
@@ -131,6 +132,7 @@ def load_cifar_set(name: str, root: Path, fetch: bool) -> Loaded:
     if found is None and fetch:
         archive = root / spec.url.rsplit("/", 1)[1]
         _download([spec.url], archive, spec.md5)
+        from . import download
         try:
             download.unpack(archive, spec.binary, root)
         except download.DownloadError as err:
