@@ -1,4 +1,5 @@
 """python -m backprop_lab: the same command as backprop-lab."""
+
 from .cli import main
 
 main()

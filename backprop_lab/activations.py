@@ -1,8 +1,10 @@
 """Activation functions and weight initialisations: name -> torch, as plain dicts."""
+
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,8 +40,14 @@ def make_activation(act_cfg: Any) -> nn.Module:
 
 def _gain_name(act_name: str) -> str:
     """The nonlinearity name torch.nn.init.calculate_gain understands for this activation."""
-    return {"leaky_relu": "leaky_relu", "prelu": "leaky_relu", "tanh": "tanh",
-            "sigmoid": "sigmoid", "selu": "selu", "identity": "linear"}.get(act_name, "relu")
+    return {
+        "leaky_relu": "leaky_relu",
+        "prelu": "leaky_relu",
+        "tanh": "tanh",
+        "sigmoid": "sigmoid",
+        "selu": "selu",
+        "identity": "linear",
+    }.get(act_name, "relu")
 
 
 def _he(w: torch.Tensor, act_cfg: Any) -> None:

@@ -5,9 +5,10 @@ every side, and a horizontal flip with probability 1/2 (He et al. 2016's CIFAR r
 from the generator that also shuffles the member's data, so a vectorized member draws exactly what
 its own run would, and a checkpoint (which saves that generator) resumes the same draws.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +23,9 @@ class Augment:
         self.flip = "flip" in names
         self.padding = padding if "crop" in names else 0
 
-    def __call__(self, xb: torch.Tensor, generators: Sequence[torch.Generator], batch_size: int,
-                 part: slice | None = None) -> torch.Tensor:
+    def __call__(
+        self, xb: torch.Tensor, generators: Sequence[torch.Generator], batch_size: int, part: slice | None = None
+    ) -> torch.Tensor:
         """`generators[k]` draws member k's `batch_size` examples; under torchrun `part` is this
         process's slice of the global batch (every process draws the whole batch, so all agree)."""
         c, h, w = xb.shape[-3:]
@@ -37,6 +39,7 @@ class Augment:
 
         def mine(draws: list[torch.Tensor]) -> torch.Tensor:
             return torch.cat([d if part is None else d[part] for d in draws])
+
         flat = xb.reshape(-1, c, h, w)
         if self.flip:
             flat = torch.where(mine(flips)[:, None, None, None], flat.flip(-1), flat)

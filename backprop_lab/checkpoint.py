@@ -5,6 +5,7 @@ in the data order, the running train window and the best-so-far state of early s
 written atomically (temp file, fsync, rename), so a kill at any moment leaves the previous one whole,
 and read with torch.load(weights_only=True), so it cannot carry code.
 """
+
 from __future__ import annotations
 
 import os
@@ -50,16 +51,26 @@ class Checkpointer:
 def load_checkpoint(run_dir: Path) -> dict[str, Any]:
     path = checkpoint_path(run_dir)
     if not path.is_file():
-        raise ConfigError("RUN_DIR", str(run_dir), "has no checkpoint (checkpoints/last.pt): it was never "
-                          "interrupted after a checkpoint, or trainer.checkpoint_every was 0 and it was killed")
+        raise ConfigError(
+            "RUN_DIR",
+            str(run_dir),
+            "has no checkpoint (checkpoints/last.pt): it was never "
+            "interrupted after a checkpoint, or trainer.checkpoint_every was 0 and it was killed",
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise ConfigError("RUN_DIR", str(run_dir), "refused checkpoints/last.pt: it holds more than tensors and "
-                          "plain values (possibly code)") from None
+        raise ConfigError(
+            "RUN_DIR",
+            str(run_dir),
+            "refused checkpoints/last.pt: it holds more than tensors and plain values (possibly code)",
+        ) from None
     except Exception as err:
-        raise ConfigError("RUN_DIR", str(run_dir), f"checkpoints/last.pt is damaged ({type(err).__name__}); "
-                          "the run cannot continue from it") from None
+        raise ConfigError(
+            "RUN_DIR",
+            str(run_dir),
+            f"checkpoints/last.pt is damaged ({type(err).__name__}); the run cannot continue from it",
+        ) from None
     if not isinstance(state, dict) or "step" not in state or "model" not in state:
         raise ConfigError("RUN_DIR", str(run_dir), "checkpoints/last.pt is not a backprop-lab checkpoint")
     return state

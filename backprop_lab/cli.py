@@ -3,6 +3,7 @@
 `backprop-lab train ...` hands everything after `train` to a Hydra app, so `-m`, `--cfg`, `--info`,
 `--config-dir` and overrides work as in any Hydra app. torch is imported only inside a run.
 """
+
 from __future__ import annotations
 
 import signal
@@ -16,7 +17,18 @@ import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-GROUPS = ("data", "model", "act", "regularizer", "optimizer", "scheduler", "pretrain", "trainer", "logger", "experiment")
+GROUPS = (
+    "data",
+    "model",
+    "act",
+    "regularizer",
+    "optimizer",
+    "scheduler",
+    "pretrain",
+    "trainer",
+    "logger",
+    "experiment",
+)
 USAGE = """\
 usage: backprop-lab COMMAND [ARGS...]
 
@@ -47,7 +59,8 @@ checkpoints.
 
 # hydra/sweeper=optuna's direction follows trainer.monitor (registered wherever the CLI's task runs)
 OmegaConf.register_new_resolver(
-    "monitor_direction", lambda monitor: "minimize" if str(monitor).endswith("loss") else "maximize", replace=True)
+    "monitor_direction", lambda monitor: "minimize" if str(monitor).endswith("loss") else "maximize", replace=True
+)
 
 # Outcomes of the runs of this process (a sweep runs its jobs here, one after another).
 _unfinished: list[tuple[str, str]] = []
@@ -63,6 +76,7 @@ def group_options() -> dict[str, list[str]]:
 def _chosen_options(value: Any) -> list[str]:
     """The option names an override's value selects: 'relu', 'relu,tanh', '[l2,dropout]'."""
     from hydra.core.override_parser.types import ChoiceSweep
+
     if isinstance(value, ChoiceSweep):
         return [name for v in value.list for name in _chosen_options(v)]
     if isinstance(value, (list, tuple)):
@@ -73,6 +87,7 @@ def _chosen_options(value: Any) -> list[str]:
 def check_group_choices(overrides: list[str]) -> str | None:
     """A one-line error for an unknown option of a config group, else None (Hydra checks the rest)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+
     try:
         parsed = OverridesParser.create().parse_overrides(overrides=overrides)
     except Exception:
@@ -95,12 +110,19 @@ def check_keys(overrides: list[str]) -> str | None:
     from hydra import compose, initialize_config_module
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import DictConfig, OmegaConf
+
     try:
         parsed = OverridesParser.create().parse_overrides(overrides=overrides)
     except Exception:
         return None
-    plain = [o for o in parsed if o.key_or_group not in GROUPS and not o.is_hydra_override()
-             and not (o.is_add() or o.is_force_add() or o.is_delete()) and o.package is None]
+    plain = [
+        o
+        for o in parsed
+        if o.key_or_group not in GROUPS
+        and not o.is_hydra_override()
+        and not (o.is_add() or o.is_force_add() or o.is_delete())
+        and o.package is None
+    ]
     if not plain:
         return None
     choices = [o.input_line for o in parsed if o.key_or_group in GROUPS]
@@ -126,8 +148,10 @@ def check_keys(overrides: list[str]) -> str | None:
 
 
 PLUGINS = {  # Hydra options whose plugin may be missing: (module, how to install it)
-    "hydra/sweeper=optuna": ("hydra_plugins.hydra_optuna_sweeper",
-                             "pip install 'backprop-lab[search]' (in a clone: pip install '.[search]')"),
+    "hydra/sweeper=optuna": (
+        "hydra_plugins.hydra_optuna_sweeper",
+        "pip install 'backprop-lab[search]' (in a clone: pip install '.[search]')",
+    ),
     "hydra/launcher=submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "pip install hydra-submitit-launcher"),
     "hydra/launcher=submitit_local": ("hydra_plugins.hydra_submitit_launcher", "pip install hydra-submitit-launcher"),
 }
@@ -136,6 +160,7 @@ PLUGINS = {  # Hydra options whose plugin may be missing: (module, how to instal
 def check_plugins(overrides: list[str]) -> str | None:
     """A one-line error for a launcher or sweeper whose plugin is not installed."""
     from importlib.util import find_spec
+
     for override in overrides:
         module, install = PLUGINS.get(override.replace(" ", ""), (None, None))
         if module is not None and find_spec(module) is None:
@@ -147,14 +172,18 @@ def precheck(args: list[str]) -> str | None:
     """One-line errors for unknown options and keys, before Hydra starts. Skipped when the user
     brings configs of their own (--config-dir & co.), which may add options and keys."""
     from hydra._internal.utils import get_args_parser
+
     try:
         parsed = get_args_parser().parse_args(args)
     except SystemExit:  # let Hydra report its own usage errors
         return None
     if parsed.config_dir or parsed.config_path or parsed.config_name:
         return None
-    return (check_plugins(parsed.overrides) or check_group_choices(parsed.overrides)
-            or (None if parsed.multirun else check_keys(parsed.overrides)))
+    return (
+        check_plugins(parsed.overrides)
+        or check_group_choices(parsed.overrides)
+        or (None if parsed.multirun else check_keys(parsed.overrides))
+    )
 
 
 def current_job(cfg: DictConfig) -> Any:
@@ -162,6 +191,7 @@ def current_job(cfg: DictConfig) -> Any:
     from hydra.core.hydra_config import HydraConfig
 
     from .train import Job
+
     hc = HydraConfig.get()
     choices = {g: str(hc.runtime.choices.get(g)) for g in GROUPS if hc.runtime.choices.get(g) is not None}
     if "regularizer" not in choices:  # Hydra records no list choice such as regularizer=[l2,dropout]
@@ -180,6 +210,7 @@ def job_outcome(summary: dict[str, Any]) -> float | None:
     than the basic one (Optuna), an unfinished run is an exception, which it records as a failed trial."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
+
     if summary["status"] == "completed":
         return summary["metrics"].get(summary.get("monitor", "val/acc"))
     hydra_config = HydraConfig.get()
@@ -202,6 +233,7 @@ class SweepOutcomes(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         import json
         from datetime import datetime
+
         for path in sorted(Path(str(config.hydra.sweep.dir)).glob("**/summary.json")):
             try:
                 summary = json.loads(path.read_text())
@@ -216,12 +248,14 @@ class SweepOutcomes(Callback):
 def train_app(cfg: DictConfig) -> float | None:
     """The Hydra task function: one run into Hydra's output folder; returns the best validation value."""
     from .train import run_members
+
     return job_outcome(run_members([current_job(cfg)])[0])
 
 
 def _on_signals() -> None:
     """Ctrl-C and a scheduler's SIGTERM: the training loop finishes its step and checkpoints first."""
     from .interrupts import handle
+
     signal.signal(signal.SIGINT, handle)
     signal.signal(signal.SIGTERM, handle)
 
@@ -232,21 +266,26 @@ def _scratch_for_other_ranks() -> Path | None:
     distributed.py, which imports torch, is not even imported)."""
     import os
     import tempfile
+
     if "WORLD_SIZE" not in os.environ:
         return None
     from .distributed import from_environment
+
     world = from_environment()
     if world.main:
         return None
     from .console import console, err_console
+
     console.quiet = err_console.quiet = True
     return Path(tempfile.mkdtemp(prefix=f"backprop-lab-rank{world.rank}-"))
 
 
 def _finish_ranks(scratch: Path | None) -> None:
     import shutil
+
     if "torch.distributed" in sys.modules:
         from .distributed import stop
+
         stop()
     if scratch is not None:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -254,13 +293,16 @@ def _finish_ranks(scratch: Path | None) -> None:
 
 def resume_main(args: list[str]) -> int:
     if len(args) != 1 or args[0].startswith("-"):
-        print("usage: backprop-lab resume RUN_DIR   (continue an interrupted run from its last checkpoint)",
-              file=sys.stderr)
+        print(
+            "usage: backprop-lab resume RUN_DIR   (continue an interrupted run from its last checkpoint)",
+            file=sys.stderr,
+        )
         return 2
     import logging
 
     from .errors import ConfigError
     from .train import resume
+
     run_dir = Path(args[0])
     if not run_dir.is_dir():
         print(f"error: RUN_DIR={run_dir} is not a folder; give the run folder of an interrupted run", file=sys.stderr)
@@ -273,6 +315,7 @@ def resume_main(args: list[str]) -> int:
     scratch = _scratch_for_other_ranks()
     if scratch is not None:  # torchrun's other ranks continue from a copy; rank 0 owns the folder
         import shutil
+
         run_dir = Path(shutil.copytree(run_dir, scratch / "run", ignore=shutil.ignore_patterns("weights", "*.tmp")))
     try:
         summary = resume(run_dir)
@@ -295,23 +338,29 @@ def main(argv: list[str] | None = None) -> None:
         return
     if argv[0] == "--version":
         from importlib.metadata import version
+
         print(f"backprop-lab {version('backprop-lab')}")
         return
     command, rest = argv[0], argv[1:]
     if command == "compare":
         from .compare import main as compare_main
+
         sys.exit(compare_main(rest))
     if command == "study":
         from .studies import main as study_main
+
         sys.exit(study_main(rest))
     if command == "report":
         from .report import main as report_main
+
         sys.exit(report_main(rest))
     if command == "resume":
         sys.exit(resume_main(rest))
     if command != "train":
-        print(f"error: unknown command '{command}'; commands: train, resume, compare, report, study (see backprop-lab --help)",
-              file=sys.stderr)
+        print(
+            f"error: unknown command '{command}'; commands: train, resume, compare, report, study (see backprop-lab --help)",
+            file=sys.stderr,
+        )
         sys.exit(2)
     problem = precheck(rest)
     if problem:
@@ -322,8 +371,10 @@ def main(argv: list[str] | None = None) -> None:
         rest = [*rest, f"hydra.run.dir={scratch}/run", f"hydra.sweep.dir={scratch}/sweep"]
     sys.argv = [sys.argv[0], *rest]
     from .plugin_configs import register
+
     register()
     import logging
+
     logging.getLogger("alembic").setLevel(logging.WARNING)  # (imported by Optuna: a line per plugin it sets up)
     _on_signals()
     try:

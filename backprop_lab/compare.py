@@ -3,6 +3,7 @@
 Reads only the files of the run-folder contract (.hydra/overrides.yaml, .hydra/config.yaml,
 summary.json); never imports the engine or torch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,8 @@ POOLED = {"seed", "trainer.progress", "trainer.save_weights", "trainer.threads"}
 @dataclass
 class Run:
     path: Path
-    status: str                         # completed | diverged | failed | interrupted | running | unfinished
-    settings: dict[str, str]            # key -> value as the user wrote it (overrides + choices)
+    status: str  # completed | diverged | failed | interrupted | running | unfinished
+    settings: dict[str, str]  # key -> value as the user wrote it (overrides + choices)
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
@@ -75,7 +76,7 @@ def find_runs(paths: list[Path]) -> list[Run]:
     return [read_run(p) for p in found]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def metrics_rows(run_path: Path) -> tuple[dict[str, Any], ...]:
     """A run's metrics.jsonl, parsed once per process however many plots and verdicts ask for it."""
     try:
@@ -126,6 +127,7 @@ def pooled(values: list[float], confidence: float = 0.95) -> Stat:
     if n == 1:
         return Stat(1, mean, None, None, None)
     from scipy import stats
+
     std = statistics.stdev(values)
     if std == 0:  # identical values: scipy would return nan; the interval is the point itself
         return Stat(n, mean, 0.0, mean, mean)
@@ -147,8 +149,9 @@ class Row:
         return counts
 
 
-def compare(runs: list[Run], metrics: list[str], by: list[str] | None = None,
-            filters: list[str] | None = None) -> tuple[list[str], list[Row]]:
+def compare(
+    runs: list[Run], metrics: list[str], by: list[str] | None = None, filters: list[str] | None = None
+) -> tuple[list[str], list[Row]]:
     """Group runs by the settings that vary (or `by`), pooling the rest; statistics over completed runs."""
     _fill_defaults(runs)
     for f in filters or []:
@@ -161,8 +164,9 @@ def compare(runs: list[Run], metrics: list[str], by: list[str] | None = None,
     rows = []
     for key, members in groups.items():
         done = [r for r in members if r.status == "completed"]
-        rows.append(Row(dict(zip(columns, key)), members,
-                        {m: pooled([r.metrics.get(m) for r in done]) for m in metrics}))
+        rows.append(
+            Row(dict(zip(columns, key)), members, {m: pooled([r.metrics.get(m) for r in done]) for m in metrics})
+        )
     return columns, rows
 
 
@@ -187,8 +191,15 @@ def records(columns: list[str], rows: list[Row], metrics: list[str]) -> list[dic
         rec: dict[str, Any] = dict(row.setting)
         for m in metrics:
             s = row.stats[m]
-            rec.update({f"{m} n": s.n, f"{m} mean": s.mean, f"{m} std": s.std,
-                        f"{m} ci95_low": s.ci_low, f"{m} ci95_high": s.ci_high})
+            rec.update(
+                {
+                    f"{m} n": s.n,
+                    f"{m} mean": s.mean,
+                    f"{m} std": s.std,
+                    f"{m} ci95_low": s.ci_low,
+                    f"{m} ci95_high": s.ci_high,
+                }
+            )
         rec["runs"] = len(row.runs)
         rec["status"] = ", ".join(f"{v} {k}" for k, v in sorted(row.statuses.items()))
         out.append(rec)
@@ -209,8 +220,12 @@ def render(columns: list[str], rows: list[Row], metrics: list[str], fmt: str) ->
     """csv / json / markdown as text; None for the rich table (printed directly)."""
     n_label = (lambda m: "n") if len(metrics) == 1 else (lambda m: f"{m} n")
     header = list(columns) + [h for m in metrics for h in (n_label(m), f"{m} mean ± std", f"{m} 95% CI")] + ["status"]
-    body = [[row.setting.get(c, "") for c in columns] + _text_cells(row, metrics) +
-            [", ".join(f"{v} {k}" for k, v in sorted(row.statuses.items()))] for row in rows]
+    body = [
+        [row.setting.get(c, "") for c in columns]
+        + _text_cells(row, metrics)
+        + [", ".join(f"{v} {k}" for k, v in sorted(row.statuses.items()))]
+        for row in rows
+    ]
     if fmt == "json":
         return json.dumps(records(columns, rows, metrics), indent=2)
     if fmt == "csv":
@@ -227,6 +242,7 @@ def render(columns: list[str], rows: list[Row], metrics: list[str], fmt: str) ->
     from rich.table import Table
 
     from .console import console
+
     table = Table(title=f"{sum(len(r.runs) for r in rows)} runs, {len(rows)} settings")
     for h in header:
         table.add_column(h, justify="left" if h in columns or h == "status" else "right")
@@ -237,8 +253,9 @@ def render(columns: list[str], rows: list[Row], metrics: list[str], fmt: str) ->
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="backprop-lab compare",
-                                     description="One row per setting, seeds pooled: n, mean ± std, 95% CI.")
+    parser = argparse.ArgumentParser(
+        prog="backprop-lab compare", description="One row per setting, seeds pooled: n, mean ± std, 95% CI."
+    )
     parser.add_argument("paths", nargs="+", type=Path, help="run folders, sweep folders, or parents of many")
     parser.add_argument("--metric", action="append", help="summary metric(s) to pool (default: test/acc)")
     parser.add_argument("--by", action="append", help="group by these keys instead of the ones that vary")

@@ -1,4 +1,5 @@
 """What a run prints: the chosen settings, progress while training, a table of results at the end."""
+
 from __future__ import annotations
 
 import os
@@ -50,9 +51,16 @@ class StageProgress:
     def start_stage(self, stage: str, total: int) -> None:
         self.stage, self.total, self.latest = stage, total, {}
         if self.bar:
-            self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                      TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                                      console=console, transient=False)
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+                console=console,
+                transient=False,
+            )
             self._task = self._progress.add_task(stage, total=total, info="")
             self._progress.start()
 
@@ -79,8 +87,17 @@ def show_results(status: str, stages: list[dict[str, Any]], run_dir: str) -> Non
         def cell(key: str) -> str:
             v = m.get(key)
             return "-" if v is None else f"{v:.4f}"
-        table.add_row(s["stage"], str(s["steps"]), f"{s['seconds']:.1f}", str(s.get("best_step") or "-"),
-                      cell("val/acc"), cell("val/loss"), cell("test/acc"), cell("test/loss"))
+
+        table.add_row(
+            s["stage"],
+            str(s["steps"]),
+            f"{s['seconds']:.1f}",
+            str(s.get("best_step") or "-"),
+            cell("val/acc"),
+            cell("val/loss"),
+            cell("test/acc"),
+            cell("test/loss"),
+        )
     console.print(table)
     console.print(f"run folder: {run_dir}")
 
@@ -92,6 +109,12 @@ def show_members(summaries: list[dict[str, Any]]) -> None:
         table.add_column(col, justify="left" if col in ("status", "run folder") else "right")
     for s in summaries:
         m = s["metrics"]
-        table.add_row(str(s["seed"]), s["status"], str(s.get("steps", "-")), str(s.get("best_step") or "-"),
-                      *("-" if m.get(key) is None else f"{m[key]:.4f}" for key in ("val/acc", "test/acc")), s["run_dir"])
+        table.add_row(
+            str(s["seed"]),
+            s["status"],
+            str(s.get("steps", "-")),
+            str(s.get("best_step") or "-"),
+            *("-" if m.get(key) is None else f"{m[key]:.4f}" for key in ("val/acc", "test/acc")),
+            s["run_dir"],
+        )
     console.print(table)

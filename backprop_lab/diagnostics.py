@@ -10,6 +10,7 @@ and per hidden block, from its activation's output:
   dead/i          ReLU family: fraction of units (features or channels) that are <= 0 for the whole batch
 Everything stays a tensor until the engine's one sync at the logging point.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -32,8 +33,11 @@ def _layers(model: nn.Module) -> tuple[list[nn.Module], nn.Module]:
 
 def _weight_name(layer: nn.Module) -> str:
     """The name, inside `layer`, of its (first) linear or conv weight."""
-    return next(f"{n}.weight" if n else "weight" for n, m in layer.named_modules()
-                if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)))
+    return next(
+        f"{n}.weight" if n else "weight"
+        for n, m in layer.named_modules()
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))
+    )
 
 
 class Diagnostics:
@@ -79,6 +83,7 @@ class Diagnostics:
             elif self.act_name not in NO_DEAD_UNITS:
                 units = h.transpose(0, 1).reshape(h.shape[1], -1)  # a unit: a feature (MLP) or a channel (CNN)
                 self.values[f"dead/{i}"] = (units <= 0).all(dim=1).float().mean()
+
         return hook
 
     def after_backward(self) -> None:
@@ -88,7 +93,9 @@ class Diagnostics:
         for i, params in enumerate(self.params):
             grads = [p.grad for p in params if p.grad is not None]
             if grads:
-                self.values[f"grad_norm/{i}"] = torch.linalg.vector_norm(torch.stack([self._norm(g) for g in grads]), dim=0)
+                self.values[f"grad_norm/{i}"] = torch.linalg.vector_norm(
+                    torch.stack([self._norm(g) for g in grads]), dim=0
+                )
         self._before = [w.detach().clone() for w in self.weights]
 
     def after_step(self) -> dict[str, torch.Tensor]:

@@ -14,6 +14,7 @@ DistributedDataParallel: DDP fixes its buckets when it wraps the model, and grad
 unfreezes blocks mid-stage, which DDP refuses. For models of this size one all-reduce per step is
 the whole communication cost either way.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,6 +28,7 @@ INTERRUPT_CHECK_EVERY = 10  # steps between the processes' agreement on a Ctrl-C
 @dataclass(frozen=True)
 class World:
     """Where this process stands in a torchrun job; World() is a single process."""
+
     rank: int = 0
     size: int = 1
     local_rank: int = 0
@@ -54,6 +56,7 @@ def start(device: torch.device) -> tuple[World, torch.device]:
     if not world.active:
         return world, device
     import torch.distributed as dist
+
     if device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
@@ -64,6 +67,7 @@ def start(device: torch.device) -> tuple[World, torch.device]:
 
 def stop() -> None:
     import torch.distributed as dist
+
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -71,6 +75,7 @@ def stop() -> None:
 def sum_(tensor: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over the processes, in place (a no-op outside a process group)."""
     import torch.distributed as dist
+
     if dist.is_initialized():
         dist.all_reduce(tensor)
     return tensor

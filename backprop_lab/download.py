@@ -1,5 +1,6 @@
 """Downloads, only when the user asks (data.download=true): checked against the published MD5, written
 atomically, and archives unpacked into place only once whole, so a failure leaves nothing half-written."""
+
 from __future__ import annotations
 
 import hashlib
@@ -37,8 +38,10 @@ def fetch(urls: list[str], dest: Path, md5: str) -> None:
             continue
         if digest.hexdigest() != md5:
             tmp.unlink(missing_ok=True)
-            raise DownloadError(f"checksum mismatch for {url}: MD5 {digest.hexdigest()}, published {md5}; "
-                                "the file was not kept (a changed or damaged download)")
+            raise DownloadError(
+                f"checksum mismatch for {url}: MD5 {digest.hexdigest()}, published {md5}; "
+                "the file was not kept (a changed or damaged download)"
+            )
         os.replace(tmp, dest)
         return
     raise DownloadError(f"could not download {dest.name}: {'; '.join(failures)}")
@@ -57,7 +60,9 @@ def unpack(archive: Path, folder: str, into: Path) -> Path:
             for m in members:
                 name = Path(m.name)
                 if name.is_absolute() or ".." in name.parts or not (m.isfile() or m.isdir()):
-                    raise DownloadError(f"{archive} holds {m.name}, which is not a plain file inside the archive; refused")
+                    raise DownloadError(
+                        f"{archive} holds {m.name}, which is not a plain file inside the archive; refused"
+                    )
             safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # (Python >= 3.11.4)
             tar.extractall(staging, members=members, **safe)  # every member checked above
         if not (staging / folder).is_dir():

@@ -11,22 +11,24 @@ each member has its own data order, best weights, early stopping, divergence and
 Under torchrun (`world`, a distributed.World) each process trains on its slice of every batch, the
 gradients are averaged and the metrics summed over the processes: see distributed.py.
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed, interrupts
 from .augment import Augment
 from .data import Split
 from .diagnostics import Diagnostics
-from . import distributed, interrupts
 from .distributed import World
 from .members import Members, clip_grad_norm_per_member_
 from .regularizers import Regularization
@@ -35,13 +37,13 @@ from .regularizers import Regularization
 @dataclass
 class StageResult:
     stage: str
-    status: str                      # completed | diverged
+    status: str  # completed | diverged
     steps: int
     epochs: float
     seconds: float
-    best: dict[str, float] = field(default_factory=dict)   # val metrics at the best evaluation
+    best: dict[str, float] = field(default_factory=dict)  # val metrics at the best evaluation
     best_step: int | None = None
-    test: dict[str, float] = field(default_factory=dict)   # test metrics of the best weights
+    test: dict[str, float] = field(default_factory=dict)  # test metrics of the best weights
     last_train: dict[str, float] = field(default_factory=dict)
     stopped_early: bool = False
     last_state: dict[str, torch.Tensor] | None = None  # the weights at the last step
@@ -49,9 +51,16 @@ class StageResult:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, reconstruct: bool,
-             autocast: Any, world: World = World(), chunk: int = 8192,
-             prepare: Callable[[torch.Tensor], torch.Tensor] = lambda xb: xb) -> dict[str, torch.Tensor]:
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    reconstruct: bool,
+    autocast: Any,
+    world: World = World(),
+    chunk: int = 8192,
+    prepare: Callable[[torch.Tensor], torch.Tensor] = lambda xb: xb,
+) -> dict[str, torch.Tensor]:
     """Mean loss (and accuracy) over a whole split, in eval mode, one value per member; tensors, so
     nothing syncs here. Under torchrun each process evaluates its share and the sums are pooled.
     `prepare` makes a chunk of stored inputs float (Split.prepare)."""
@@ -66,7 +75,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, reconstruct: bo
     loss_sum = x.new_zeros(model.count if members else 1, dtype=torch.float32)
     correct = torch.zeros_like(loss_sum)
     for start in range(0, len(x), chunk):
-        xb, yb = prepare(x[start:start + chunk]), y[start:start + chunk]
+        xb, yb = prepare(x[start : start + chunk]), y[start : start + chunk]
         with autocast():
             out = model(xb, shared=True) if members else model(xb)
         if reconstruct:
@@ -77,7 +86,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, reconstruct: bo
     model.train(was_training)
     if world.active:
         pooled = distributed.sum_(torch.cat([loss_sum, correct]))
-        loss_sum, correct = pooled[:len(loss_sum)], pooled[len(loss_sum):]
+        loss_sum, correct = pooled[: len(loss_sum)], pooled[len(loss_sum) :]
     metrics = {"loss": loss_sum / max(1, total)}
     if not reconstruct:
         metrics["acc"] = correct / max(1, total)
@@ -103,8 +112,10 @@ def _per_member(metrics: dict[str, torch.Tensor], count: int) -> list[dict[str, 
 def _member_optimizer_state(state: dict[str, Any], k: int) -> dict[str, Any]:
     """Member k's part of an optimizer state over stacked parameters: what an optimizer of member k
     alone would hold (the optimizers are elementwise; scalar entries such as `step` are shared)."""
-    sliced = {i: {key: v[k].clone() if isinstance(v, torch.Tensor) and v.ndim > 0 else v for key, v in s.items()}
-              for i, s in state["state"].items()}
+    sliced = {
+        i: {key: v[k].clone() if isinstance(v, torch.Tensor) and v.ndim > 0 else v for key, v in s.items()}
+        for i, s in state["state"].items()
+    }
     return {"state": sliced, "param_groups": state["param_groups"]}
 
 
@@ -115,12 +126,28 @@ def _state(model: nn.Module, k: int) -> dict[str, torch.Tensor]:
     return {name: t.detach().clone() for name, t in model.state_dict().items()}
 
 
-def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Optimizer,
-        scheduler: Any, regularization: Regularization, trainer: Any, max_steps: int, seeds: list[int],
-        logs: list[Any], progress: Any, reconstruct: bool = False, noise: float = 0.0,
-        on_step: Callable[[int], None] | None = None, act_name: str | None = None,
-        checkpoint: Any = None, resume: dict[str, Any] | None = None, world: World = World(),
-        augment: Augment | None = None) -> list[StageResult]:
+def fit(
+    model: nn.Module,
+    split: Split,
+    *,
+    stage: str,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    regularization: Regularization,
+    trainer: Any,
+    max_steps: int,
+    seeds: list[int],
+    logs: list[Any],
+    progress: Any,
+    reconstruct: bool = False,
+    noise: float = 0.0,
+    on_step: Callable[[int], None] | None = None,
+    act_name: str | None = None,
+    checkpoint: Any = None,
+    resume: dict[str, Any] | None = None,
+    world: World = World(),
+    augment: Augment | None = None,
+) -> list[StageResult]:
     """Train `model` on `split` for `max_steps` steps; validate every `trainer.eval_every` steps,
     keep the best weights by `trainer.monitor`, stop early or on a non-finite loss, then test the best.
     Returns one StageResult per member (`seeds[k]` orders member k's data, `logs[k]` gets its rows).
@@ -152,8 +179,11 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
     forward = torch.compile(model) if trainer.compile else model  # same parameters, compiled graph
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]  # each member's data order
     params = list(model.parameters())
-    clip = clip_grad_norm_per_member_ if isinstance(model, Members) else \
-        lambda ps, norm: nn.utils.clip_grad_norm_(ps, norm, foreach=True)
+    clip = (
+        clip_grad_norm_per_member_
+        if isinstance(model, Members)
+        else lambda ps, norm: nn.utils.clip_grad_norm_(ps, norm, foreach=True)
+    )
 
     results = [StageResult(stage=stage, status="completed", steps=0, epochs=0.0, seconds=0.0) for _ in seeds]
     running = list(range(count))  # members still training: not diverged, not stopped early
@@ -173,9 +203,18 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
         step, seen, resume_order, resume_batch = resume["step"], resume["seen"], resume["order"], resume["batch"]
         generators[0].set_state(resume["generator"])
         loss_sum.copy_(resume["loss_sum"]), correct_sum.copy_(resume["correct_sum"])
-        best_score[0], best_state[0], evals_since_best[0] = resume["best_score"], resume["best_state"], resume["evals_since_best"]
+        best_score[0], best_state[0], evals_since_best[0] = (
+            resume["best_score"],
+            resume["best_state"],
+            resume["evals_since_best"],
+        )
         r = results[0]
-        r.last_train, r.best, r.best_step, r.target = resume["last_train"], resume["best"], resume["best_step"], resume["target"]
+        r.last_train, r.best, r.best_step, r.target = (
+            resume["last_train"],
+            resume["best"],
+            resume["best_step"],
+            resume["target"],
+        )
         start -= resume["elapsed_s"]
         torch.set_rng_state(resume["torch_rng"])  # dropout masks and input noise go on as they would have
         if device.type == "cuda":
@@ -200,17 +239,30 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
         ordinary run; a member that has stopped keeps its weights and outcome from then."""
         r = results[k]
         stopped = k not in running
-        return {"stage": stage, "step": r.steps if stopped else step, "batch": b_next, "order": order[k], "seen": seen,
-                "generator": generators[k].get_state(), "torch_rng": torch.get_rng_state(),
-                **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
-                "model": r.last_state if stopped else _state(model, k) if count > 1 else model.state_dict(),
-                "optimizer": _member_optimizer_state(optimizer.state_dict(), k) if count > 1 else optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "loss_sum": loss_sum[k:k + 1], "correct_sum": correct_sum[k:k + 1], "best_score": best_score[k],
-                "best_state": best_state[k], "evals_since_best": evals_since_best[k], "last_train": r.last_train,
-                "best": r.best, "best_step": r.best_step, "target": r.target,
-                "elapsed_s": r.seconds if stopped else time.perf_counter() - start,
-                "finished": {"status": r.status, "stopped_early": r.stopped_early} if stopped else None}
+        return {
+            "stage": stage,
+            "step": r.steps if stopped else step,
+            "batch": b_next,
+            "order": order[k],
+            "seen": seen,
+            "generator": generators[k].get_state(),
+            "torch_rng": torch.get_rng_state(),
+            **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
+            "model": r.last_state if stopped else _state(model, k) if count > 1 else model.state_dict(),
+            "optimizer": _member_optimizer_state(optimizer.state_dict(), k) if count > 1 else optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "loss_sum": loss_sum[k : k + 1],
+            "correct_sum": correct_sum[k : k + 1],
+            "best_score": best_score[k],
+            "best_state": best_state[k],
+            "evals_since_best": evals_since_best[k],
+            "last_train": r.last_train,
+            "best": r.best,
+            "best_step": r.best_step,
+            "target": r.target,
+            "elapsed_s": r.seconds if stopped else time.perf_counter() - start,
+            "finished": {"status": r.status, "stopped_early": r.stopped_early} if stopped else None,
+        }
 
     checkpoints = checkpoint if isinstance(checkpoint, list) else [checkpoint]  # one per member
     periodic = checkpoints[0]  # (all are due at the same steps)
@@ -222,9 +274,14 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
             if resume_order is not None:  # the epoch the checkpoint was in
                 orders, first_batch, resume_order = resume_order.to(device)[None], resume_batch, None
             else:
-                orders, first_batch = torch.stack([torch.randperm(n, device=device, generator=g) for g in generators]), 0
+                orders, first_batch = (
+                    torch.stack([torch.randperm(n, device=device, generator=g) for g in generators]),
+                    0,
+                )
             # batches[b] is [K, B] (one batch per member); a single model takes [B]
-            batches = orders[:, :batches_per_epoch * batch_size].view(count, batches_per_epoch, batch_size).transpose(0, 1)
+            batches = (
+                orders[:, : batches_per_epoch * batch_size].view(count, batches_per_epoch, batch_size).transpose(0, 1)
+            )
             if count == 1:
                 batches = batches[:, 0]
             for b in range(first_batch, batches_per_epoch):
@@ -275,23 +332,35 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
                     if world.active:  # every process reads the same pooled window
                         pooled = distributed.sum_(torch.cat([loss_sum, correct_sum]))
                         loss_sum, correct_sum = pooled[:count] / world.size, pooled[count:]
-                    window = {"loss": loss_sum / seen} if reconstruct else \
-                             {"loss": loss_sum / seen, "acc": correct_sum / (seen * batch_size)}
+                    window = (
+                        {"loss": loss_sum / seen}
+                        if reconstruct
+                        else {"loss": loss_sum / seen, "acc": correct_sum / (seen * batch_size)}
+                    )
                     train_metrics = _per_member({**window, **measured}, count)
                     loss_sum.zero_(), correct_sum.zero_()
                     seen = 0
                     elapsed = time.perf_counter() - start
                     for k in list(running):
                         results[k].last_train = {key: train_metrics[k][key] for key in window}
-                        logs[k].metrics(stage=stage, split="train", step=step, epoch=step / batches_per_epoch,
-                                        lr=optimizer.param_groups[0]["lr"], elapsed_s=elapsed, **train_metrics[k])
+                        logs[k].metrics(
+                            stage=stage,
+                            split="train",
+                            step=step,
+                            epoch=step / batches_per_epoch,
+                            lr=optimizer.param_groups[0]["lr"],
+                            elapsed_s=elapsed,
+                            **train_metrics[k],
+                        )
                         if not math.isfinite(train_metrics[k]["loss"]):
                             finish(k, status="diverged")
                     progress.update(step, results[0].last_train)
 
                 if (step % trainer.eval_every == 0 or stop) and running:
-                    val = _per_member(evaluate(model, split.x_val, split.y_val, reconstruct, autocast, world,
-                                               prepare=split.prepare), count)
+                    val = _per_member(
+                        evaluate(model, split.x_val, split.y_val, reconstruct, autocast, world, prepare=split.prepare),
+                        count,
+                    )
                     elapsed = time.perf_counter() - start
                     for k in list(running):
                         r = results[k]
@@ -307,8 +376,15 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
                             extra["gap/acc"] = r.last_train["acc"] - val[k]["acc"]  # train (last window) - val
                             if trainer.target_acc is not None and not r.target and val[k]["acc"] >= trainer.target_acc:
                                 r.target = {"target/step": step, "target/seconds": elapsed}
-                        logs[k].metrics(stage=stage, split="val", step=step, epoch=step / batches_per_epoch,
-                                        elapsed_s=elapsed, **val[k], **extra)
+                        logs[k].metrics(
+                            stage=stage,
+                            split="val",
+                            step=step,
+                            epoch=step / batches_per_epoch,
+                            elapsed_s=elapsed,
+                            **val[k],
+                            **extra,
+                        )
                         if plateau:
                             scheduler.step(score)  # only ever one member: Members refuses plateau
                         if not all(math.isfinite(v) for v in val[k].values()):
@@ -319,7 +395,9 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
                 stop = stop or not running
                 interrupted = interrupts.requested
                 if world.active:  # all processes stop at the same step, or the others would wait forever
-                    interrupted = step % distributed.INTERRUPT_CHECK_EVERY == 0 and distributed.any_(interrupted, device)
+                    interrupted = step % distributed.INTERRUPT_CHECK_EVERY == 0 and distributed.any_(
+                        interrupted, device
+                    )
                 if not stop and (interrupted or (periodic is not None and periodic.due(step))):
                     if periodic is not None:
                         for k, member_checkpoint in enumerate(checkpoints):
@@ -338,9 +416,12 @@ def fit(model: nn.Module, split: Split, *, stage: str, optimizer: torch.optim.Op
             model.load_member_states([best_state[k] or results[k].last_state for k in range(count)])
         else:
             model.load_state_dict(best_state[0])
-        test = _per_member(evaluate(model, split.x_test, split.y_test, reconstruct, autocast, world,
-                                    prepare=split.prepare), count)
+        test = _per_member(
+            evaluate(model, split.x_test, split.y_test, reconstruct, autocast, world, prepare=split.prepare), count
+        )
         for k in tested:
             results[k].test = test[k]
-            logs[k].metrics(stage=stage, split="test", step=results[k].best_step, elapsed_s=results[k].seconds, **test[k])
+            logs[k].metrics(
+                stage=stage, split="test", step=results[k].best_step, elapsed_s=results[k].seconds, **test[k]
+            )
     return results

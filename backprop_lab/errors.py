@@ -1,4 +1,5 @@
 """The one error type a user sees: a bad setting, named by its config key."""
+
 from __future__ import annotations
 
 from typing import Any

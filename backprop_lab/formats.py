@@ -5,6 +5,7 @@ unpickler that admits only arrays, lists, dicts, bytes, strings and numbers), an
 subfolders of PNG/JPEG files. Every reader checks what it reads: a truncated or damaged file, a wrong
 magic number or counts that disagree raise `FormatError`, one line naming the file.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -43,8 +44,10 @@ def read_idx(path: Path) -> np.ndarray:
     uint32 per dimension, then the data."""
     raw = _read_all(path)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES or raw[3] == 0:
-        raise FormatError(f"{path} is not an IDX file (wrong magic number {raw[:4].hex() or 'none'}; "
-                          "expected 0000 08 01 for labels or 0000 08 03 for images)")
+        raise FormatError(
+            f"{path} is not an IDX file (wrong magic number {raw[:4].hex() or 'none'}; "
+            "expected 0000 08 01 for labels or 0000 08 03 for images)"
+        )
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
@@ -53,8 +56,10 @@ def read_idx(path: Path) -> np.ndarray:
     dtype = np.dtype(_IDX_TYPES[raw[2]])
     expected = int(np.prod(dims)) * dtype.itemsize
     if len(raw) - header != expected:
-        raise FormatError(f"{path} is truncated or damaged: its header promises {dims} "
-                          f"({expected} bytes of data), the file holds {len(raw) - header}")
+        raise FormatError(
+            f"{path} is truncated or damaged: its header promises {dims} "
+            f"({expected} bytes of data), the file holds {len(raw) - header}"
+        )
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
 
@@ -65,8 +70,10 @@ def read_cifar_binary(path: Path, label_bytes: int, num_classes: int) -> tuple[n
     raw = _read_all(path)
     record = label_bytes + 3072
     if not raw or len(raw) % record:
-        raise FormatError(f"{path} is truncated or not a CIFAR binary batch: {len(raw)} bytes is not a "
-                          f"whole number of {record}-byte records")
+        raise FormatError(
+            f"{path} is truncated or not a CIFAR binary batch: {len(raw)} bytes is not a "
+            f"whole number of {record}-byte records"
+        )
     rows = np.frombuffer(raw, dtype=np.uint8).reshape(-1, record)
     labels = rows[:, label_bytes - 1].astype(np.int64)
     _check_labels(path, labels, num_classes)
@@ -91,9 +98,15 @@ class _ArraysOnly(pickle.Unpickler):
     and numbers, which need no lookup); any other global - a function that would run - is refused
     before it is called."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),
+    }
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self.ALLOWED:
@@ -102,6 +115,7 @@ class _ArraysOnly(pickle.Unpickler):
             return getattr(np, name)
         if module == "_codecs":  # how Python 3 pickles bytes at protocol 2
             import _codecs
+
             return _codecs.encode
         return getattr(_numpy_core(), name)
 
@@ -113,8 +127,10 @@ def read_cifar_pickle(path: Path, label_key: str, num_classes: int) -> tuple[np.
         with _open(path) as f:
             batch = _ArraysOnly(f, encoding="latin1").load()
     except pickle.UnpicklingError as err:
-        raise FormatError(f"{path} refused: it holds {err}, which a CIFAR batch never does (a pickle "
-                          "that would run code); only arrays, lists, dicts, bytes, strings and numbers are read") from None
+        raise FormatError(
+            f"{path} refused: it holds {err}, which a CIFAR batch never does (a pickle "
+            "that would run code); only arrays, lists, dicts, bytes, strings and numbers are read"
+        ) from None
     except Exception as err:
         raise FormatError(f"{path} is truncated or not a CIFAR batch ({type(err).__name__}: {err})") from None
     if not isinstance(batch, dict):
@@ -136,14 +152,16 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 def image_files(folder: Path) -> dict[str, list[Path]]:
     """Class name -> its image files, for a folder of class subfolders (sorted names are the labels)."""
     classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    return {c.name: sorted(f for f in c.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
-            for c in classes}
+    return {
+        c.name: sorted(f for f in c.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()) for c in classes
+    }
 
 
 def decode_images(files: list[Path], size: tuple[int, int] | None) -> np.ndarray:
     """Decode with Pillow into one (N, C, H, W) uint8 array: C = 1 when every image is grayscale,
     else 3 (RGB). Without `size`, every image must have the same size."""
     from PIL import Image, UnidentifiedImageError
+
     images = []
     for f in files:
         try:
@@ -161,7 +179,9 @@ def decode_images(files: list[Path], size: tuple[int, int] | None) -> np.ndarray
         a = np.asarray(im, dtype=np.uint8)
         a = a[None] if gray else a.transpose(2, 0, 1)
         if arrays and a.shape != arrays[0].shape:
-            raise FormatError(f"{f} is {a.shape[1]}x{a.shape[2]}, {files[0]} is {arrays[0].shape[1]}x"
-                              f"{arrays[0].shape[2]}: set data.size=[H,W] to resize every image")
+            raise FormatError(
+                f"{f} is {a.shape[1]}x{a.shape[2]}, {files[0]} is {arrays[0].shape[1]}x"
+                f"{arrays[0].shape[2]}: set data.size=[H,W] to resize every image"
+            )
         arrays.append(a)
     return np.stack(arrays)

@@ -1,11 +1,13 @@
 """Ctrl-C and SIGTERM: outside the training loop they stop at once; inside it, the current step
 finishes, a checkpoint is written, and then the run stops (a second signal stops at once)."""
+
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
-requested = False   # a signal came while the loop was running
+requested = False  # a signal came while the loop was running
 _deferring = False  # the loop is running and will look at `requested` after each step
 
 

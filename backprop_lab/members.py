@@ -8,10 +8,12 @@ sum of the members' losses, so every member gets exactly its own gradient, and t
 register are elementwise (SGD, Adam, RMSprop, ...), so one optimizer over stacked tensors steps each
 member as its own optimizer would.
 """
+
 from __future__ import annotations
 
 import copy
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -60,7 +62,7 @@ class Members(nn.Module):
         self.capture = None
         return out
 
-    def train(self, mode: bool = True) -> "Members":
+    def train(self, mode: bool = True) -> Members:
         super().train(mode)
         self.template[0].train(mode)  # dropout and batch norm read the template's mode inside vmap
         return self
@@ -94,7 +96,6 @@ def clip_grad_norm_per_member_(params: Sequence[torch.Tensor], max_norm: float) 
     coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)  # torch's formula, per member
     for g in grads:
         g.mul_(coef.view(-1, *[1] * (g.ndim - 1)))
-
 
 
 def why_not_batched(cfg: Any) -> str | None:

@@ -3,10 +3,12 @@
 Every model is a `Classifier`, so pretraining can swap the head, freeze blocks and read features
 the same way whatever the architecture.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,8 +21,14 @@ from .errors import ConfigError
 class Classifier(nn.Module):
     """`blocks` turn an input of `input_shape` into features; `head` maps them to class logits."""
 
-    def __init__(self, blocks: Sequence[nn.Module], input_view: tuple[int, ...], feature_dim: int,
-                 num_classes: int, residual_from: int | None = None):
+    def __init__(
+        self,
+        blocks: Sequence[nn.Module],
+        input_view: tuple[int, ...],
+        feature_dim: int,
+        num_classes: int,
+        residual_from: int | None = None,
+    ):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.input_view = input_view  # per-example shape the first block expects
@@ -39,7 +47,7 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
-    def train(self, mode: bool = True) -> "Classifier":
+    def train(self, mode: bool = True) -> Classifier:
         super().train(mode)
         for i in self.frozen:  # a frozen block is a fixed feature extractor: no dropout, fixed BN stats
             self.blocks[i].eval()
@@ -78,8 +86,15 @@ def build_mlp(cfg: Any, act_cfg: Any, reg: Any, input_shape: tuple[int, ...], nu
     return Classifier(blocks, (n_in,), cfg.width, num_classes, residual_from)
 
 
-def _conv_net(conv: type[nn.Module], norm: type[nn.Module], in_view: tuple[int, ...], cfg: Any,
-              act_cfg: Any, reg: Any, num_classes: int) -> Classifier:
+def _conv_net(
+    conv: type[nn.Module],
+    norm: type[nn.Module],
+    in_view: tuple[int, ...],
+    cfg: Any,
+    act_cfg: Any,
+    reg: Any,
+    num_classes: int,
+) -> Classifier:
     blocks, c_in = [], in_view[0]
     for c_out, k, s in zip(cfg.channels, cfg.kernel_sizes, cfg.strides):
         layer = conv(c_in, c_out, kernel_size=k, stride=s, padding=cfg.padding)
@@ -95,7 +110,11 @@ def _conv_net(conv: type[nn.Module], norm: type[nn.Module], in_view: tuple[int, 
 
 def build_cnn1d(cfg: Any, act_cfg: Any, reg: Any, input_shape: tuple[int, ...], num_classes: int) -> Classifier:
     if len(input_shape) != 1:
-        raise ConfigError("model", "cnn1d", f"cnn1d needs sequences (shape [L]); this data has shape {list(input_shape)}: use model=cnn2d or model=mlp")
+        raise ConfigError(
+            "model",
+            "cnn1d",
+            f"cnn1d needs sequences (shape [L]); this data has shape {list(input_shape)}: use model=cnn2d or model=mlp",
+        )
     return _conv_net(nn.Conv1d, nn.BatchNorm1d, (1, *input_shape), cfg, act_cfg, reg, num_classes)
 
 
@@ -104,8 +123,12 @@ def _image_view(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]
     if len(input_shape) == 2:
         return (1, *input_shape)  # type: ignore[return-value]
     if len(input_shape) != 3:
-        raise ConfigError("model", name, f"{name} needs images (shape [C, H, W] or [H, W]); this data has shape "
-                          f"{list(input_shape)}: use model=mlp (or model=cnn1d for sequences)")
+        raise ConfigError(
+            "model",
+            name,
+            f"{name} needs images (shape [C, H, W] or [H, W]); this data has shape "
+            f"{list(input_shape)}: use model=mlp (or model=cnn1d for sequences)",
+        )
     return input_shape  # type: ignore[return-value]
 
 
@@ -133,7 +156,7 @@ class BasicBlock(nn.Module):
         out = self.act1(out if self.norm1 is None else self.norm1(out))
         out = self.conv2(out)
         out = out if self.norm2 is None else self.norm2(out)
-        shortcut = x[:, :, ::self.stride, ::self.stride] if self.stride > 1 else x
+        shortcut = x[:, :, :: self.stride, :: self.stride] if self.stride > 1 else x
         if self.extra:
             shortcut = F.pad(shortcut, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
         return self.act2(out + shortcut)
@@ -146,7 +169,11 @@ def build_resnet(cfg: Any, act_cfg: Any, reg: Any, input_shape: tuple[int, ...],
     the per-layer diagnostics: the stem, then one per stage."""
     view = _image_view("resnet", input_shape)
     w, n, bn = cfg.width, cfg.blocks_per_stage, reg.batchnorm
-    stem = [nn.Conv2d(view[0], w, 3, padding=1, bias=not bn), *([nn.BatchNorm2d(w)] if bn else []), make_activation(act_cfg)]
+    stem = [
+        nn.Conv2d(view[0], w, 3, padding=1, bias=not bn),
+        *([nn.BatchNorm2d(w)] if bn else []),
+        make_activation(act_cfg),
+    ]
     blocks: list[nn.Module] = [nn.Sequential(*stem)]
     c_in = w
     for stage, width in enumerate((w, 2 * w, 4 * w)):

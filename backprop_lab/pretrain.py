@@ -7,13 +7,15 @@ checkpoint   the body's weights from an earlier run, then "finetune".
 
 Every stage goes through engine.fit with its own optimizer and schedule.
 """
+
 from __future__ import annotations
 
 import math
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -34,7 +36,9 @@ def resolve_weights_file(path: str) -> Path:
     if p.is_dir():
         p = p / "weights" / "best.pt"
     if not p.is_file():
-        raise ConfigError("pretrain.path", path, "no weights there: give a run folder with weights/best.pt, or a .pt file")
+        raise ConfigError(
+            "pretrain.path", path, "no weights there: give a run folder with weights/best.pt, or a .pt file"
+        )
     return p
 
 
@@ -44,10 +48,16 @@ def load_weights(path: str) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise ConfigError("pretrain.path", path, "refused: the file holds more than tensors (possibly code); "
-                          "only plain weight files are loaded (torch.load weights_only=True)") from None
+        raise ConfigError(
+            "pretrain.path",
+            path,
+            "refused: the file holds more than tensors (possibly code); "
+            "only plain weight files are loaded (torch.load weights_only=True)",
+        ) from None
     except Exception as err:
-        raise ConfigError("pretrain.path", path, f"could not be read as a weights file ({type(err).__name__})") from None
+        raise ConfigError(
+            "pretrain.path", path, f"could not be read as a weights file ({type(err).__name__})"
+        ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError("pretrain.path", path, "is not a state dict of tensors")
     return state
@@ -61,13 +71,22 @@ def load_body(model: Classifier, state: dict[str, torch.Tensor], path: str) -> N
         if not key.startswith("blocks."):
             continue
         if key not in body:
-            raise ConfigError("pretrain.path", path, f"its weights do not fit this model: no {key} (was it trained with another model.*?)")
+            raise ConfigError(
+                "pretrain.path",
+                path,
+                f"its weights do not fit this model: no {key} (was it trained with another model.*?)",
+            )
         if body[key].shape != mine.shape:
-            raise ConfigError("pretrain.path", path, f"its weights do not fit this model: {key} is "
-                              f"{list(body[key].shape)} there, {list(mine.shape)} here")
+            raise ConfigError(
+                "pretrain.path",
+                path,
+                f"its weights do not fit this model: {key} is {list(body[key].shape)} there, {list(mine.shape)} here",
+            )
     extra = sorted(set(body) - set(own))
     if extra:
-        raise ConfigError("pretrain.path", path, f"its weights do not fit this model: it has {extra[0]}, this model has not")
+        raise ConfigError(
+            "pretrain.path", path, f"its weights do not fit this model: it has {extra[0]}, this model has not"
+        )
     model.load_state_dict({**own, **body})
 
 
@@ -86,6 +105,7 @@ def finetune_hook(model: Classifier, mode: str, unfreeze_every: int) -> Callable
         frozen = set(range(n - min(n, step // unfreeze_every)))
         if frozen != model.frozen:
             model.set_frozen(frozen)
+
     return unfreeze
 
 
@@ -101,8 +121,9 @@ def steps_for(trainer: Any, n_train: int, steps: int | None = None) -> int:
 @dataclass
 class Plan:
     """The tasks of one run, built before any training so that every bad setting shows up first."""
+
     target: Split
-    source: Split | None        # supervised: labelled source task; autoencoder: its inputs
+    source: Split | None  # supervised: labelled source task; autoencoder: its inputs
     model: Classifier
 
 
@@ -112,13 +133,16 @@ def pretrain_data(cfg: Any) -> Any:
     from importlib import resources
 
     from omegaconf import OmegaConf
+
     node = OmegaConf.load(str(resources.files("backprop_lab.configs") / "data" / f"{cfg.pretrain.data}.yaml"))
     for key in ("root", "download", "val_fraction", "split_seed"):
         if key in node and key in cfg.data:
             node[key] = cfg.data[key]
     if "path" in node:
         if cfg.pretrain.get("data_path") is None:
-            raise ConfigError("pretrain.data_path", None, f"pretrain.data={cfg.pretrain.data} needs the path of its files")
+            raise ConfigError(
+                "pretrain.data_path", None, f"pretrain.data={cfg.pretrain.data} needs the path of its files"
+            )
         node.path = cfg.pretrain.data_path
     node.augment = list(cfg.data.augment or [])  # pretraining images are augmented alike
     node.source_classes, node.target_classes, node.n_train = None, None, None
@@ -134,12 +158,17 @@ def _source_task(cfg: Any, arrays: Arrays, target: Split, device: torch.device) 
     data_cfg, source_arrays = cfg.data, arrays
     if cfg.pretrain.get("data") is not None:
         from .data import load_arrays
+
         data_cfg = pretrain_data(cfg)
         source_arrays = load_arrays(data_cfg)
         shape, own = list(source_arrays.x.shape[1:]), list(target.input_shape)
         if shape != own:
-            raise ConfigError("pretrain.data", cfg.pretrain.data, f"has inputs of shape {shape}, data={cfg.data.name} "
-                              f"has {own}: one model must take both (pretrain on a data set of the same shape)")
+            raise ConfigError(
+                "pretrain.data",
+                cfg.pretrain.data,
+                f"has inputs of shape {shape}, data={cfg.data.name} "
+                f"has {own}: one model must take both (pretrain on a data set of the same shape)",
+            )
     available = all_classes(source_arrays)
     chosen = cfg.data.source_classes
     if chosen is not None and not set(chosen) <= set(available):
@@ -154,12 +183,19 @@ def plan(cfg: Any, arrays: Arrays, device: torch.device) -> Plan:
     chosen = cfg.data.target_classes
     if chosen is not None and not set(chosen) <= set(classes):
         raise ConfigError("data.target_classes", list(chosen), f"the data set's classes are {classes}")
-    if cfg.data.source_classes is not None and cfg.pretrain.get("data") is None \
-            and not set(cfg.data.source_classes) <= set(classes):
+    if (
+        cfg.data.source_classes is not None
+        and cfg.pretrain.get("data") is None
+        and not set(cfg.data.source_classes) <= set(classes)
+    ):
         raise ConfigError("data.source_classes", list(cfg.data.source_classes), f"the data set's classes are {classes}")
     if cfg.data.augment and not arrays.images:
-        raise ConfigError("data.augment", list(cfg.data.augment), f"crops and flips are for images (N, C, H, W); "
-                          f"data={cfg.data.name} has inputs of shape {list(arrays.x.shape)}")
+        raise ConfigError(
+            "data.augment",
+            list(cfg.data.augment),
+            f"crops and flips are for images (N, C, H, W); "
+            f"data={cfg.data.name} has inputs of shape {list(arrays.x.shape)}",
+        )
     target = make_split(arrays, list(chosen or classes), cfg.data, device, cfg.data.n_train, "data.n_train")
     source = _source_task(cfg, arrays, target, device)
     first_classes = source.num_classes if cfg.pretrain.name == "supervised" else target.num_classes
@@ -169,27 +205,56 @@ def plan(cfg: Any, arrays: Arrays, device: torch.device) -> Plan:
     return Plan(target, source, model)
 
 
-def fit_stage(cfg: Any, module: torch.nn.Module, split: Split, stage: str, steps: int, log: Any,
-              progress: Any, **kwargs: Any) -> StageResult:
+def fit_stage(
+    cfg: Any, module: torch.nn.Module, split: Split, stage: str, steps: int, log: Any, progress: Any, **kwargs: Any
+) -> StageResult:
     """One stage through engine.fit, with a fresh optimizer, schedule and regularization for `module`."""
     return fit_members(cfg, module, split, stage, steps, [cfg.seed], [log], progress, **kwargs)[0]
 
 
-def fit_members(cfg: Any, module: torch.nn.Module, split: Split, stage: str, steps: int, seeds: list[int],
-                logs: list[Any], progress: Any, **kwargs: Any) -> list[StageResult]:
+def fit_members(
+    cfg: Any,
+    module: torch.nn.Module,
+    split: Split,
+    stage: str,
+    steps: int,
+    seeds: list[int],
+    logs: list[Any],
+    progress: Any,
+    **kwargs: Any,
+) -> list[StageResult]:
     """fit_stage for K members at once (`module` is a members.Members when K > 1)."""
     optimizer = build_optimizer(module, cfg.optimizer, cfg.regularizer.decay_bias_and_norm)
     scheduler = build_scheduler(optimizer, cfg.scheduler, steps, cfg.optimizer.lr)
     augment = Augment(cfg.data.augment, cfg.data.crop_padding) if cfg.data.get("augment") else None
-    return fit(module, split, stage=stage, optimizer=optimizer, scheduler=scheduler,
-               regularization=Regularization(module, cfg.regularizer), trainer=cfg.trainer,
-               max_steps=steps, seeds=seeds, logs=logs, progress=progress, act_name=cfg.act.name,
-               augment=augment, **kwargs)
+    return fit(
+        module,
+        split,
+        stage=stage,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        regularization=Regularization(module, cfg.regularizer),
+        trainer=cfg.trainer,
+        max_steps=steps,
+        seeds=seeds,
+        logs=logs,
+        progress=progress,
+        act_name=cfg.act.name,
+        augment=augment,
+        **kwargs,
+    )
 
 
-def run_stages(cfg: Any, p: Plan, log: Any, progress: Any,
-               on_stage_end: Callable[[StageResult, dict[str, torch.Tensor]], None],
-               checkpoint: Any = None, resume: dict[str, Any] | None = None, world: Any = None) -> list[StageResult]:
+def run_stages(
+    cfg: Any,
+    p: Plan,
+    log: Any,
+    progress: Any,
+    on_stage_end: Callable[[StageResult, dict[str, torch.Tensor]], None],
+    checkpoint: Any = None,
+    resume: dict[str, Any] | None = None,
+    world: Any = None,
+) -> list[StageResult]:
     """Train every stage of the plan in order; stop after a stage that did not complete.
     `on_stage_end` gets each stage's result and the model's (best) weights after it. With `resume`
     (a checkpoint), the stages before the checkpoint's are skipped: they finished before it.
@@ -203,8 +268,19 @@ def run_stages(cfg: Any, p: Plan, log: Any, progress: Any,
             result = fit_stage(cfg, model, p.source, "pretrain", steps, log, progress, resume=resume, **shared)
         else:
             recon = Reconstructor(model, math.prod(p.source.input_shape)).to(p.source.x_train.device)
-            result = fit_stage(cfg, recon, p.source, "pretrain", steps, log, progress, resume=resume,
-                               reconstruct=True, noise=cfg.pretrain.noise, **shared)
+            result = fit_stage(
+                cfg,
+                recon,
+                p.source,
+                "pretrain",
+                steps,
+                log,
+                progress,
+                resume=resume,
+                reconstruct=True,
+                noise=cfg.pretrain.noise,
+                **shared,
+            )
         resume = None
         results.append(result)
         on_stage_end(result, model.state_dict())

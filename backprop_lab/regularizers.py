@@ -2,6 +2,7 @@
 
 Dropout and batch norm are layers (models.py); this module holds what acts on the loss or the weights.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -40,8 +41,7 @@ class Regularization:
 
     def _params(self) -> list[nn.Parameter]:
         # Re-read each time: fine-tuning replaces the head and unfreezes blocks as it goes.
-        return [p for n, p in self.model.named_parameters()
-                if p.requires_grad and (self.decay_all or is_decayed(n, p))]
+        return [p for n, p in self.model.named_parameters() if p.requires_grad and (self.decay_all or is_decayed(n, p))]
 
     @property
     def adds_to_loss(self) -> bool:

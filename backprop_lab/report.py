@@ -3,6 +3,7 @@
 Reads metrics.jsonl and summary.json only. Curves are grouped by the settings that vary, with the
 mean across seeds and a band of ± one standard deviation.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,14 +29,19 @@ def _final_stage_rows(run_path: Path) -> list[dict[str, Any]]:
     return [r for r in rows if r.get("stage") == last]
 
 
-def series(rows: list[Row], split: str, key: str, x: str = "step") -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def series(
+    rows: list[Row], split: str, key: str, x: str = "step"
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """label -> (x, mean, std) of `key` on `split`, over the runs of each row, at the steps they share."""
     out = {}
     for row in rows:
         curves = []
         for run in row.runs:
-            points = {r["step"]: (r.get(x), r.get(key)) for r in _final_stage_rows(run.path)
-                      if r.get("split") == split and r.get(key) is not None}
+            points = {
+                r["step"]: (r.get(x), r.get(key))
+                for r in _final_stage_rows(run.path)
+                if r.get("split") == split and r.get(key) is not None
+            }
             if points:
                 curves.append(points)
         if not curves:
@@ -49,8 +55,9 @@ def series(rows: list[Row], split: str, key: str, x: str = "step") -> dict[str, 
     return out
 
 
-def _plot_band(ax: Any, data: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], title: str,
-               xlabel: str, log: bool = False) -> None:
+def _plot_band(
+    ax: Any, data: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], title: str, xlabel: str, log: bool = False
+) -> None:
     for label, (x, mean, std) in data.items():
         ax.plot(x, mean, label=label)
         ax.fill_between(x, mean - std, mean + std, alpha=0.2)
@@ -63,6 +70,7 @@ def _plot_band(ax: Any, data: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray
 
 def learning_curves(rows: list[Row], out: Path, x: str) -> Path:
     import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     xlabel = "step" if x == "step" else "seconds"
     for ax, (split, key) in zip(axes.flat, (("train", "loss"), ("val", "loss"), ("train", "acc"), ("val", "acc"))):
@@ -79,6 +87,7 @@ def learning_curves(rows: list[Row], out: Path, x: str) -> Path:
 def gradient_norms(rows: list[Row], out: Path) -> Path | None:
     """Per-layer gradient norm at the first logging point (init) and the last: the vanishing-gradient picture."""
     import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     drawn = False
     for ax, which in zip(axes, ("first", "last")):
@@ -112,6 +121,7 @@ def gradient_norms(rows: list[Row], out: Path) -> Path | None:
 
 def gap_plot(rows: list[Row], out: Path) -> Path | None:
     import matplotlib.pyplot as plt
+
     data = series(rows, "val", "gap/acc")
     if not data:
         return None
@@ -125,13 +135,16 @@ def gap_plot(rows: list[Row], out: Path) -> Path | None:
     return path
 
 
-def write_report(paths: list[Path], out: Path, metrics: list[str], title: str = "backprop-lab report",
-                 verdict: str | None = None) -> Path:
+def write_report(
+    paths: list[Path], out: Path, metrics: list[str], title: str = "backprop-lab report", verdict: str | None = None
+) -> Path:
     import warnings
 
     import matplotlib
+
     matplotlib.use("Agg")  # headless: files only
     from matplotlib import pyplot as plt
+
     plt.rcParams["axes.prop_cycle"] = plt.cycler(color=plt.cm.tab20.colors)  # 20 settings before a colour repeats
     warnings.filterwarnings("ignore", message="Tight layout not applied")  # many legend entries: still a valid plot
     runs = find_runs(paths)
@@ -139,13 +152,21 @@ def write_report(paths: list[Path], out: Path, metrics: list[str], title: str = 
         raise FileNotFoundError(f"no run folders (with .hydra/) under {', '.join(map(str, paths))}")
     columns, rows = compare(runs, metrics)
     out.mkdir(parents=True, exist_ok=True)
-    images = [learning_curves(rows, out, "step"), learning_curves(rows, out, "elapsed_s"),
-              gradient_norms(rows, out), gap_plot(rows, out)]
+    images = [
+        learning_curves(rows, out, "step"),
+        learning_curves(rows, out, "elapsed_s"),
+        gradient_norms(rows, out),
+        gap_plot(rows, out),
+    ]
     lines = [f"# {title}", "", f"{len(runs)} runs from {', '.join(str(p) for p in paths)}.", ""]
     if verdict:
         lines += [verdict, ""]
-    lines += ["## Results (seeds pooled: mean ± std, Student-t 95% CI of the mean)", "",
-              render(columns, rows, metrics, "markdown") or "", ""]
+    lines += [
+        "## Results (seeds pooled: mean ± std, Student-t 95% CI of the mean)",
+        "",
+        render(columns, rows, metrics, "markdown") or "",
+        "",
+    ]
     unfinished = [r for r in runs if r.status != "completed"]
     if unfinished:
         lines += ["## Runs that did not complete", ""]
@@ -159,8 +180,9 @@ def write_report(paths: list[Path], out: Path, metrics: list[str], title: str = 
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="backprop-lab report",
-                                     description="report.md and PNG plots for run folders (a sweep, say).")
+    parser = argparse.ArgumentParser(
+        prog="backprop-lab report", description="report.md and PNG plots for run folders (a sweep, say)."
+    )
     parser.add_argument("path", type=Path, help="a sweep folder, a run folder, or a parent of many")
     parser.add_argument("--out", type=Path, help="where to write (default: PATH itself)")
     parser.add_argument("--metric", action="append", help="summary metric(s) for the table (default: test/acc)")

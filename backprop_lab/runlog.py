@@ -2,6 +2,7 @@
 
 Readers (compare, report, resume) depend only on these files, never on the engine.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,6 @@ import platform
 import time
 from pathlib import Path
 from typing import Any
-
 
 
 def _clean(value: Any) -> Any:
@@ -59,6 +59,7 @@ def rewrite_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
+
     found = {"python": platform.python_version()}
     for dist in ("backprop-lab", "torch", "hydra-core", "omegaconf", "numpy", "mnist1d", "scikit-learn"):
         try:
@@ -84,7 +85,10 @@ class RunLog:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             from .errors import ConfigError
-            raise ConfigError("logger", "tensorboard", "needs the tensorboard package: pip install 'backprop-lab[tensorboard]'") from None
+
+            raise ConfigError(
+                "logger", "tensorboard", "needs the tensorboard package: pip install 'backprop-lab[tensorboard]'"
+            ) from None
         self._tensorboard = SummaryWriter(log_dir=str(self.dir))
 
     def metrics(self, **row: Any) -> None:

@@ -4,6 +4,7 @@ from the measurements (means, Student-t CIs, Welch tests), so a claim that does 
 Each sweep is an ordinary Hydra multirun of `backprop-lab train -m hydra/launcher=vectorized experiment=study_NAME ...`;
 the report lists the exact commands, so every grid can be rerun by hand.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,9 +13,10 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .compare import Run, find_runs, metrics_rows, pooled
 
@@ -70,8 +72,11 @@ def better(a: list[float], b: list[float], higher: bool = True) -> tuple[bool, f
     if len(a) < 2 or len(b) < 2:
         return False, None
     if statistics.pstdev(a) == 0 and statistics.pstdev(b) == 0:
-        return ((statistics.fmean(a) > statistics.fmean(b)) == higher and statistics.fmean(a) != statistics.fmean(b)), 0.0
+        return (
+            (statistics.fmean(a) > statistics.fmean(b)) == higher and statistics.fmean(a) != statistics.fmean(b)
+        ), 0.0
     from scipy import stats
+
     test = stats.ttest_ind(a, b, equal_var=False, alternative="greater" if higher else "less")
     return bool(test.pvalue < 0.05), float(test.pvalue)
 
@@ -108,22 +113,35 @@ def activations_verdict(runs: list[Run]) -> str:
                 ratio[act], acc[act] = ratios, values(group, "test/acc")
             geo = f"{math.exp(statistics.fmean(math.log(v) for v in ratios)):.2e}" if ratios else "-"
             rows.append([act, "matched" if init == "null" else "torch default", geo, fmt(values(group, "test/acc"))])
-    out = ["### Measurements", "",
-           "First-layer / last-layer gradient norm at step 1 (geometric mean over seeds), and test accuracy (mean [95% CI]).", "",
-           table(["act", "init", "grad ratio layer 0 / output at init", "test/acc"], rows), "", "### Verdict", ""]
+    out = [
+        "### Measurements",
+        "",
+        "First-layer / last-layer gradient norm at step 1 (geometric mean over seeds), and test accuracy (mean [95% CI]).",
+        "",
+        table(["act", "init", "grad ratio layer 0 / output at init", "test/acc"], rows),
+        "",
+        "### Verdict",
+        "",
+    ]
     geo = {a: math.exp(statistics.fmean(math.log(v) for v in ratio[a])) for a in ratio if ratio[a]}
     starves = "sigmoid" in geo and "relu" in geo and geo["sigmoid"] * 10 <= geo["relu"]
-    out.append(f"- Saturating activations starve early layers of gradient (sigmoid's first/last gradient ratio at "
-               f"least 10x below relu's: {geo.get('sigmoid', float('nan')):.2e} vs {geo.get('relu', float('nan')):.2e}): {mark(starves)}.")
+    out.append(
+        f"- Saturating activations starve early layers of gradient (sigmoid's first/last gradient ratio at "
+        f"least 10x below relu's: {geo.get('sigmoid', float('nan')):.2e} vs {geo.get('relu', float('nan')):.2e}): {mark(starves)}."
+    )
     for act in RELU_FAMILY:
         holds, p = better(acc.get(act, []), acc.get("sigmoid", []))
-        out.append(f"- {act} trains where sigmoid does not (test/acc {fmt(acc.get(act, []))} > sigmoid "
-                   f"{fmt(acc.get('sigmoid', []))}, one-sided Welch {p_text(p)}): {mark(holds)}.")
+        out.append(
+            f"- {act} trains where sigmoid does not (test/acc {fmt(acc.get(act, []))} > sigmoid "
+            f"{fmt(acc.get('sigmoid', []))}, one-sided Welch {p_text(p)}): {mark(holds)}."
+        )
     for act in ("tanh", "relu"):
         matched = values(completed(runs, act=act, **{"model.init": "null"}), "test/acc")
         default = values(completed(runs, act=act, **{"model.init": "torch"}), "test/acc")
         holds, p = better(matched, default)
-        out.append(f"- Matched init beats torch's default init for {act} ({fmt(matched)} vs {fmt(default)}, {p_text(p)}): {mark(holds)}.")
+        out.append(
+            f"- Matched init beats torch's default init for {act} ({fmt(matched)} vs {fmt(default)}, {p_text(p)}): {mark(holds)}."
+        )
     return "\n".join(out)
 
 
@@ -155,16 +173,32 @@ def regularization_verdict(runs: list[Run]) -> str:
         group = [r for r in runs if r.status == "completed" and _reg_choice(r) == reg]
         gaps[reg] = [g for g in (_final_gap(r) for r in group) if g is not None]
         accs[reg] = values(group, "test/acc")
-        rows.append([reg, fmt([v for v in (train_row(r, -1).get("acc") for r in group) if v is not None]),
-                     fmt(gaps[reg]), fmt(accs[reg])])
-    out = ["### Measurements", "", "At the last step: train accuracy (last window), train - validation accuracy gap; "
-           "test accuracy of the best-validation weights (mean [95% CI]).", "",
-           table(["regularizer", "train acc", "gap", "test/acc"], rows), "", "### Verdict", ""]
+        rows.append(
+            [
+                reg,
+                fmt([v for v in (train_row(r, -1).get("acc") for r in group) if v is not None]),
+                fmt(gaps[reg]),
+                fmt(accs[reg]),
+            ]
+        )
+    out = [
+        "### Measurements",
+        "",
+        "At the last step: train accuracy (last window), train - validation accuracy gap; "
+        "test accuracy of the best-validation weights (mean [95% CI]).",
+        "",
+        table(["regularizer", "train acc", "gap", "test/acc"], rows),
+        "",
+        "### Verdict",
+        "",
+    ]
     for reg in list(REGULARIZERS)[1:]:
         narrower, p_gap = better(gaps[reg], gaps["none"], higher=False)
         higher, p_acc = better(accs[reg], accs["none"])
-        out.append(f"- {reg} reduces overfitting (gap {fmt(gaps[reg])} < none {fmt(gaps['none'])}, {p_text(p_gap)}): "
-                   f"{mark(narrower)}; raises test accuracy ({p_text(p_acc)}): {mark(higher)}.")
+        out.append(
+            f"- {reg} reduces overfitting (gap {fmt(gaps[reg])} < none {fmt(gaps['none'])}, {p_text(p_gap)}): "
+            f"{mark(narrower)}; raises test accuracy ({p_text(p_acc)}): {mark(higher)}."
+        )
     return "\n".join(out)
 
 
@@ -179,12 +213,21 @@ ADAPTIVE = ["adam", "rmsprop", "adagrad"]
 
 def optimizers_sweeps(run_sweep: Callable[..., Path], smoke: bool) -> None:
     grid = LR_GRID[2:4] if smoke else LR_GRID
-    search = run_sweep("lr_search", [f"optimizer={','.join(OPTIMIZERS)}", f"optimizer.lr={','.join(grid)}",
-                                     "seed=100", "trainer.max_steps=1000" if not smoke else "trainer.max_steps=8"],
-                       note="learning-rate search: one seed (100, not used below), 1000 steps, best val/acc wins")
+    search = run_sweep(
+        "lr_search",
+        [
+            f"optimizer={','.join(OPTIMIZERS)}",
+            f"optimizer.lr={','.join(grid)}",
+            "seed=100",
+            "trainer.max_steps=1000" if not smoke else "trainer.max_steps=8",
+        ],
+        note="learning-rate search: one seed (100, not used below), 1000 steps, best val/acc wins",
+    )
     runs = find_runs([search])
     for opt in OPTIMIZERS:
-        tried = [(r.metrics.get("val/acc", -1.0), r.settings.get("optimizer.lr")) for r in completed(runs, optimizer=opt)]
+        tried = [
+            (r.metrics.get("val/acc", -1.0), r.settings.get("optimizer.lr")) for r in completed(runs, optimizer=opt)
+        ]
         lr = max(tried)[1] if tried else "0.001"
         run_sweep(f"final_{opt}", [f"optimizer={opt}", f"optimizer.lr={lr}", f"seed={SEEDS}"])
 
@@ -201,27 +244,48 @@ def optimizers_verdict(runs: list[Run]) -> str:
         steps[opt] = [r.metrics.get("target/step", math.inf) for r in group]
         acc[opt] = values(group, "test/acc")
         reached = [s for s in steps[opt] if math.isfinite(s)]
-        rows.append([opt, lr, fmt(loss[opt], 4), f"{len(reached)}/{len(group)}: " + (fmt(reached, 0) if reached else "-"),
-                     fmt(acc[opt])])
-    out = ["### Protocol", "",
-           f"Each optimizer's learning rate was picked from the log grid {', '.join(LR_GRID)} by the best validation "
-           "accuracy of a 1000-step run with seed 100. The comparison then runs seeds 0, 1 and 2 at that rate.", "",
-           "### Measurements", "",
-           f"Train loss at step {probe} (mean [95% CI]), steps to reach the target validation accuracy "
-           "(trainer.target_acc, runs that reached it), and test accuracy.", "",
-           table(["optimizer", "lr", f"train loss @ {probe}", "steps to target", "test/acc"], rows), "", "### Verdict", ""]
+        rows.append(
+            [
+                opt,
+                lr,
+                fmt(loss[opt], 4),
+                f"{len(reached)}/{len(group)}: " + (fmt(reached, 0) if reached else "-"),
+                fmt(acc[opt]),
+            ]
+        )
+    out = [
+        "### Protocol",
+        "",
+        f"Each optimizer's learning rate was picked from the log grid {', '.join(LR_GRID)} by the best validation "
+        "accuracy of a 1000-step run with seed 100. The comparison then runs seeds 0, 1 and 2 at that rate.",
+        "",
+        "### Measurements",
+        "",
+        f"Train loss at step {probe} (mean [95% CI]), steps to reach the target validation accuracy "
+        "(trainer.target_acc, runs that reached it), and test accuracy.",
+        "",
+        table(["optimizer", "lr", f"train loss @ {probe}", "steps to target", "test/acc"], rows),
+        "",
+        "### Verdict",
+        "",
+    ]
     for opt in ADAPTIVE:
         faster, p = better(loss.get(opt, []), loss.get("sgd", []), higher=False)
-        out.append(f"- {opt} converges faster than sgd (lower train loss at step {probe}: {fmt(loss.get(opt, []), 4)} vs "
-                   f"{fmt(loss.get('sgd', []), 4)}, {p_text(p)}): {mark(faster)}.")
+        out.append(
+            f"- {opt} converges faster than sgd (lower train loss at step {probe}: {fmt(loss.get(opt, []), 4)} vs "
+            f"{fmt(loss.get('sgd', []), 4)}, {p_text(p)}): {mark(faster)}."
+        )
     return "\n".join(out)
 
 
 BUDGETS = ["100", "300", "1000"]
 SMOKE_BUDGETS = ["20", "40", "80"]
-STRATEGIES = [("scratch", {"pretrain": "none"}), ("frozen", {"pretrain": "supervised", "pretrain.finetune": "freeze"}),
-              ("full fine-tune", {"pretrain": "supervised", "pretrain.finetune": "full"}),
-              ("autoencoder", {"pretrain": "autoencoder", "pretrain.finetune": "full"})]
+STRATEGIES = [
+    ("scratch", {"pretrain": "none"}),
+    ("frozen", {"pretrain": "supervised", "pretrain.finetune": "freeze"}),
+    ("full fine-tune", {"pretrain": "supervised", "pretrain.finetune": "full"}),
+    ("autoencoder", {"pretrain": "autoencoder", "pretrain.finetune": "full"}),
+]
 
 
 def pretraining_sweeps(run_sweep: Callable[..., Path], smoke: bool) -> None:
@@ -237,30 +301,53 @@ def pretraining_verdict(runs: list[Run]) -> str:
     budgets = sorted({r.settings["data.n_train"] for r in runs if "data.n_train" in r.settings}, key=int)
     for name, settings in STRATEGIES:
         for n in budgets:
-            group = [r for r in completed(runs, **{"data.n_train": n, **settings})
-                     if name != "scratch" or r.settings.get("pretrain") == "none"]
+            group = [
+                r
+                for r in completed(runs, **{"data.n_train": n, **settings})
+                if name != "scratch" or r.settings.get("pretrain") == "none"
+            ]
             acc[name, n] = values(group, "test/acc")
     rows = [[name] + [fmt(acc[name, n]) for n in budgets] for name, _ in STRATEGIES]
     source = next((r.settings["pretrain.data"] for r in runs if r.settings.get("pretrain.data")), None)
     target = next((r.settings["data"] for r in runs if r.settings.get("data")), None)
-    task = (f"Test accuracy on {target or 'the run data'} (mean [95% CI]) by label budget; pretraining used {source} "
-            "(all its labels) or, for the autoencoder, its inputs only.") if source else (
-           "Test accuracy on classes 5-9 (mean [95% CI]) by label budget; pretraining used "
-           "classes 0-4 (all their labels) or, for the autoencoder, their inputs only.")
-    out = ["### Measurements", "", task, "",
-           table(["strategy"] + [f"{n} labels" for n in budgets], rows), "", "### Verdict", ""]
+    task = (
+        (
+            f"Test accuracy on {target or 'the run data'} (mean [95% CI]) by label budget; pretraining used {source} "
+            "(all its labels) or, for the autoencoder, its inputs only."
+        )
+        if source
+        else (
+            "Test accuracy on classes 5-9 (mean [95% CI]) by label budget; pretraining used "
+            "classes 0-4 (all their labels) or, for the autoencoder, their inputs only."
+        )
+    )
+    out = [
+        "### Measurements",
+        "",
+        task,
+        "",
+        table(["strategy"] + [f"{n} labels" for n in budgets], rows),
+        "",
+        "### Verdict",
+        "",
+    ]
     for name, _ in STRATEGIES[1:]:
         parts = []
         for n in budgets:
             holds, p = better(acc[name, n], acc["scratch", n])
             parts.append(f"{n} labels {mark(holds)} ({p_text(p)})")
         out.append(f"- {name} beats scratch: " + "; ".join(parts) + ".")
-    gains = {n: (statistics.fmean(acc["full fine-tune", n]) - statistics.fmean(acc["scratch", n]))
-             for n in budgets if acc["full fine-tune", n] and acc["scratch", n]}
+    gains = {
+        n: (statistics.fmean(acc["full fine-tune", n]) - statistics.fmean(acc["scratch", n]))
+        for n in budgets
+        if acc["full fine-tune", n] and acc["scratch", n]
+    }
     if budgets and len(gains) == len(budgets):
         largest_first = gains[budgets[0]] >= max(gains.values())
-        out.append(f"- The gain of full fine-tuning is largest when labels are fewest "
-                   f"({', '.join(f'{n}: {g:+.3f}' for n, g in gains.items())}): {mark(largest_first)}.")
+        out.append(
+            f"- The gain of full fine-tuning is largest when labels are fewest "
+            f"({', '.join(f'{n}: {g:+.3f}' for n, g in gains.items())}): {mark(largest_first)}."
+        )
     return "\n".join(out)
 
 
@@ -272,12 +359,19 @@ class Study:
 
 
 STUDIES: dict[str, Study] = {
-    "activations": Study("Saturating activations starve early layers of gradient; ReLU-family activations fix it.",
-                         activations_sweeps, activations_verdict),
-    "regularization": Study("Regularizers (L1, L2, dropout, batch norm, combined) reduce overfitting.",
-                            regularization_sweeps, regularization_verdict),
-    "optimizers": Study("Adaptive optimizers (Adam, RMSprop, Adagrad) converge faster than SGD.",
-                        optimizers_sweeps, optimizers_verdict),
+    "activations": Study(
+        "Saturating activations starve early layers of gradient; ReLU-family activations fix it.",
+        activations_sweeps,
+        activations_verdict,
+    ),
+    "regularization": Study(
+        "Regularizers (L1, L2, dropout, batch norm, combined) reduce overfitting.",
+        regularization_sweeps,
+        regularization_verdict,
+    ),
+    "optimizers": Study(
+        "Adaptive optimizers (Adam, RMSprop, Adagrad) converge faster than SGD.", optimizers_sweeps, optimizers_verdict
+    ),
     "pretraining": Study("Pretraining and transfer help when labels are few.", pretraining_sweeps, pretraining_verdict),
 }
 
@@ -285,11 +379,13 @@ STUDIES: dict[str, Study] = {
 SMOKE = ["trainer.max_steps=8", "trainer.eval_every=4", "trainer.log_every=4", "data.num_samples=1000"]
 
 
-def run_study(name: str, out: Path, extra: list[str], smoke: bool, report_only: bool = False,
-              launcher: str = "vectorized") -> Path:
+def run_study(
+    name: str, out: Path, extra: list[str], smoke: bool, report_only: bool = False, launcher: str = "vectorized"
+) -> Path:
     """Run the study's sweeps into `out` (unless `report_only`), then write its report there.
     The vectorized launcher trains each setting's seeds as one batched model."""
     from .report import write_report
+
     study = STUDIES[name]
     out.mkdir(parents=True, exist_ok=True)
     commands: list[str] = []
@@ -301,15 +397,25 @@ def run_study(name: str, out: Path, extra: list[str], smoke: bool, report_only: 
         staged = not any(o == "pretrain=none" for o in overrides)  # pretrain.* overrides only where there is a stage
         own_data = any(o.startswith("data=") for o in extra)  # (the smoke's data.num_samples is MNIST-1D's)
         smoke_args = [a for a in SMOKE if not (own_data and a.startswith("data.num_samples"))] if smoke else []
-        args = ["train", "-m", f"hydra/launcher={launcher}", f"experiment=study_{name}", *overrides, *smoke_args,
-                *[e for e in extra if staged or not e.startswith("pretrain.")]]
+        args = [
+            "train",
+            "-m",
+            f"hydra/launcher={launcher}",
+            f"experiment=study_{name}",
+            *overrides,
+            *smoke_args,
+            *[e for e in extra if staged or not e.startswith("pretrain.")],
+        ]
         shown = "backprop-lab " + " ".join(f"'{a}'" if "[" in a else a for a in args)
         commands.append(f"- `{shown}`" + (f" ({note})" if note else ""))
         commands_file.write_text("\n".join(commands) + "\n")
         print(f"[{name}] {label}: {shown}", flush=True)
         with open(out / f"{label}.log", "w") as log:
-            code = subprocess.call([sys.executable, "-m", "backprop_lab", *args, f"hydra.sweep.dir={folder}"],
-                                   stdout=log, stderr=subprocess.STDOUT)
+            code = subprocess.call(
+                [sys.executable, "-m", "backprop_lab", *args, f"hydra.sweep.dir={folder}"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         if code != 0:
             print(f"[{name}] {label}: some runs did not complete (see {out / (label + '.log')})", flush=True)
         return folder
@@ -320,8 +426,11 @@ def run_study(name: str, out: Path, extra: list[str], smoke: bool, report_only: 
         study.sweeps(run_sweep, smoke)
     runs = find_runs([out])
     wall = "" if report_only else f"\n\nWall time of the sweeps: {time.time() - started:.0f} s."
-    verdict = (f"**Claim:** {study.claim}\n\n{study.verdict(runs)}\n\n### Sweeps (Hydra multiruns)\n\n"
-               + "\n".join(commands) + wall)
+    verdict = (
+        f"**Claim:** {study.claim}\n\n{study.verdict(runs)}\n\n### Sweeps (Hydra multiruns)\n\n"
+        + "\n".join(commands)
+        + wall
+    )
     return write_report([out], out, ["test/acc"], title=f"Study: {name}", verdict=verdict)
 
 
@@ -332,8 +441,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, help="folder (default: studies/NAME/DATE_TIME)")
     parser.add_argument("--smoke", action="store_true", help="a miniature of the same sweeps (a few steps each)")
     parser.add_argument("--report-only", action="store_true", help="recompute the report of an existing --out folder")
-    parser.add_argument("--launcher", default="vectorized", choices=["vectorized", "basic", "joblib"],
-                        help="how each sweep runs: seeds as one batched model (default), one by one, or in parallel")
+    parser.add_argument(
+        "--launcher",
+        default="vectorized",
+        choices=["vectorized", "basic", "joblib"],
+        help="how each sweep runs: seeds as one batched model (default), one by one, or in parallel",
+    )
     args = parser.parse_intermixed_args(argv)  # overrides may come before or after the options
     if args.name not in STUDIES:
         print(f"error: study '{args.name}' does not exist; choose one of: {', '.join(STUDIES)}", file=sys.stderr)

@@ -3,6 +3,7 @@
 `run` never raises for a bad setting, a diverged loss or a crash: it records the outcome in
 summary.json (status completed / diverged / failed / interrupted) and returns the summary.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .console import err_console, show_choices, show_members, show_results, StageProgress
+from .console import StageProgress, err_console, show_choices, show_members, show_results
 from .errors import ConfigError
 from .runlog import RunLog, versions
 
@@ -34,20 +35,30 @@ def registered_names() -> dict[str, tuple[str, ...]]:
     from .models import MODELS
     from .optimizers import OPTIMIZERS, SCHEDULERS
     from .pretrain import PRETRAIN_STRATEGIES
-    return {"act": tuple(ACTIVATIONS), "optimizer": tuple(OPTIMIZERS), "scheduler": SCHEDULERS,
-            "model": tuple(MODELS), "data": tuple(DATASETS), "pretrain": PRETRAIN_STRATEGIES,
-            "logger": ("none", "tensorboard")}
+
+    return {
+        "act": tuple(ACTIVATIONS),
+        "optimizer": tuple(OPTIMIZERS),
+        "scheduler": SCHEDULERS,
+        "model": tuple(MODELS),
+        "data": tuple(DATASETS),
+        "pretrain": PRETRAIN_STRATEGIES,
+        "logger": ("none", "tensorboard"),
+    }
 
 
 def resolve_device(name: str) -> Any:
     import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda"):
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         index = int(name.split(":")[1]) if ":" in name else 0
         if index >= count:
-            raise ConfigError("trainer.device", name, f"this machine has {count} CUDA device(s): use trainer.device=auto or cpu")
+            raise ConfigError(
+                "trainer.device", name, f"this machine has {count} CUDA device(s): use trainer.device=auto or cpu"
+            )
     if name == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("trainer.device", name, "MPS is not available here: use trainer.device=auto or cpu")
     return torch.device(name)
@@ -58,6 +69,7 @@ def threads_per_job() -> int | None:
     jobs x threads fit the machine; under submitit, the job's cpus_per_task; None elsewhere (torch's
     default)."""
     from hydra.core.hydra_config import HydraConfig
+
     if not HydraConfig.initialized():
         return None
     launcher, name = HydraConfig.get().launcher, launcher_name()
@@ -74,6 +86,7 @@ def threads_per_job() -> int | None:
 def launcher_name() -> str:
     """The Hydra launcher running this job ('basic', 'joblib', ...; 'basic' outside Hydra)."""
     from hydra.core.hydra_config import HydraConfig
+
     if not HydraConfig.initialized():
         return "basic"
     target = str(HydraConfig.get().launcher.get("_target_", ""))
@@ -86,29 +99,40 @@ def launcher_name() -> str:
 def check_data_parallel(cfg: DictConfig, world: World, count: int) -> None:
     """What torchrun's data parallelism needs, as one-line errors."""
     if count > 1 or launcher_name() in ("joblib", "vectorized"):
-        raise ConfigError("hydra/launcher", "vectorized" if count > 1 else launcher_name(),
-                          "runs jobs in parallel in one process or in workers; under torchrun, "
-                          "sweep with the basic launcher (the default)")
+        raise ConfigError(
+            "hydra/launcher",
+            "vectorized" if count > 1 else launcher_name(),
+            "runs jobs in parallel in one process or in workers; under torchrun, "
+            "sweep with the basic launcher (the default)",
+        )
     if cfg.trainer.batch_size % world.size:
-        raise ConfigError("trainer.batch_size", cfg.trainer.batch_size,
-                          f"is the global batch, split over {world.size} processes: use a multiple of {world.size}")
+        raise ConfigError(
+            "trainer.batch_size",
+            cfg.trainer.batch_size,
+            f"is the global batch, split over {world.size} processes: use a multiple of {world.size}",
+        )
 
 
 def check_one_process_per_job() -> None:
     """submitit starts tasks_per_node x nodes copies of a job, which would all write one run folder."""
     from hydra.core.hydra_config import HydraConfig
+
     if launcher_name() != "submitit":
         return
     launcher = HydraConfig.get().launcher
     tasks = int(launcher.get("tasks_per_node") or 1) * int(launcher.get("nodes") or 1)
     if tasks > 1:
-        raise ConfigError("hydra.launcher.tasks_per_node", launcher.get("tasks_per_node"),
-                          "each job is one process (tasks_per_node=1, nodes=1); for data parallel on SLURM run "
-                          "torchrun inside an sbatch script (docs/scaling.md)")
+        raise ConfigError(
+            "hydra.launcher.tasks_per_node",
+            launcher.get("tasks_per_node"),
+            "each job is one process (tasks_per_node=1, nodes=1); for data parallel on SLURM run "
+            "torchrun inside an sbatch script (docs/scaling.md)",
+        )
 
 
 def _setup_torch(trainer: Any, device: Any) -> None:
     import torch
+
     threads = trainer.threads if trainer.threads is not None else threads_per_job()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -127,14 +151,22 @@ def _stage_summary(result: Any) -> dict[str, Any]:
     if "train/acc" in metrics and "val/acc" in metrics:
         metrics["gap/acc"] = metrics["train/acc"] - metrics["val/acc"]
     metrics.update(result.target)
-    return {"stage": result.stage, "status": result.status, "steps": result.steps, "epochs": round(result.epochs, 3),
-            "seconds": round(result.seconds, 3), "best_step": result.best_step,
-            "stopped_early": result.stopped_early, "metrics": metrics}
+    return {
+        "stage": result.stage,
+        "status": result.status,
+        "steps": result.steps,
+        "epochs": round(result.epochs, 3),
+        "seconds": round(result.seconds, 3),
+        "best_step": result.best_step,
+        "stopped_early": result.stopped_early,
+        "metrics": metrics,
+    }
 
 
 @dataclass
 class Job:
     """One run as Hydra launched it: its config (without the hydra node), folder, choices and overrides."""
+
     cfg: DictConfig
     run_dir: Path
     choices: dict[str, str]
@@ -150,32 +182,55 @@ def resume(run_dir: Path) -> dict[str, Any]:
     """Continue an interrupted or killed run in its own folder from its last checkpoint."""
     from .checkpoint import load_checkpoint
     from .runlog import read_metrics, rewrite_metrics
+
     run_dir = Path(run_dir)
     try:
         previous = json.loads((run_dir / "summary.json").read_text())
         if previous.get("status") in ("completed", "diverged"):
-            raise ConfigError("RUN_DIR", str(run_dir), f"has already finished ({previous['status']}); nothing to resume")
+            raise ConfigError(
+                "RUN_DIR", str(run_dir), f"has already finished ({previous['status']}); nothing to resume"
+            )
         cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     except ConfigError:
         raise
     except (OSError, ValueError) as err:
-        raise ConfigError("RUN_DIR", str(run_dir), f"is not a readable run folder ({type(err).__name__}: "
-                          "it needs summary.json and .hydra/config.yaml)") from None
+        raise ConfigError(
+            "RUN_DIR",
+            str(run_dir),
+            f"is not a readable run folder ({type(err).__name__}: it needs summary.json and .hydra/config.yaml)",
+        ) from None
     state = load_checkpoint(run_dir)
     done = [s for s in previous.get("stages", []) if s["stage"] != state["stage"]]
     finished = {s["stage"] for s in done}
     # The rows the interrupted process wrote after its checkpoint will be written again, identically.
-    rewrite_metrics(run_dir / "metrics.jsonl", [
-        row for row in read_metrics(run_dir / "metrics.jsonl")
-        if row.get("stage") in finished or (row.get("stage") == state["stage"] and row.get("split") != "test"
-                                            and (row.get("step") or 0) <= state["step"])])
+    rewrite_metrics(
+        run_dir / "metrics.jsonl",
+        [
+            row
+            for row in read_metrics(run_dir / "metrics.jsonl")
+            if row.get("stage") in finished
+            or (
+                row.get("stage") == state["stage"]
+                and row.get("split") != "test"
+                and (row.get("step") or 0) <= state["step"]
+            )
+        ],
+    )
     job = Job(cfg, run_dir, previous.get("choices", {}), previous.get("overrides", []))
-    resumed = [*previous.get("resumed", []), {"stage": state["stage"], "step": state["step"],
-                                              "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}]
+    resumed = [
+        *previous.get("resumed", []),
+        {
+            "stage": state["stage"],
+            "step": state["step"],
+            "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+    ]
     return run_members([job], resume_from=(state, {**previous, "stages": done, "resumed": resumed}))[0]
 
 
-def run_members(jobs: list[Job], resume_from: tuple[dict[str, Any], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def run_members(
+    jobs: list[Job], resume_from: tuple[dict[str, Any], dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
     """Train jobs whose configs differ only in `seed` as one batched model (members.Members), each
     into its own run folder; one job is an ordinary run, which `resume_from` (a checkpoint and the
     summary it belongs to) continues. Returns each job's summary."""
@@ -184,16 +239,27 @@ def run_members(jobs: list[Job], resume_from: tuple[dict[str, Any], dict[str, An
     runlogs = [RunLog(job.run_dir) for job in jobs]
     summaries: list[dict[str, Any]] = []
     for k, job in enumerate(jobs):
-        summaries.append({
-            "status": "running", "error": None, "metrics": {}, "choices": job.choices, "seed": job.cfg.get("seed"),
-            "overrides": job.overrides, "run_dir": str(job.run_dir),
-            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            **({"vectorized": {"member": k, "members": count, "seeds": [j.cfg.get("seed") for j in jobs]}}
-               if count > 1 else {}),
-        })
+        summaries.append(
+            {
+                "status": "running",
+                "error": None,
+                "metrics": {},
+                "choices": job.choices,
+                "seed": job.cfg.get("seed"),
+                "overrides": job.overrides,
+                "run_dir": str(job.run_dir),
+                "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                **(
+                    {"vectorized": {"member": k, "members": count, "seeds": [j.cfg.get("seed") for j in jobs]}}
+                    if count > 1
+                    else {}
+                ),
+            }
+        )
         if resume_from is not None:
-            summaries[k].update({key: resume_from[1][key] for key in ("started_at", "resumed", "vectorized")
-                                 if key in resume_from[1]})  # (a member of a vectorized group resumes alone)
+            summaries[k].update(
+                {key: resume_from[1][key] for key in ("started_at", "resumed", "vectorized") if key in resume_from[1]}
+            )  # (a member of a vectorized group resumes alone)
         runlogs[k].summary(**summaries[k])
     stages: list[list[dict[str, Any]]] = [[] for _ in jobs]
     if resume_from is not None:
@@ -205,6 +271,7 @@ def run_members(jobs: list[Job], resume_from: tuple[dict[str, Any], dict[str, An
 
     try:
         from .validate import validate
+
         for job in jobs:
             validate(OmegaConf.to_container(job.cfg, resolve=True), registered_names())
         import torch
@@ -212,10 +279,12 @@ def run_members(jobs: list[Job], resume_from: tuple[dict[str, Any], dict[str, An
         from .data import load_arrays
         from .pretrain import plan, run_stages
         from .regularizers import active_regularizers
+
         if cfg.logger.name == "tensorboard":
             for runlog in runlogs:
                 runlog.attach_tensorboard()
         from . import distributed
+
         device = resolve_device(cfg.trainer.device)
         if distributed.from_environment().active:  # before joining the group: every rank refuses alike
             check_data_parallel(cfg, distributed.from_environment(), count)
@@ -228,14 +297,29 @@ def run_members(jobs: list[Job], resume_from: tuple[dict[str, Any], dict[str, An
             torch.manual_seed(job.cfg.seed)
             plans.append(plan(job.cfg, arrays, device))
         p = plans[0]
-        update(regularizers_active=active_regularizers(cfg.regularizer), device=str(device), inputs=arrays.normalization,
-               sizes=p.target.sizes(), num_params=sum(t.numel() for t in p.model.parameters()),
-               monitor=cfg.trainer.monitor, versions=versions(), torch_threads=torch.get_num_threads(),
-               world_size=world.size, **({"batch_per_process": cfg.trainer.batch_size // world.size} if world.active else {}))
+        update(
+            regularizers_active=active_regularizers(cfg.regularizer),
+            device=str(device),
+            inputs=arrays.normalization,
+            sizes=p.target.sizes(),
+            num_params=sum(t.numel() for t in p.model.parameters()),
+            monitor=cfg.trainer.monitor,
+            versions=versions(),
+            torch_threads=torch.get_num_threads(),
+            world_size=world.size,
+            **({"batch_per_process": cfg.trainer.batch_size // world.size} if world.active else {}),
+        )
         seeds = [job.cfg.seed for job in jobs]
-        show_choices(jobs[0].choices, {"seed": seeds[0] if count == 1 else f"{seeds} (vectorized)", "device": device,
-                                       "data sizes": p.target.sizes(), "parameters": summaries[0]["num_params"],
-                                       "run folder": jobs[0].run_dir if count == 1 else jobs[0].run_dir.parent})
+        show_choices(
+            jobs[0].choices,
+            {
+                "seed": seeds[0] if count == 1 else f"{seeds} (vectorized)",
+                "device": device,
+                "data sizes": p.target.sizes(),
+                "parameters": summaries[0]["num_params"],
+                "run folder": jobs[0].run_dir if count == 1 else jobs[0].run_dir.parent,
+            },
+        )
 
         def on_stage_end(k: int, result: Any, state: dict[str, Any]) -> None:
             stages[k].append(_stage_summary(result))
@@ -251,21 +335,34 @@ def run_members(jobs: list[Job], resume_from: tuple[dict[str, Any], dict[str, An
 
         progress = StageProgress(cfg.trainer.progress)
         from .checkpoint import Checkpointer
+
         if count == 1:
             checkpointer = Checkpointer(jobs[0].run_dir, cfg.trainer.checkpoint_every) if world.main else None
-            results = [run_stages(cfg, p, runlogs[0], progress, lambda r, state: on_stage_end(0, r, state),
-                                  checkpointer, resume_from[0] if resume_from else None, world)]
+            results = [
+                run_stages(
+                    cfg,
+                    p,
+                    runlogs[0],
+                    progress,
+                    lambda r, state: on_stage_end(0, r, state),
+                    checkpointer,
+                    resume_from[0] if resume_from else None,
+                    world,
+                )
+            ]
             if checkpointer is not None:
                 checkpointer.remove()  # finished (completed or diverged): weights/ holds what is worth keeping
         else:
             from .members import Members
             from .pretrain import fit_members, steps_for
+
             model = Members([q.model for q in plans])
             steps = steps_for(cfg.trainer, len(p.target.x_train))
             # each member's checkpoint is an ordinary run's: `backprop-lab resume` continues it alone
             checkpointers = [Checkpointer(job.run_dir, cfg.trainer.checkpoint_every) for job in jobs]
-            per_member = fit_members(cfg, model, p.target, "train", steps, seeds, runlogs, progress,
-                                     checkpoint=checkpointers)
+            per_member = fit_members(
+                cfg, model, p.target, "train", steps, seeds, runlogs, progress, checkpoint=checkpointers
+            )
             for checkpointer in checkpointers:
                 checkpointer.remove()
             results = []
@@ -274,12 +371,18 @@ def run_members(jobs: list[Job], resume_from: tuple[dict[str, Any], dict[str, An
                 results.append([result])
         for k, summary in enumerate(summaries):
             final = stages[k][-1]
-            summary.update(status="completed" if all(r.status == "completed" for r in results[k]) else "diverged",
-                           metrics=final["metrics"], best_step=final["best_step"], steps=final["steps"])
+            summary.update(
+                status="completed" if all(r.status == "completed" for r in results[k]) else "diverged",
+                metrics=final["metrics"],
+                best_step=final["best_step"],
+                steps=final["steps"],
+            )
             if summary["status"] == "diverged":
                 summary["error"] = f"non-finite loss in stage {final['stage']} at step {final['steps']}"
-                err_console.print(f"diverged: {summary['error']}; lower optimizer.lr or set trainer.grad_clip"
-                                  + (f" ({summary['run_dir']})" if count > 1 else ""))
+                err_console.print(
+                    f"diverged: {summary['error']}; lower optimizer.lr or set trainer.grad_clip"
+                    + (f" ({summary['run_dir']})" if count > 1 else "")
+                )
     except ConfigError as err:
         update(status="failed", error=str(err), refused=True)  # bad input, as opposed to a crash
         err_console.print(f"error: {err}", markup=False)
@@ -291,14 +394,19 @@ def run_members(jobs: list[Job], resume_from: tuple[dict[str, Any], dict[str, An
             raise
         log.error("run failed:\n%s", traceback.format_exc())
         update(status="failed", error=f"{type(err).__name__}: {err}")
-        err_console.print(f"error: {type(err).__name__}: {err} (traceback in {jobs[0].run_dir}/train.log; "
-                          "HYDRA_FULL_ERROR=1 shows it here)", markup=False)
+        err_console.print(
+            f"error: {type(err).__name__}: {err} (traceback in {jobs[0].run_dir}/train.log; "
+            "HYDRA_FULL_ERROR=1 shows it here)",
+            markup=False,
+        )
     finally:
         finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
         for k, (job, summary, runlog) in enumerate(zip(jobs, summaries, runlogs)):
             summary.update(stages=stages[k], wall_time_s=round(time.time() - started, 3), finished_at=finished)
             runlog.summary(**summary)
-            runlog.hparams({**job.choices, "seed": job.cfg.get("seed"), "lr": cfg.optimizer.get("lr")}, summary["metrics"])
+            runlog.hparams(
+                {**job.choices, "seed": job.cfg.get("seed"), "lr": cfg.optimizer.get("lr")}, summary["metrics"]
+            )
             runlog.close()
     if count == 1 and stages[0]:
         show_results(summaries[0]["status"], stages[0], str(jobs[0].run_dir))

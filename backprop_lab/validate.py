@@ -4,10 +4,12 @@ Hydra already refuses unknown keys (the composed config is in struct mode) and u
 a group (cli.py checks those first, for a one-line message). This module checks types, ranges and
 combinations, and raises `ConfigError` naming the key, the value and what is allowed.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .errors import ConfigError
 
@@ -31,11 +33,11 @@ def integer(lo: int, hi: int | None = None, nullable: bool = False) -> Rule:
             return None
         ok = _is_int(v) and v >= lo and (hi is None or v <= hi)
         return None if ok else f"must be {span}"
+
     return rule
 
 
-def number(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-           hi_open: bool = False) -> Rule:
+def number(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False) -> Rule:
     left = "(" if lo_open else "["
     right = ")" if hi_open else "]"
     span = f"a number in {left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
@@ -48,6 +50,7 @@ def number(lo: float | None = None, hi: float | None = None, lo_open: bool = Fal
         if hi is not None and (v > hi or (hi_open and v == hi)):
             return f"must be {span}"
         return None
+
     return rule
 
 
@@ -58,6 +61,7 @@ def boolean(v: Any) -> str | None:
 def choice(*names: str) -> Rule:
     def rule(v: Any) -> str | None:
         return None if v in names else f"choose one of: {', '.join(names)}"
+
     return rule
 
 
@@ -67,6 +71,7 @@ def int_list(lo: int, nullable: bool = False, nonempty: bool = True) -> Rule:
             return None
         ok = isinstance(v, list) and (v or not nonempty) and all(_is_int(i) and i >= lo for i in v)
         return None if ok else f"must be a list of integers >= {lo}" + (" or null" if nullable else "")
+
     return rule
 
 
@@ -82,12 +87,16 @@ def names_list(*names: str) -> Rule:
     def rule(v: Any) -> str | None:
         ok = isinstance(v, list) and all(isinstance(n, str) and n in names for n in v) and len(set(v)) == len(v)
         return None if ok else f"must be a list of distinct names from: {', '.join(names)} (e.g. [{','.join(names)}])"
+
     return rule
 
 
 def standardize_mode(v: Any) -> str | None:  # (true / false: what npz's boolean meant before)
-    return None if isinstance(v, bool) or v in ("auto", "channel", "feature", "global", "none") else \
-        "choose one of: auto, channel, feature, global, none"
+    return (
+        None
+        if isinstance(v, bool) or v in ("auto", "channel", "feature", "global", "none")
+        else "choose one of: auto, channel, feature, global, none"
+    )
 
 
 def image_size(v: Any) -> str | None:
@@ -150,34 +159,71 @@ RULES: dict[str, Rule] = {
 # Keys that only some options of a group have, checked wherever they appear.
 GROUP_KNOBS: dict[str, dict[str, Rule]] = {
     "optimizer": {
-        "lr": positive, "weight_decay": nonnegative, "momentum": probability, "dampening": number(0, 1),
-        "betas": betas, "eps": positive, "amsgrad": boolean, "alpha": probability, "centered": boolean,
-        "lr_decay": nonnegative, "initial_accumulator_value": nonnegative, "rho": number(0, 1),
+        "lr": positive,
+        "weight_decay": nonnegative,
+        "momentum": probability,
+        "dampening": number(0, 1),
+        "betas": betas,
+        "eps": positive,
+        "amsgrad": boolean,
+        "alpha": probability,
+        "centered": boolean,
+        "lr_decay": nonnegative,
+        "initial_accumulator_value": nonnegative,
+        "rho": number(0, 1),
         "momentum_decay": nonnegative,
     },
     "scheduler": {
-        "step_size": integer(1), "gamma": number(0, 1, lo_open=True), "min_lr": nonnegative,
-        "warmup_steps": integer(0), "pct_start": number(0, 1, lo_open=True, hi_open=True),
-        "div_factor": positive, "final_div_factor": positive, "factor": number(0, 1, lo_open=True, hi_open=True),
-        "patience": integer(0), "milestones": int_list(1),
+        "step_size": integer(1),
+        "gamma": number(0, 1, lo_open=True),
+        "min_lr": nonnegative,
+        "warmup_steps": integer(0),
+        "pct_start": number(0, 1, lo_open=True, hi_open=True),
+        "div_factor": positive,
+        "final_div_factor": positive,
+        "factor": number(0, 1, lo_open=True, hi_open=True),
+        "patience": integer(0),
+        "milestones": int_list(1),
     },
     "act": {
-        "negative_slope": nonnegative, "init_slope": nonnegative, "alpha": positive, "beta": positive,
+        "negative_slope": nonnegative,
+        "init_slope": nonnegative,
+        "alpha": positive,
+        "beta": positive,
         "approximate": choice("none", "tanh"),
     },
     "model": {
-        "depth": integer(1), "width": integer(1), "residual": boolean, "channels": int_list(1),
-        "kernel_sizes": int_list(1), "strides": int_list(1), "padding": integer(0), "blocks_per_stage": integer(1),
+        "depth": integer(1),
+        "width": integer(1),
+        "residual": boolean,
+        "channels": int_list(1),
+        "kernel_sizes": int_list(1),
+        "strides": int_list(1),
+        "padding": integer(0),
+        "blocks_per_stage": integer(1),
     },
     "pretrain": {
-        "steps": integer(1, nullable=True), "finetune": choice("full", "freeze", "gradual"),
-        "unfreeze_every": integer(1), "noise": nonnegative, "path": path, "data_path": optional(path),
+        "steps": integer(1, nullable=True),
+        "finetune": choice("full", "freeze", "gradual"),
+        "unfreeze_every": integer(1),
+        "noise": nonnegative,
+        "path": path,
+        "data_path": optional(path),
     },
     "data": {
-        "num_samples": integer(10), "generation_seed": integer(0), "test_fraction": number(0, 1, lo_open=True, hi_open=True),
-        "num_classes": integer(2), "shape": int_list(1), "standardize": standardize_mode,
-        "path": path, "root": optional(path), "download": boolean, "layout": choice("auto", "nchw", "nhwc"),
-        "augment": names_list("crop", "flip"), "crop_padding": integer(0), "size": image_size,
+        "num_samples": integer(10),
+        "generation_seed": integer(0),
+        "test_fraction": number(0, 1, lo_open=True, hi_open=True),
+        "num_classes": integer(2),
+        "shape": int_list(1),
+        "standardize": standardize_mode,
+        "path": path,
+        "root": optional(path),
+        "download": boolean,
+        "layout": choice("auto", "nchw", "nhwc"),
+        "augment": names_list("crop", "flip"),
+        "crop_padding": integer(0),
+        "size": image_size,
     },
 }
 
@@ -213,8 +259,11 @@ def validate(cfg: dict, names: dict[str, tuple[str, ...]]) -> None:
         raise ConfigError("trainer.max_steps", None, "set trainer.max_steps or trainer.max_epochs")
     model = cfg["model"]
     if "channels" in model and not len(model["channels"]) == len(model["kernel_sizes"]) == len(model["strides"]):
-        raise ConfigError("model.kernel_sizes", model["kernel_sizes"],
-                          f"model.channels, model.kernel_sizes and model.strides need the same length ({len(model['channels'])})")
+        raise ConfigError(
+            "model.kernel_sizes",
+            model["kernel_sizes"],
+            f"model.channels, model.kernel_sizes and model.strides need the same length ({len(model['channels'])})",
+        )
     source, target = data["source_classes"], data["target_classes"]
     for key, classes in (("data.source_classes", source), ("data.target_classes", target)):
         if classes is not None and len(set(classes)) < len(classes):
@@ -227,9 +276,12 @@ def validate(cfg: dict, names: dict[str, tuple[str, ...]]) -> None:
     if source is not None and target is not None and set(source) & set(target) and other_data is None:
         raise ConfigError("data.source_classes", source, f"must not share classes with data.target_classes={target}")
     if pretrain["name"] == "supervised" and source is None and other_data is None:
-        raise ConfigError("data.source_classes", None,
-                          "pretrain=supervised needs the pretraining task: its classes, e.g. data.source_classes=[0,1,2,3,4] "
-                          "data.target_classes=[5,6,7,8,9], or another data set, e.g. pretrain.data=fashion_mnist")
+        raise ConfigError(
+            "data.source_classes",
+            None,
+            "pretrain=supervised needs the pretraining task: its classes, e.g. data.source_classes=[0,1,2,3,4] "
+            "data.target_classes=[5,6,7,8,9], or another data set, e.g. pretrain.data=fashion_mnist",
+        )
     if pretrain["name"] == "checkpoint":
         _check("pretrain.path", pretrain["path"], GROUP_KNOBS["pretrain"]["path"])
     if data["name"] in ("npz", "images"):

@@ -10,6 +10,7 @@ the ratio torchrun/one, and the largest relative difference between the two runs
 and which metric it was (data parallelism must not change the numbers; only the order of float
 sums differs, which thousands of Adam steps can amplify).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,11 +27,25 @@ import torch
 
 
 def command(launcher: str, model: str, steps: int, nproc: int, run_dir: Path) -> list[str]:
-    train = ["train", f"model={model}", f"trainer.max_steps={steps}", "trainer.progress=off", f"hydra.run.dir={run_dir}"]
+    train = [
+        "train",
+        f"model={model}",
+        f"trainer.max_steps={steps}",
+        "trainer.progress=off",
+        f"hydra.run.dir={run_dir}",
+    ]
     if launcher == "one":
         return [sys.executable, "-m", "backprop_lab", *train]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-            "-m", "backprop_lab", *train]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "backprop_lab",
+        *train,
+    ]
 
 
 def timed(cmd: list[str], run_dir: Path) -> tuple[float, dict]:
@@ -49,9 +64,11 @@ def main() -> None:
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--models", nargs="+", default=["mlp", "cnn1d"], choices=["mlp", "cnn1d"])
     args = parser.parse_args()
-    print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads in one process, torch "
-          f"{torch.__version__}, python {platform.python_version()}; {args.repeats} repeats, {args.steps} steps, "
-          f"torchrun x{args.nproc}, global batch 100")
+    print(
+        f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads in one process, torch "
+        f"{torch.__version__}, python {platform.python_version()}; {args.repeats} repeats, {args.steps} steps, "
+        f"torchrun x{args.nproc}, global batch 100"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
             wall: dict[str, list[float]] = {"one": [], "torchrun": []}
@@ -74,10 +91,15 @@ def main() -> None:
             med = {k: statistics.median(v) for k, v in wall.items()}
             sps = {k: statistics.median(v) for k, v in rate.items()}
             for launcher in wall:
-                ratio = "" if launcher == "one" else \
-                    f"   torchrun/one: whole process x{med['torchrun'] / med['one']:.2f}, " \
+                ratio = (
+                    ""
+                    if launcher == "one"
+                    else f"   torchrun/one: whole process x{med['torchrun'] / med['one']:.2f}, "
                     f"training time x{sps['one'] / sps['torchrun']:.2f}; final metrics differ by <= {worst:.1e} (relative, {worst_key})"
-                print(f"{model:<6} {launcher:<9} whole process {med[launcher]:6.2f} s   training {sps[launcher]:7.0f} steps/s{ratio}")
+                )
+                print(
+                    f"{model:<6} {launcher:<9} whole process {med[launcher]:6.2f} s   training {sps[launcher]:7.0f} steps/s{ratio}"
+                )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
 Prints the median training seconds of each and the on/off ratio, for the MNIST-1D MLP and CNN
 recipes at the default logging interval (trainer.log_every=100). Target: ratio <= 1.10.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,10 +20,17 @@ from backprop_lab.pretrain import fit_stage, plan
 
 
 class _Silent:
-    def start_stage(self, *args): pass
-    def update(self, *args): pass
-    def end_stage(self): pass
-    def metrics(self, **row): pass
+    def start_stage(self, *args):
+        pass
+
+    def update(self, *args):
+        pass
+
+    def end_stage(self):
+        pass
+
+    def metrics(self, **row):
+        pass
 
 
 def seconds(overrides: list[str], arrays, steps: int) -> float:
@@ -48,8 +56,10 @@ def main() -> None:
             off.append(seconds(base + ["trainer.diagnostics=false"], arrays, args.steps))
             on.append(seconds(base + ["trainer.diagnostics=true"], arrays, args.steps))
         m_on, m_off = statistics.median(on), statistics.median(off)
-        print(f"{model}: {args.steps} steps, median of {args.repeats}: diagnostics off {m_off:.2f} s, "
-              f"on {m_on:.2f} s, ratio on/off {m_on / m_off:.3f}")
+        print(
+            f"{model}: {args.steps} steps, median of {args.repeats}: diagnostics off {m_off:.2f} s, "
+            f"on {m_on:.2f} s, ratio on/off {m_on / m_off:.3f}"
+        )
 
 
 if __name__ == "__main__":

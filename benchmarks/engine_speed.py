@@ -11,6 +11,7 @@ as separate processes:
 It prints the median whole-process seconds, the median training steps/s each reports, and the
 ratios engine/plain (target <= 1.00) and lightning/plain.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,10 +31,22 @@ HERE = Path(__file__).resolve().parent
 
 
 def engine_command(model: str, steps: int, run_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "backprop_lab", "train", f"model={model}", "data=mnist1d", "optimizer=adam",
-            "optimizer.lr=0.01", "scheduler=constant", "trainer.batch_size=100", f"trainer.max_steps={steps}",
-            "trainer.progress=off", f"hydra.run.dir={run_dir}",
-            *(["model.depth=2", "model.width=100"] if model == "mlp" else [])]
+    return [
+        sys.executable,
+        "-m",
+        "backprop_lab",
+        "train",
+        f"model={model}",
+        "data=mnist1d",
+        "optimizer=adam",
+        "optimizer.lr=0.01",
+        "scheduler=constant",
+        "trainer.batch_size=100",
+        f"trainer.max_steps={steps}",
+        "trainer.progress=off",
+        f"hydra.run.dir={run_dir}",
+        *(["model.depth=2", "model.width=100"] if model == "mlp" else []),
+    ]
 
 
 def timed(command: list[str]) -> tuple[float, str]:
@@ -54,9 +67,13 @@ def main() -> None:
     contenders = ["plain", "engine"]
     if importlib.util.find_spec("lightning") is not None:
         contenders.append("lightning")
-    print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-          f"python {platform.python_version()}; {args.repeats} repeats, {args.steps} steps")
-    subprocess.run(engine_command("mlp", 1, Path(tempfile.mkdtemp()) / "warm"), capture_output=True)  # fills the data cache
+    print(
+        f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+        f"python {platform.python_version()}; {args.repeats} repeats, {args.steps} steps"
+    )
+    subprocess.run(
+        engine_command("mlp", 1, Path(tempfile.mkdtemp()) / "warm"), capture_output=True
+    )  # fills the data cache
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
             wall: dict[str, list[float]] = {c: [] for c in contenders}
@@ -77,8 +94,12 @@ def main() -> None:
             med = {c: statistics.median(wall[c]) for c in contenders}
             sps = {c: statistics.median(rate[c]) for c in contenders}
             for c in contenders:
-                ratio = "" if c == "plain" else f"   {c}/plain: whole process x{med[c] / med['plain']:.2f}, " \
-                                                f"training time x{sps['plain'] / sps[c]:.2f}"
+                ratio = (
+                    ""
+                    if c == "plain"
+                    else f"   {c}/plain: whole process x{med[c] / med['plain']:.2f}, "
+                    f"training time x{sps['plain'] / sps[c]:.2f}"
+                )
                 print(f"{model:<6} {c:<9} whole process {med[c]:6.2f} s   training {sps[c]:7.0f} steps/s{ratio}")
 
 

@@ -8,6 +8,7 @@ permutation; ResNet-20 also pads, crops and flips each example on the device. Ad
 (MLP 784-512-512-10), or SGD momentum 0.9 lr 0.1 weight decay 1e-4 batch 128 (ResNet-20 with batch
 norm, He et al. 2016). Prints one JSON line: train seconds, steps/s and test accuracy.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,6 +26,7 @@ from torch import nn
 def read_mnist(root: Path) -> tuple[np.ndarray, ...]:
     def idx(name: str, offset: int) -> np.ndarray:
         return np.frombuffer(gzip.open(root / "MNIST" / "raw" / f"{name}.gz").read(), np.uint8, offset=offset)
+
     x, y = idx("train-images-idx3-ubyte", 16).reshape(-1, 1, 28, 28), idx("train-labels-idx1-ubyte", 8)
     xt, yt = idx("t10k-images-idx3-ubyte", 16).reshape(-1, 1, 28, 28), idx("t10k-labels-idx1-ubyte", 8)
     return x, y, xt, yt
@@ -33,6 +35,7 @@ def read_mnist(root: Path) -> tuple[np.ndarray, ...]:
 def read_cifar(root: Path) -> tuple[np.ndarray, ...]:
     def records(name: str) -> np.ndarray:
         return np.fromfile(root / "cifar-10-batches-bin" / name, np.uint8).reshape(-1, 3073)
+
     train = np.concatenate([records(f"data_batch_{i}.bin") for i in range(1, 6)])
     test = records("test_batch.bin")
     return train[:, 1:].reshape(-1, 3, 32, 32), train[:, 0], test[:, 1:].reshape(-1, 3, 32, 32), test[:, 0]
@@ -47,7 +50,7 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        short = x[:, :, ::self.stride, ::self.stride] if self.stride > 1 else x
+        short = x[:, :, :: self.stride, :: self.stride] if self.stride > 1 else x
         if self.extra:
             short = F.pad(short, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
         return F.relu(out + short)
@@ -88,6 +91,7 @@ def main() -> None:
 
     def tensor(a: np.ndarray) -> torch.Tensor:
         return torch.tensor(((a / 255.0 - mean) / std).astype(np.float32), device=device)
+
     x, xt = tensor(x), tensor(xt)
     y, yt = torch.tensor(y, dtype=torch.long, device=device), torch.tensor(yt, dtype=torch.long, device=device)
     torch.manual_seed(0)
@@ -95,8 +99,9 @@ def main() -> None:
         model = resnet20().to(device)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     else:
-        model = nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
-                              nn.Linear(512, 10)).to(device)
+        model = nn.Sequential(
+            nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10)
+        ).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     start = time.perf_counter()
@@ -104,7 +109,7 @@ def main() -> None:
     while step < args.steps:
         order = torch.randperm(len(x), device=device)
         for b in range(len(x) // batch):
-            idx = order[b * batch:(b + 1) * batch]
+            idx = order[b * batch : (b + 1) * batch]
             xb = crop_flip(x[idx]) if resnet else x[idx]
             loss = F.cross_entropy(model(xb), y[idx])
             optimizer.zero_grad(set_to_none=True)
@@ -115,7 +120,7 @@ def main() -> None:
                 break
     model.eval()
     with torch.no_grad():
-        acc = sum((model(xt[i:i + 1000]).argmax(1) == yt[i:i + 1000]).sum().item() for i in range(0, len(xt), 1000))
+        acc = sum((model(xt[i : i + 1000]).argmax(1) == yt[i : i + 1000]).sum().item() for i in range(0, len(xt), 1000))
     seconds = time.perf_counter() - start
     print(json.dumps({"train_seconds": seconds, "steps_per_s": args.steps / seconds, "test_acc": acc / len(xt)}))
 

@@ -10,6 +10,7 @@ machines cannot download the real ones), then runs, interleaved, as separate pro
            weights saved: the defaults)
 It prints the median whole-process seconds and training steps/s, and the ratio engine/plain.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,18 @@ def write_data(root: Path) -> None:
 
 def engine_command(preset: str, steps: int, root: Path, run_dir: Path) -> list[str]:
     schedule = ["trainer.max_epochs=null"] if preset == "mnist_mlp" else [f"scheduler.milestones=[{steps}]"]
-    return [sys.executable, "-m", "backprop_lab", "train", f"experiment={preset}", f"data.root={root}",
-            f"trainer.max_steps={steps}", *schedule, "trainer.progress=off", f"hydra.run.dir={run_dir}"]
+    return [
+        sys.executable,
+        "-m",
+        "backprop_lab",
+        "train",
+        f"experiment={preset}",
+        f"data.root={root}",
+        f"trainer.max_steps={steps}",
+        *schedule,
+        "trainer.progress=off",
+        f"hydra.run.dir={run_dir}",
+    ]
 
 
 def timed(command: list[str]) -> tuple[float, str]:
@@ -69,8 +80,10 @@ def main() -> None:
     parser.add_argument("--mlp-steps", type=int, default=2000)
     parser.add_argument("--resnet-steps", type=int, default=150)
     args = parser.parse_args()
-    print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-          f"python {platform.python_version()}; {args.repeats} repeats")
+    print(
+        f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+        f"python {platform.python_version()}; {args.repeats} repeats"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "data"
         write_data(root)
@@ -83,17 +96,32 @@ def main() -> None:
                 summary = json.loads((run_dir / "summary.json").read_text())
                 wall["engine"].append(seconds)
                 rate["engine"].append(summary["steps"] / summary["stages"][-1]["seconds"])
-                seconds, out = timed([sys.executable, str(HERE / "image_plain_loop.py"), preset, "--root", str(root),
-                                      "--steps", str(steps)])
+                seconds, out = timed(
+                    [
+                        sys.executable,
+                        str(HERE / "image_plain_loop.py"),
+                        preset,
+                        "--root",
+                        str(root),
+                        "--steps",
+                        str(steps),
+                    ]
+                )
                 wall["plain"].append(seconds)
                 rate["plain"].append(json.loads(out.strip().splitlines()[-1])["steps_per_s"])
             med = {c: statistics.median(v) for c, v in wall.items()}
             sps = {c: statistics.median(v) for c, v in rate.items()}
             for c in ("plain", "engine"):
-                ratio = f"   engine/plain: whole process x{med['engine'] / med['plain']:.2f}, training time " \
-                        f"x{sps['plain'] / sps['engine']:.2f}" if c == "engine" else ""
-                print(f"{preset:<17} {c:<7} {steps} steps  whole process {med[c]:7.2f} s   training "
-                      f"{sps[c]:7.1f} steps/s{ratio}")
+                ratio = (
+                    f"   engine/plain: whole process x{med['engine'] / med['plain']:.2f}, training time "
+                    f"x{sps['plain'] / sps['engine']:.2f}"
+                    if c == "engine"
+                    else ""
+                )
+                print(
+                    f"{preset:<17} {c:<7} {steps} steps  whole process {med[c]:7.2f} s   training "
+                    f"{sps[c]:7.1f} steps/s{ratio}"
+                )
 
 
 if __name__ == "__main__":

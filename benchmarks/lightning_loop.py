@@ -3,6 +3,7 @@ checkpoints, no progress bar), for engine_speed.py. Needs `pip install lightning
 
     python benchmarks/lightning_loop.py mlp|cnn1d [--steps 6000] [--seed 0]
 """
+
 from __future__ import annotations
 
 import json
@@ -11,10 +12,9 @@ import time
 import lightning as L
 import torch
 from mnist1d.data import get_dataset_args, make_dataset
+from plain_loop import make_model, parse_args
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-
-from plain_loop import make_model, parse_args
 
 
 class Module(L.LightningModule):
@@ -38,8 +38,15 @@ def main() -> None:
     torch.manual_seed(args.seed)
     module = Module(make_model(args.model))
     loader = DataLoader(TensorDataset(x, y), batch_size=100, shuffle=True, drop_last=True)
-    trainer = L.Trainer(max_steps=args.steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="auto", devices=1)
+    trainer = L.Trainer(
+        max_steps=args.steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="auto",
+        devices=1,
+    )
     start = time.perf_counter()
     trainer.fit(module, loader)
     seconds = time.perf_counter() - start

@@ -6,6 +6,7 @@ MNIST-1D made offline with the mnist1d package, the data on the device, batches 
 per-epoch permutation, Adam lr 1e-2, batch 100, no `.item()` in the loop, test accuracy at the end.
 It prints one JSON line: train seconds, steps/s and test accuracy.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,11 +21,17 @@ from torch import nn
 def make_model(name: str) -> nn.Module:
     if name == "mlp":
         return nn.Sequential(nn.Linear(40, 100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 10))
-    return nn.Sequential(nn.Unflatten(1, (1, 40)),
-                         nn.Conv1d(1, 25, 5, stride=2, padding=1), nn.ReLU(),
-                         nn.Conv1d(25, 25, 3, stride=2, padding=1), nn.ReLU(),
-                         nn.Conv1d(25, 25, 3, stride=2, padding=1), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(125, 10))
+    return nn.Sequential(
+        nn.Unflatten(1, (1, 40)),
+        nn.Conv1d(1, 25, 5, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv1d(25, 25, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv1d(25, 25, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(125, 10),
+    )
 
 
 def parse_args() -> argparse.Namespace:
@@ -53,7 +60,7 @@ def main() -> None:
     while step < args.steps:
         order = torch.randperm(len(x), device=device)
         for b in range(len(x) // batch):
-            idx = order[b * batch:(b + 1) * batch]
+            idx = order[b * batch : (b + 1) * batch]
             loss = loss_fn(model(x[idx]), y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -9,6 +9,7 @@
 
 Targets (issue 4): vectorized <= 0.40 x plain x8; joblib <= 0.65 x basic.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-
 from engine_speed import HERE, engine_command, timed
 
 
@@ -38,19 +38,35 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--model", default="mlp", choices=["mlp", "cnn1d"])
     args = parser.parse_args()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, python "
-          f"{platform.python_version()}; {args.model}, {args.seeds} seeds x {args.steps} steps, {args.repeats} repeats")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, python "
+        f"{platform.python_version()}; {args.model}, {args.seeds} seeds x {args.steps} steps, {args.repeats} repeats"
+    )
     ways = ["plain x8", "basic", "joblib", "vectorized"]
     seconds: dict[str, list[float]] = {w: [] for w in ways}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
             for way in ways:
                 if way == "plain x8":
-                    total = sum(timed([sys.executable, str(HERE / "plain_loop.py"), args.model, "--steps",
-                                       str(args.steps), "--seed", str(s)])[0] for s in range(args.seeds))
+                    total = sum(
+                        timed(
+                            [
+                                sys.executable,
+                                str(HERE / "plain_loop.py"),
+                                args.model,
+                                "--steps",
+                                str(args.steps),
+                                "--seed",
+                                str(s),
+                            ]
+                        )[0]
+                        for s in range(args.seeds)
+                    )
                 else:
                     launcher = None if way == "basic" else way
-                    total = timed(sweep_command(args.model, args.steps, args.seeds, Path(tmp) / f"{way}-{r}", launcher))[0]
+                    total = timed(
+                        sweep_command(args.model, args.steps, args.seeds, Path(tmp) / f"{way}-{r}", launcher)
+                    )[0]
                 seconds[way].append(total)
                 print(f"  repeat {r + 1}: {way:<10} {total:7.2f} s", flush=True)
     med = {w: statistics.median(v) for w, v in seconds.items()}

@@ -1,4 +1,5 @@
 """Shared helpers: compose configs the way the CLI does and run them into tmp_path."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,8 +10,14 @@ from hydra.core.global_hydra import GlobalHydra
 
 from backprop_lab.train import GROUPS, run
 
-FAST = ["data=synthetic", "trainer=smoke", "trainer.max_steps=6", "trainer.eval_every=3",
-        "trainer.log_every=2", "trainer.progress=off"]
+FAST = [
+    "data=synthetic",
+    "trainer=smoke",
+    "trainer.max_steps=6",
+    "trainer.eval_every=3",
+    "trainer.log_every=2",
+    "trainer.progress=off",
+]
 
 
 def make_cfg(*overrides: str):
@@ -34,17 +41,28 @@ def train(tmp_path):
     def _train(*overrides: str):
         run_dir = tmp_path / f"run{next(count)}"
         return run_cfg(run_dir, *FAST, *overrides), run_dir
+
     return _train
 
 
 class Quiet:
     """A progress display that shows nothing (for engine.fit called directly)."""
-    def start_stage(self, *a): pass
-    def update(self, *a): pass
-    def end_stage(self): pass
+
+    def start_stage(self, *a):
+        pass
+
+    def update(self, *a):
+        pass
+
+    def end_stage(self):
+        pass
 
 
 class Rows:
     """A run log that keeps the metric rows in memory."""
-    def __init__(self): self.rows = []
-    def metrics(self, **row): self.rows.append(row)
+
+    def __init__(self):
+        self.rows = []
+
+    def metrics(self, **row):
+        self.rows.append(row)

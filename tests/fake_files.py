@@ -6,6 +6,7 @@ handwritten 8x8 digits, scaled to 20x20 and placed in a 28x28 field with a rando
 borders are almost always blank (as in MNIST) and a few test images have ink where no training image
 has any - the case that breaks per-pixel standardization.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -24,8 +25,9 @@ def idx_bytes(a: np.ndarray) -> bytes:
     return bytes([0, 0, 0x08, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape) + a.tobytes()
 
 
-def write_idx_set(folder: Path, x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
-                  gz: bool = True) -> list[Path]:
+def write_idx_set(
+    folder: Path, x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, gz: bool = True
+) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, a in zip(IDX_NAMES, (x, y, x_test, y_test)):
@@ -40,13 +42,14 @@ def digits_as_mnist(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     """Real handwritten digits as 28x28 uint8 images (N, 28, 28): 1497 for training, 300 for testing."""
     from PIL import Image
     from sklearn.datasets import load_digits
+
     digits = load_digits()
     rng = np.random.default_rng(seed)
     images = np.zeros((len(digits.images), 28, 28), dtype=np.uint8)
     for i, small in enumerate(digits.images):
         big = np.asarray(Image.fromarray((small * 255 / 16).astype(np.uint8)).resize((20, 20), Image.BILINEAR))
         dy, dx = rng.integers(1, 8, size=2)  # MNIST centres by mass in a 28x28 field; shifts reach the border
-        images[i, dy:dy + 20, dx:dx + 20] = big
+        images[i, dy : dy + 20, dx : dx + 20] = big
     order = rng.permutation(len(images))
     images, labels = images[order], digits.target[order].astype(np.uint8)
     return images[:1497], labels[:1497], images[1497:], labels[1497:]
@@ -70,8 +73,9 @@ def cifar_binary_bytes(x: np.ndarray, labels: np.ndarray, label_bytes: int) -> b
     return records.tobytes()
 
 
-def write_cifar_binary(root: Path, name: str, x: np.ndarray, y: np.ndarray, x_test: np.ndarray,
-                       y_test: np.ndarray) -> Path:
+def write_cifar_binary(
+    root: Path, name: str, x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray
+) -> Path:
     """cifar-10-batches-bin/ (5 training batches) or cifar-100-binary/ (train.bin, test.bin)."""
     if name == "cifar10":
         folder = root / "cifar-10-batches-bin"
@@ -88,16 +92,23 @@ def write_cifar_binary(root: Path, name: str, x: np.ndarray, y: np.ndarray, x_te
     return folder
 
 
-def write_cifar_python(root: Path, name: str, x: np.ndarray, y: np.ndarray, x_test: np.ndarray,
-                       y_test: np.ndarray) -> Path:
+def write_cifar_python(
+    root: Path, name: str, x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray
+) -> Path:
     """cifar-10-batches-py/ or cifar-100-python/: pickled dicts as torchvision leaves them."""
+
     def batch(xs: np.ndarray, ys: np.ndarray, label: str) -> bytes:
         key = "labels" if name == "cifar10" else "fine_labels"
-        entry = {"batch_label": label, key: [int(v) for v in ys], "data": xs.reshape(len(xs), 3072),
-                 "filenames": [f"img_{i}.png" for i in range(len(xs))]}
+        entry = {
+            "batch_label": label,
+            key: [int(v) for v in ys],
+            "data": xs.reshape(len(xs), 3072),
+            "filenames": [f"img_{i}.png" for i in range(len(xs))],
+        }
         if name == "cifar100":
             entry["coarse_labels"] = [int(v) // 5 for v in ys]
         return pickle.dumps(entry, protocol=2)
+
     if name == "cifar10":
         folder = root / "cifar-10-batches-py"
         folder.mkdir(parents=True, exist_ok=True)
@@ -115,6 +126,7 @@ def write_cifar_python(root: Path, name: str, x: np.ndarray, y: np.ndarray, x_te
 def write_png_folder(folder: Path, x: np.ndarray, y: np.ndarray) -> None:
     """folder/<class>/<i>.png for (N, H, W) grayscale or (N, 3, H, W) colour uint8 images."""
     from PIL import Image
+
     for i, (image, label) in enumerate(zip(x, y)):
         (folder / f"class_{label}").mkdir(parents=True, exist_ok=True)
         pixels = image if image.ndim == 2 else image.transpose(1, 2, 0)

@@ -1,4 +1,5 @@
 """The installed `backprop-lab` command, run as a user runs it: a subprocess in an empty folder."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 def cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     assert EXE, "backprop-lab is not installed (pip install .)"
-    return subprocess.run([EXE, *args], cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "CI": "true"})
+    return subprocess.run(
+        [EXE, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "CI": "true"},
+    )
 
 
 def test_single_run_writes_one_folder_and_nothing_else(tmp_path):
@@ -29,8 +36,14 @@ def test_single_run_writes_one_folder_and_nothing_else(tmp_path):
     runs = list((tmp_path / "outputs").glob("*/*"))
     assert len(runs) == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["outputs"]
     run = runs[0]
-    for name in (".hydra/config.yaml", ".hydra/overrides.yaml", "metrics.jsonl", "summary.json",
-                 "weights/best.pt", "weights/last.pt"):
+    for name in (
+        ".hydra/config.yaml",
+        ".hydra/overrides.yaml",
+        "metrics.jsonl",
+        "summary.json",
+        "weights/best.pt",
+        "weights/last.pt",
+    ):
         assert (run / name).is_file(), name
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["seed"] == 7
@@ -90,11 +103,19 @@ BAD = [
     (["trainer.precision=fp8"], 1, "trainer.precision=fp8 is not valid: choose one of: fp32, bf16"),
     (["trainer.device=mps"], 1, "trainer.device=mps is not valid: MPS is not available here"),
     (["seed=abc"], 1, "seed=abc is not valid: must be an integer >= 0"),
-    (["pretrain=checkpoint", "pretrain.path=/nonexistent"], 1, "pretrain.path=/nonexistent is not valid: no weights there"),
+    (
+        ["pretrain=checkpoint", "pretrain.path=/nonexistent"],
+        1,
+        "pretrain.path=/nonexistent is not valid: no weights there",
+    ),
     (["data=npz", "data.path=/nonexistent.npz"], 1, "data.path=/nonexistent.npz is not valid: no such file"),
     (["data=npz", f"data.path={REPO / 'pyproject.toml'}"], 1, "pyproject.toml is not valid: is not an .npz file"),
     (["data=mnist", "data.root=nowhere"], 1, "data.root=nowhere is not valid: has no mnist files: looked in nowhere"),
-    (["data=cifar10", "data.augment=[rotate]"], 1, "data.augment=['rotate'] is not valid: must be a list of distinct names"),
+    (
+        ["data=cifar10", "data.augment=[rotate]"],
+        1,
+        "data.augment=['rotate'] is not valid: must be a list of distinct names",
+    ),
 ]
 
 
@@ -122,13 +143,29 @@ def test_sweep_with_a_bad_job_finishes_the_others_and_fails(tmp_path):
 
 def test_installed_package_carries_its_configs():
     from importlib import resources
+
     configs = resources.files("backprop_lab.configs")
     assert (configs / "train.yaml").is_file() and (configs / "act" / "relu.yaml").is_file()
 
 
 def test_wheel_contains_every_config(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                        "-w", str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if r.returncode != 0 and "setuptools" in r.stderr.lower():
         pytest.skip("setuptools is not installed here to build the wheel")
     assert r.returncode == 0, r.stderr
@@ -140,8 +177,13 @@ def test_wheel_contains_every_config(tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupted_run_says_so_and_keeps_its_metrics(tmp_path, sig):
-    p = subprocess.Popen([EXE, "train", *FAST, "trainer.max_steps=100000000", "trainer.progress=off"],
-                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [EXE, "train", *FAST, "trainer.max_steps=100000000", "trainer.progress=off"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 60
     while time.time() < deadline and not any(f.stat().st_size for f in tmp_path.glob("outputs/*/*/metrics.jsonl")):
         time.sleep(0.1)  # until the first metrics line: the loop is running
@@ -156,7 +198,8 @@ def test_an_interrupted_run_says_so_and_keeps_its_metrics(tmp_path, sig):
 def test_user_configs_extend_the_shipped_ones(tmp_path):
     (tmp_path / "myconf" / "experiment").mkdir(parents=True)
     (tmp_path / "myconf" / "experiment" / "mine.yaml").write_text(
-        "# @package _global_\ndefaults:\n  - override /act: tanh\noptimizer:\n  lr: 0.005\n")
+        "# @package _global_\ndefaults:\n  - override /act: tanh\noptimizer:\n  lr: 0.005\n"
+    )
     r = cli(tmp_path, "train", "--config-dir", "myconf", "experiment=mine", *FAST)
     assert r.returncode == 0, r.stderr
     (summary,) = tmp_path.glob("outputs/*/*/summary.json")
@@ -167,11 +210,19 @@ def test_user_configs_extend_the_shipped_ones(tmp_path):
 def test_mnist_idx_files_train_from_an_empty_folder(tmp_path):
     """Real handwritten digits in MNIST's gzipped IDX files, as a user has them after a download."""
     from fake_files import digits_as_mnist, write_idx_set
+
     write_idx_set(tmp_path / "data" / "MNIST" / "raw", *digits_as_mnist())
     work = tmp_path / "work"
     work.mkdir()
-    r = cli(work, "train", "data=mnist", f"data.root={tmp_path / 'data'}", "trainer.max_steps=300",
-            "trainer.eval_every=100", "trainer.progress=off")
+    r = cli(
+        work,
+        "train",
+        "data=mnist",
+        f"data.root={tmp_path / 'data'}",
+        "trainer.max_steps=300",
+        "trainer.eval_every=100",
+        "trainer.progress=off",
+    )
     assert r.returncode == 0, r.stderr
     (summary,) = [json.loads(p.read_text()) for p in work.glob("outputs/*/*/summary.json")]
     assert summary["sizes"] == {"train": 1347, "val": 150, "test": 300}

@@ -1,5 +1,6 @@
 """Sweeps through Hydra's cluster and search plugins, from the installed CLI in a subprocess:
 hydra/launcher=submitit_local (SLURM's twin on one machine) and hydra/sweeper=optuna."""
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,9 @@ FAST = ["data=synthetic", "trainer=smoke", "trainer.progress=off"]
 
 
 def _sweep(folder: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *FAST, *args, f"hydra.sweep.dir={folder}"], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [*CLI, *FAST, *args, f"hydra.sweep.dir={folder}"], capture_output=True, text=True, timeout=300
+    )
 
 
 def _summaries(folder: Path) -> dict[str, dict]:
@@ -27,20 +30,42 @@ def test_submitit_local_runs_each_job_in_its_own_process_and_counts_failures(tmp
     assert done.returncode == 1, done.stderr[-2000:]  # one job diverged: the sweep says so
     assert "1 run(s) did not complete" in done.stderr and "diverged" in done.stderr
     runs = _summaries(tmp_path / "sweep")
-    assert {r["overrides"][-1].split("=")[1]: r["status"] for r in runs.values()} == \
-        {"0.1": "completed", "1000000000000.0": "diverged"}
+    assert {r["overrides"][-1].split("=")[1]: r["status"] for r in runs.values()} == {
+        "0.1": "completed",
+        "1000000000000.0": "diverged",
+    }
     assert all(r["torch_threads"] == 1 for r in runs.values())  # hydra.launcher.cpus_per_task
     assert (tmp_path / "sweep" / ".submitit").is_dir()  # submitit's own logs of each job
 
 
 def test_submitit_slurm_config_has_our_values_and_the_plugins_keys(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "backprop_lab", "train", "hydra/launcher=submitit_slurm",
-                           "hydra.launcher.partition=gpu", "hydra.launcher.qos=high", "--cfg", "hydra", "--package",
-                           "hydra.launcher"], capture_output=True, text=True, cwd=tmp_path)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "backprop_lab",
+            "train",
+            "hydra/launcher=submitit_slurm",
+            "hydra.launcher.partition=gpu",
+            "hydra.launcher.qos=high",
+            "--cfg",
+            "hydra",
+            "--package",
+            "hydra.launcher",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     launcher = yaml.safe_load(done.stdout)  # (printed as "# @package hydra.launcher")
     assert launcher["_target_"].endswith("SlurmLauncher")
-    assert (launcher["partition"], launcher["qos"], launcher["timeout_min"], launcher["cpus_per_task"]) == ("gpu", "high", 60, 2)
+    assert (launcher["partition"], launcher["qos"], launcher["timeout_min"], launcher["cpus_per_task"]) == (
+        "gpu",
+        "high",
+        60,
+        2,
+    )
 
 
 def _study(folder: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict, dict[str, dict]]:
@@ -75,8 +100,13 @@ def test_optuna_records_a_diverged_trial_as_failed_and_goes_on(tmp_path):
 
 
 def test_a_study_where_every_trial_fails_ends_in_one_line_not_a_traceback(tmp_path):
-    done = _sweep(tmp_path / "study", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "optimizer=sgd",
-                  "optimizer.lr=choice(1e12)")
+    done = _sweep(
+        tmp_path / "study",
+        "hydra/sweeper=optuna",
+        "hydra.sweeper.n_trials=2",
+        "optimizer=sgd",
+        "optimizer.lr=choice(1e12)",
+    )
     assert done.returncode == 1 and "Traceback" not in done.stderr + done.stdout
     assert "no trial completed: every run diverged or failed" in done.stdout + done.stderr
     assert "2 run(s) did not complete" in done.stderr

@@ -1,4 +1,5 @@
 """compare on fabricated run folders with known numbers: pooling, confidence intervals, statuses."""
+
 from __future__ import annotations
 
 import json
@@ -7,15 +8,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from test_cli import EXE
 
 from backprop_lab.compare import compare, find_runs, pooled
-from test_cli import EXE
 
 T_975_DF2 = 4.302652729911275  # Student t quantile, 0.975, 2 degrees of freedom (printed tables: 4.303)
 
 
-def fake_run(path: Path, overrides: list[str], status: str = "completed", acc: float | None = None,
-             config: str = "") -> None:
+def fake_run(
+    path: Path, overrides: list[str], status: str = "completed", acc: float | None = None, config: str = ""
+) -> None:
     opt = next((o.split("=")[1] for o in overrides if o.startswith("optimizer=")), "adam")
     config = config or f"optimizer:\n  name: {opt}\n  lr: 0.001\nact:\n  name: relu\nseed: 0\n"
     (path / ".hydra").mkdir(parents=True)
@@ -23,8 +25,9 @@ def fake_run(path: Path, overrides: list[str], status: str = "completed", acc: f
     (path / ".hydra" / "config.yaml").write_text(config)
     if status != "unfinished":
         metrics = {} if acc is None else {"test/acc": acc, "test/loss": 1 - acc}
-        (path / "summary.json").write_text(json.dumps({"status": status, "metrics": metrics,
-                                                       "choices": {"act": "relu"}}))
+        (path / "summary.json").write_text(
+            json.dumps({"status": status, "metrics": metrics, "choices": {"act": "relu"}})
+        )
 
 
 @pytest.fixture
@@ -62,16 +65,22 @@ def test_rows_pool_seeds_and_count_statuses(sweep):
 
 
 def test_cli_formats(sweep):
-    out = subprocess.run([EXE, "compare", str(sweep), "--format", "json", "--sort=-test/acc"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [EXE, "compare", str(sweep), "--format", "json", "--sort=-test/acc"], capture_output=True, text=True, check=True
+    ).stdout
     recs = json.loads(out)
     assert [r["optimizer"] for r in recs if r["optimizer"] in ("sgd", "adam")] == ["adam", "sgd"]
-    md = subprocess.run([EXE, "compare", str(sweep), "--format", "markdown"], capture_output=True, text=True,
-                        check=True).stdout
+    md = subprocess.run(
+        [EXE, "compare", str(sweep), "--format", "markdown"], capture_output=True, text=True, check=True
+    ).stdout
     assert "| optimizer | n | test/acc mean ± std | test/acc 95% CI | status |" in md
     assert "0.6000 ± 0.1000" in md
-    csv = subprocess.run([EXE, "compare", str(sweep), "--format", "csv", "--filter", "optimizer=sgd"],
-                         capture_output=True, text=True, check=True).stdout
+    csv = subprocess.run(
+        [EXE, "compare", str(sweep), "--format", "csv", "--filter", "optimizer=sgd"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert csv.count("\n") == 2 and "3 completed" in csv
     table = subprocess.run([EXE, "compare", str(sweep)], capture_output=True, text=True, check=True).stdout
     assert "0.8500" in table and "diverged" in table
@@ -83,10 +92,26 @@ def test_missing_path_is_one_line(tmp_path):
 
 
 def test_compare_reads_real_runs(tmp_path):
-    r = subprocess.run([EXE, "train", "-m", "data=synthetic", "trainer=smoke", "trainer.max_steps=6",
-                        "trainer.eval_every=3", "act=relu,tanh", "seed=0,1"], cwd=tmp_path,
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            EXE,
+            "train",
+            "-m",
+            "data=synthetic",
+            "trainer=smoke",
+            "trainer.max_steps=6",
+            "trainer.eval_every=3",
+            "act=relu,tanh",
+            "seed=0,1",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
-    recs = json.loads(subprocess.run([EXE, "compare", str(tmp_path / "multirun"), "--format", "json"],
-                                     capture_output=True, text=True, check=True).stdout)
+    recs = json.loads(
+        subprocess.run(
+            [EXE, "compare", str(tmp_path / "multirun"), "--format", "json"], capture_output=True, text=True, check=True
+        ).stdout
+    )
     assert sorted(r["act"] for r in recs) == ["relu", "tanh"] and all(r["test/acc n"] == 2 for r in recs)

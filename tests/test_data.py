@@ -1,12 +1,13 @@
 """Data: the MNIST-1D cache returns exactly what the generator makes; splits and class selection."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from conftest import make_cfg
 
 from backprop_lab import data
-from conftest import make_cfg
 
 
 def test_cached_mnist1d_is_identical_to_fresh_generation(tmp_path, monkeypatch):
@@ -18,6 +19,7 @@ def test_cached_mnist1d_is_identical_to_fresh_generation(tmp_path, monkeypatch):
 
     def refuse(*args):
         raise AssertionError("the cache was not used")
+
     monkeypatch.setattr(data, "generate_mnist1d", refuse)
     cached = data.load_mnist1d(cfg)
     for field in ("x", "y", "x_test", "y_test"):

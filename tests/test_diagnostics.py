@@ -1,14 +1,15 @@
 """Diagnostics of a tiny net against the same quantities computed by hand."""
+
 from __future__ import annotations
 
 import json
 
 import torch
 import torch.nn.functional as F
+from conftest import make_cfg
 
 from backprop_lab.diagnostics import Diagnostics
 from backprop_lab.models import build_model
-from conftest import make_cfg
 
 
 def _tiny(act: str):
@@ -23,7 +24,9 @@ def test_relu_net_norms_ratios_and_dead_units():
     model, x, y = _tiny("relu")
     with torch.no_grad():  # make one unit of layer 0 dead for every input: a large negative bias
         model.blocks[0][0].bias[2] = -100.0
-    (w0, b0), (w1, b1), (wh, bh) = [(b[0].weight, b[0].bias) for b in model.blocks] + [(model.head.weight, model.head.bias)]
+    (w0, b0), (w1, b1), (wh, bh) = [(b[0].weight, b[0].bias) for b in model.blocks] + [
+        (model.head.weight, model.head.bias)
+    ]
     h0 = torch.relu(x @ w0.T + b0)
     h1 = torch.relu(h0 @ w1.T + b1)
     loss = F.cross_entropy(h1 @ wh.T + bh, y)

@@ -1,4 +1,5 @@
 """Data parallelism under torchrun, with 2 CPU processes (gloo), against one process."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,15 @@ import pytest
 from backprop_lab.runlog import read_metrics
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "backprop_lab"]
-SMALL = ["data.n_train=400", "trainer.max_steps=60", "trainer.eval_every=20", "trainer.log_every=10",
-         "trainer.batch_size=40", "trainer.progress=off", "model.width=32"]
+SMALL = [
+    "data.n_train=400",
+    "trainer.max_steps=60",
+    "trainer.eval_every=20",
+    "trainer.log_every=10",
+    "trainer.batch_size=40",
+    "trainer.progress=off",
+    "model.width=32",
+]
 
 
 def _run(command: list[str], cwd: Path, *args: str) -> subprocess.CompletedProcess:
@@ -46,9 +54,17 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
 
 def test_gradual_fine_tuning_and_batch_norm_run_data_parallel(tmp_path):
     """Blocks unfreeze mid-stage (DistributedDataParallel would refuse) and BN statistics are pooled."""
-    done = _run(TORCHRUN, tmp_path, "pretrain=supervised", "data.source_classes=[0,1,2,3,4]",
-                "data.target_classes=[5,6,7,8,9]", "pretrain.steps=20", "pretrain.finetune=gradual",
-                "pretrain.unfreeze_every=20", "regularizer=batchnorm")
+    done = _run(
+        TORCHRUN,
+        tmp_path,
+        "pretrain=supervised",
+        "data.source_classes=[0,1,2,3,4]",
+        "data.target_classes=[5,6,7,8,9]",
+        "pretrain.steps=20",
+        "pretrain.finetune=gradual",
+        "pretrain.unfreeze_every=20",
+        "regularizer=batchnorm",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((_only_run_folder(tmp_path) / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["world_size"] == 2

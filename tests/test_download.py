@@ -1,5 +1,6 @@
 """data.download=true against a local HTTP server on 127.0.0.1 that serves files in the real formats
 with their checksums: fetched, checked, written atomically; a checksum mismatch keeps nothing."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_cfg, run_cfg
+from fake_files import IDX_NAMES, random_cifar, write_cifar_binary, write_idx_set
 
 from backprop_lab import data, image_sets
 from backprop_lab.errors import ConfigError
-from conftest import make_cfg, run_cfg
-from fake_files import IDX_NAMES, random_cifar, write_cifar_binary, write_idx_set
 
 
 @pytest.fixture
@@ -48,12 +49,19 @@ def _serve_mnist(folder: Path) -> tuple[list[Path], tuple[np.ndarray, ...]]:
 def test_download_fetches_checks_and_uses_the_idx_files(tmp_path, server, monkeypatch):
     folder, url = server
     files, arrays = _serve_mnist(folder)
-    spec = dataclasses.replace(image_sets.IDX_SETS["mnist"], mirrors=(f"{url}missing/", f"{url}mnist/"),
-                               md5=tuple(md5(f) for f in files))
+    spec = dataclasses.replace(
+        image_sets.IDX_SETS["mnist"], mirrors=(f"{url}missing/", f"{url}mnist/"), md5=tuple(md5(f) for f in files)
+    )
     monkeypatch.setitem(image_sets.IDX_SETS, "mnist", spec)
     root = tmp_path / "root"
-    summary = run_cfg(tmp_path / "run", "data=mnist", f"data.root={root}", "data.download=true", "trainer=smoke",
-                      "trainer.progress=off")
+    summary = run_cfg(
+        tmp_path / "run",
+        "data=mnist",
+        f"data.root={root}",
+        "data.download=true",
+        "trainer=smoke",
+        "trainer.progress=off",
+    )
     assert summary["status"] == "completed", summary["error"]
     raw = root / "MNIST" / "raw"  # torchvision's layout, so both tools share one copy
     assert sorted(p.name for p in raw.iterdir()) == sorted(f"{n}.gz" for n in IDX_NAMES)
@@ -66,8 +74,11 @@ def test_a_checksum_mismatch_keeps_nothing(tmp_path, server, monkeypatch):
     files, _ = _serve_mnist(folder)
     published = [md5(f) for f in files]
     published[2] = "0" * 32  # the served test images are not what was published
-    monkeypatch.setitem(image_sets.IDX_SETS, "mnist",
-                        dataclasses.replace(image_sets.IDX_SETS["mnist"], mirrors=(f"{url}mnist/",), md5=tuple(published)))
+    monkeypatch.setitem(
+        image_sets.IDX_SETS,
+        "mnist",
+        dataclasses.replace(image_sets.IDX_SETS["mnist"], mirrors=(f"{url}mnist/",), md5=tuple(published)),
+    )
     root = tmp_path / "root"
     with pytest.raises(ConfigError) as err:
         data.load_arrays(make_cfg("data=mnist", f"data.root={root}", "data.download=true").data)
@@ -80,8 +91,11 @@ def test_a_checksum_mismatch_keeps_nothing(tmp_path, server, monkeypatch):
 def test_nothing_is_downloaded_unless_asked(tmp_path, server, monkeypatch):
     folder, url = server
     files, _ = _serve_mnist(folder)
-    monkeypatch.setitem(image_sets.IDX_SETS, "mnist", dataclasses.replace(
-        image_sets.IDX_SETS["mnist"], mirrors=(f"{url}mnist/",), md5=tuple(md5(f) for f in files)))
+    monkeypatch.setitem(
+        image_sets.IDX_SETS,
+        "mnist",
+        dataclasses.replace(image_sets.IDX_SETS["mnist"], mirrors=(f"{url}mnist/",), md5=tuple(md5(f) for f in files)),
+    )
     with pytest.raises(ConfigError, match="add data.download=true"):
         data.load_arrays(make_cfg("data=mnist", f"data.root={tmp_path / 'root'}").data)
     assert not (tmp_path / "root").exists()
@@ -101,8 +115,11 @@ def test_download_unpacks_the_cifar_archive_atomically(tmp_path, server, monkeyp
     x, y = random_cifar(60, 10)
     write_cifar_binary(folder, "cifar10", x, y, x[:10], y[:10])
     archive = _tar(folder, "cifar-10-binary.tar.gz")
-    monkeypatch.setitem(image_sets.CIFAR_SETS, "cifar10", dataclasses.replace(
-        image_sets.CIFAR_SETS["cifar10"], url=f"{url}cifar-10-binary.tar.gz", md5=md5(archive)))
+    monkeypatch.setitem(
+        image_sets.CIFAR_SETS,
+        "cifar10",
+        dataclasses.replace(image_sets.CIFAR_SETS["cifar10"], url=f"{url}cifar-10-binary.tar.gz", md5=md5(archive)),
+    )
     root = tmp_path / "root"
     arrays = data.load_arrays(make_cfg("data=cifar10", f"data.root={root}", "data.download=true").data)
     np.testing.assert_array_equal(arrays.x, x)
@@ -116,8 +133,11 @@ def test_an_archive_with_a_path_outside_its_folder_is_refused(tmp_path, server, 
     evil = tarfile.TarInfo("../../escaped.txt")
     evil.size = 3
     archive = _tar(folder, "cifar-10-binary.tar.gz", evil)
-    monkeypatch.setitem(image_sets.CIFAR_SETS, "cifar10", dataclasses.replace(
-        image_sets.CIFAR_SETS["cifar10"], url=f"{url}cifar-10-binary.tar.gz", md5=md5(archive)))
+    monkeypatch.setitem(
+        image_sets.CIFAR_SETS,
+        "cifar10",
+        dataclasses.replace(image_sets.CIFAR_SETS["cifar10"], url=f"{url}cifar-10-binary.tar.gz", md5=md5(archive)),
+    )
     root = tmp_path / "root"
     with pytest.raises(ConfigError, match="is not a plain file inside the archive; refused"):
         data.load_arrays(make_cfg("data=cifar10", f"data.root={root}", "data.download=true").data)

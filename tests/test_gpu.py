@@ -1,4 +1,5 @@
 """The CUDA path. Skipped without a GPU (CI is CPU-only); run on a GPU machine with `pytest -m gpu`."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,9 @@ MLP = ["trainer.max_steps=300", "trainer.eval_every=100", "trainer.progress=off"
 
 def _train(tmp_path, name, *args, launcher=(sys.executable, "-m", "backprop_lab")):
     run_dir = tmp_path / name
-    done = subprocess.run([*launcher, "train", *MLP, *args, f"hydra.run.dir={run_dir}"], capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(
+        [*launcher, "train", *MLP, *args, f"hydra.run.dir={run_dir}"], capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((run_dir / "summary.json").read_text())
 
@@ -36,22 +38,58 @@ def test_cuda_compile_gives_the_eager_numbers(tmp_path):
 
 
 def test_torchrun_on_one_gpu(tmp_path):
-    summary = _train(tmp_path, "torchrun", launcher=(sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                                    "--nproc-per-node=1", "-m", "backprop_lab"))
+    summary = _train(
+        tmp_path,
+        "torchrun",
+        launcher=(
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=1",
+            "-m",
+            "backprop_lab",
+        ),
+    )
     assert summary["status"] == "completed" and summary["device"].startswith("cuda")
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL data parallel needs 2 GPUs")
 def test_torchrun_nccl_on_two_gpus(tmp_path):
-    summary = _train(tmp_path, "nccl", launcher=(sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                                "--nproc-per-node=2", "-m", "backprop_lab"))
+    summary = _train(
+        tmp_path,
+        "nccl",
+        launcher=(
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+            "-m",
+            "backprop_lab",
+        ),
+    )
     assert summary["world_size"] == 2 and summary["device"] == "cuda:0"
 
 
 def test_vectorized_seeds_on_the_gpu(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "backprop_lab", "train", "-m", "hydra/launcher=vectorized",
-                           "seed=range(8)", "model=cnn1d", *MLP, f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "backprop_lab",
+            "train",
+            "-m",
+            "hydra/launcher=vectorized",
+            "seed=range(8)",
+            "model=cnn1d",
+            *MLP,
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     runs = [json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/summary.json")]
     assert len(runs) == 8 and all(r["status"] == "completed" and "vectorized" in r for r in runs)

@@ -1,5 +1,6 @@
 """Real image data: the standard benchmarks by name from their canonical file formats, images in every
 common layout, standardization that never divides by a (near-)zero spread, uint8 on the device."""
+
 from __future__ import annotations
 
 import gzip
@@ -9,15 +10,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_cfg, run_cfg
+from fake_files import (
+    digits_as_mnist,
+    idx_bytes,
+    random_cifar,
+    write_cifar_binary,
+    write_cifar_python,
+    write_idx_set,
+    write_png_folder,
+)
 
 from backprop_lab import data, formats, image_sets
 from backprop_lab.errors import ConfigError
-from conftest import make_cfg, run_cfg
-from fake_files import (digits_as_mnist, idx_bytes, random_cifar, write_cifar_binary, write_cifar_python,
-                        write_idx_set, write_png_folder)
 
-QUICK = ["trainer.max_steps=300", "trainer.eval_every=100", "trainer.log_every=100", "trainer.progress=off",
-         "trainer.checkpoint_every=0"]
+QUICK = [
+    "trainer.max_steps=300",
+    "trainer.eval_every=100",
+    "trainer.log_every=100",
+    "trainer.progress=off",
+    "trainer.checkpoint_every=0",
+]
 
 
 @pytest.fixture(scope="session")
@@ -43,8 +56,10 @@ def test_idx_reader_reads_plain_and_gzipped_files(tmp_path, digits):
     assert formats.read_idx(plain[0]).dtype == np.uint8 and formats.read_idx(plain[0]).shape == (1497, 28, 28)
 
 
-@pytest.mark.parametrize("name,folder", [("mnist", "MNIST/raw"), ("fashion_mnist", "FashionMNIST/raw"),
-                                         ("kmnist", "KMNIST/raw"), ("mnist", ".")])
+@pytest.mark.parametrize(
+    "name,folder",
+    [("mnist", "MNIST/raw"), ("fashion_mnist", "FashionMNIST/raw"), ("kmnist", "KMNIST/raw"), ("mnist", ".")],
+)
 def test_idx_sets_are_found_in_the_root_or_in_torchvisions_layout(tmp_path, digits, name, folder):
     write_idx_set(tmp_path / folder, *digits, gz=folder != ".")
     arrays = data.load_arrays(make_cfg(f"data={name}", f"data.root={tmp_path}").data)
@@ -56,8 +71,14 @@ def test_idx_sets_are_found_in_the_root_or_in_torchvisions_layout(tmp_path, digi
 def test_mnist_run_has_a_sane_test_loss_with_mlp_and_cnn(tmp_path, mnist_root):
     """The issue's failure: a completed run with 92% accuracy beside a test loss of 31517."""
     for model, steps in (("mlp", 300), ("cnn2d", 150)):
-        summary = run_cfg(tmp_path / model, "data=mnist", f"data.root={mnist_root}", f"model={model}", *QUICK,
-                          f"trainer.max_steps={steps}")
+        summary = run_cfg(
+            tmp_path / model,
+            "data=mnist",
+            f"data.root={mnist_root}",
+            f"model={model}",
+            *QUICK,
+            f"trainer.max_steps={steps}",
+        )
         m = summary["metrics"]
         assert summary["status"] == "completed", summary["error"]
         assert m["test/acc"] >= 0.8 and m["test/loss"] < 1.0, m
@@ -115,8 +136,13 @@ def test_the_issues_vectors_with_blank_borders_keep_a_sane_test_loss(tmp_path, d
     """(N, 784) vectors of digits whose borders are blank in training: per-feature standardization."""
     x, y, xt, yt = digits
     for dtype in ("uint8", "float32"):
-        np.savez(tmp_path / f"{dtype}.npz", x=x.reshape(len(x), -1).astype(dtype), y=y,
-                 x_test=xt.reshape(len(xt), -1).astype(dtype), y_test=yt)
+        np.savez(
+            tmp_path / f"{dtype}.npz",
+            x=x.reshape(len(x), -1).astype(dtype),
+            y=y,
+            x_test=xt.reshape(len(xt), -1).astype(dtype),
+            y_test=yt,
+        )
         summary = run_cfg(tmp_path / dtype, "data=npz", f"data.path={tmp_path / f'{dtype}.npz'}", *QUICK)
         assert summary["status"] == "completed" and summary["inputs"]["standardize"] == "feature"
         assert summary["metrics"]["test/loss"] < 1.0 and summary["metrics"]["test/acc"] > 0.75, summary["metrics"]
@@ -150,6 +176,7 @@ def test_cifar_binary_and_python_versions_read_the_same(tmp_path, name, classes)
 class _Payload:
     def __reduce__(self):  # unpickling calls os.system: what a crafted "batch" would run
         import os
+
         return os.system, ("touch pwned",)
 
 
@@ -213,8 +240,8 @@ def test_data_root_defaults_to_the_environment_then_the_cache(tmp_path, monkeypa
 
 
 LAYOUT_ERRORS = [
-    ((10, 3, 5, 3), "auto", "fits no rule"),         # channels could be either axis
-    ((10, 7, 5, 9), "auto", "fits no rule"),         # neither axis holds 1, 3 or 4
+    ((10, 3, 5, 3), "auto", "fits no rule"),  # channels could be either axis
+    ((10, 7, 5, 9), "auto", "fits no rule"),  # neither axis holds 1, 3 or 4
     ((10, 2, 3, 4, 5), "auto", "fits no image layout"),
 ]
 
@@ -242,6 +269,7 @@ def test_image_folder_of_class_subfolders(tmp_path, digits, monkeypatch):
 
     def refuse(*a):
         raise AssertionError("decoded again: the cache was not used")
+
     monkeypatch.setattr(formats, "decode_images", refuse)
     again = data.load_arrays(cfg.data)
     np.testing.assert_array_equal(again.x, arrays.x)

@@ -1,5 +1,6 @@
 """Models, augmentation and transfer for image data: cnn2d on C channels, the CIFAR ResNet built from
 the same parts as the other models, crops and flips on the device, pretraining on another data set."""
+
 from __future__ import annotations
 
 import json
@@ -8,19 +9,25 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+from conftest import make_cfg, run_cfg
+from fake_files import random_cifar, write_cifar_binary, write_idx_set
+from test_launchers import _jobs
+from test_resume import CLI, comparable, kill_mid_run
 
 from backprop_lab.augment import Augment
 from backprop_lab.data import load_arrays
 from backprop_lab.errors import ConfigError
 from backprop_lab.models import build_model
 from backprop_lab.train import run_members
-from conftest import make_cfg, run_cfg
-from fake_files import random_cifar, write_cifar_binary, write_idx_set
-from test_launchers import _jobs
-from test_resume import CLI, comparable, kill_mid_run
 
-SMALL = ["trainer.max_steps=12", "trainer.eval_every=6", "trainer.log_every=3", "trainer.progress=off",
-         "trainer.batch_size=16", "trainer.checkpoint_every=0"]
+SMALL = [
+    "trainer.max_steps=12",
+    "trainer.eval_every=6",
+    "trainer.log_every=3",
+    "trainer.progress=off",
+    "trainer.batch_size=16",
+    "trainer.checkpoint_every=0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +76,15 @@ def test_resnet_takes_dropout_before_the_head_and_any_activation():
 
 def test_cnn2d_and_resnet_train_on_colour_images_with_diagnostics(tmp_path, cifar_root):
     for model in ("cnn2d", "resnet"):
-        summary = run_cfg(tmp_path / model, "data=cifar10", f"data.root={cifar_root}", f"model={model}",
-                          "regularizer=batchnorm", "model.width=8" if model == "resnet" else "seed=0", *SMALL)
+        summary = run_cfg(
+            tmp_path / model,
+            "data=cifar10",
+            f"data.root={cifar_root}",
+            f"model={model}",
+            "regularizer=batchnorm",
+            "model.width=8" if model == "resnet" else "seed=0",
+            *SMALL,
+        )
         assert summary["status"] == "completed", summary["error"]
         rows = [json.loads(line) for line in open(tmp_path / model / "metrics.jsonl")]
         first = rows[0]
@@ -80,9 +94,19 @@ def test_cnn2d_and_resnet_train_on_colour_images_with_diagnostics(tmp_path, cifa
 
 
 def test_resnet_frozen_stages_stay_as_pretrained(tmp_path, cifar_root):
-    summary = run_cfg(tmp_path / "run", "data=cifar10", f"data.root={cifar_root}", "model=resnet", "model.width=8",
-                      "regularizer=batchnorm", "pretrain=supervised", "pretrain.data=cifar100", "pretrain.steps=6",
-                      "pretrain.finetune=freeze", *SMALL)
+    summary = run_cfg(
+        tmp_path / "run",
+        "data=cifar10",
+        f"data.root={cifar_root}",
+        "model=resnet",
+        "model.width=8",
+        "regularizer=batchnorm",
+        "pretrain=supervised",
+        "pretrain.data=cifar100",
+        "pretrain.steps=6",
+        "pretrain.finetune=freeze",
+        *SMALL,
+    )
     assert summary["status"] == "completed", summary["error"]
     assert [s["stage"] for s in summary["stages"]] == ["pretrain", "finetune"]
     before = torch.load(tmp_path / "run" / "weights" / "pretrain.pt", weights_only=True)
@@ -94,20 +118,43 @@ def test_resnet_frozen_stages_stay_as_pretrained(tmp_path, cifar_root):
 
 
 def test_gradual_unfreezing_goes_stage_by_stage(tmp_path, cifar_root):
-    summary = run_cfg(tmp_path / "run", "data=cifar10", f"data.root={cifar_root}", "model=resnet", "model.width=8",
-                      "pretrain=supervised", "pretrain.data=cifar100", "pretrain.steps=4",
-                      "pretrain.finetune=gradual", "pretrain.unfreeze_every=4", *SMALL)
+    summary = run_cfg(
+        tmp_path / "run",
+        "data=cifar10",
+        f"data.root={cifar_root}",
+        "model=resnet",
+        "model.width=8",
+        "pretrain=supervised",
+        "pretrain.data=cifar100",
+        "pretrain.steps=4",
+        "pretrain.finetune=gradual",
+        "pretrain.unfreeze_every=4",
+        *SMALL,
+    )
     assert summary["status"] == "completed", summary["error"]
     before = torch.load(tmp_path / "run" / "weights" / "pretrain.pt", weights_only=True)
     after = torch.load(tmp_path / "run" / "weights" / "last.pt", weights_only=True)
-    changed = [not torch.equal(before[f"blocks.{i}.0.conv1.weight" if i else "blocks.0.0.weight"],
-                               after[f"blocks.{i}.0.conv1.weight" if i else "blocks.0.0.weight"]) for i in range(4)]
+    changed = [
+        not torch.equal(
+            before[f"blocks.{i}.0.conv1.weight" if i else "blocks.0.0.weight"],
+            after[f"blocks.{i}.0.conv1.weight" if i else "blocks.0.0.weight"],
+        )
+        for i in range(4)
+    ]
     assert changed == [False, False, True, True]  # 12 steps, one stage every 4, top first: 3 and 2 trained
 
 
 def test_pretraining_on_another_data_set_of_the_same_shape(tmp_path, idx_root):
-    summary = run_cfg(tmp_path / "run", "data=mnist", f"data.root={idx_root}", "data.n_train=100",
-                      "pretrain=supervised", "pretrain.data=fashion_mnist", "pretrain.steps=6", *SMALL)
+    summary = run_cfg(
+        tmp_path / "run",
+        "data=mnist",
+        f"data.root={idx_root}",
+        "data.n_train=100",
+        "pretrain=supervised",
+        "pretrain.data=fashion_mnist",
+        "pretrain.steps=6",
+        *SMALL,
+    )
     assert summary["status"] == "completed", summary["error"]
     pretrain, finetune = summary["stages"]
     assert pretrain["stage"] == "pretrain" and finetune["metrics"]["test/acc"] >= 0
@@ -117,11 +164,14 @@ def test_pretraining_on_another_data_set_of_the_same_shape(tmp_path, idx_root):
 def test_pretraining_data_of_another_shape_is_refused(tmp_path, idx_root, cifar_root):
     for f in ("cifar-10-batches-bin",):
         (idx_root / f).symlink_to(cifar_root / f)
-    summary = run_cfg(tmp_path / "run", "data=mnist", f"data.root={idx_root}", "pretrain=supervised",
-                      "pretrain.data=cifar10", *SMALL)
+    summary = run_cfg(
+        tmp_path / "run", "data=mnist", f"data.root={idx_root}", "pretrain=supervised", "pretrain.data=cifar10", *SMALL
+    )
     assert summary["status"] == "failed" and summary["refused"]
-    assert summary["error"] == ("pretrain.data=cifar10 is not valid: has inputs of shape [3, 32, 32], data=mnist has "
-                                "[1, 28, 28]: one model must take both (pretrain on a data set of the same shape)")
+    assert summary["error"] == (
+        "pretrain.data=cifar10 is not valid: has inputs of shape [3, 32, 32], data=mnist has "
+        "[1, 28, 28]: one model must take both (pretrain on a data set of the same shape)"
+    )
 
 
 def _independent_augment(x: torch.Tensor, flips: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad: int):
@@ -129,7 +179,7 @@ def _independent_augment(x: torch.Tensor, flips: torch.Tensor, dy: torch.Tensor,
     for img, f, r, c in zip(x.numpy(), flips.numpy(), dy.numpy(), dx.numpy()):
         img = img[..., ::-1] if f else img
         padded = np.pad(img, ((0, 0), (pad, pad), (pad, pad)))
-        out.append(padded[:, r:r + img.shape[1], c:c + img.shape[2]])
+        out.append(padded[:, r : r + img.shape[1], c : c + img.shape[2]])
     return torch.tensor(np.stack(out))
 
 
@@ -141,14 +191,24 @@ def test_crop_and_flip_against_an_independent_computation():
     offsets = torch.randint(0, 5, (2, 6), generator=replay)
     assert out.dtype == torch.uint8
     torch.testing.assert_close(out, _independent_augment(x, flips, offsets[0], offsets[1], 2))
-    members = Augment(["flip"], 0)(torch.stack([x, x]), [torch.Generator().manual_seed(s) for s in (1, 2)], batch_size=6)
+    members = Augment(["flip"], 0)(
+        torch.stack([x, x]), [torch.Generator().manual_seed(s) for s in (1, 2)], batch_size=6
+    )
     alone = [Augment(["flip"], 0)(x, [torch.Generator().manual_seed(s)], batch_size=6) for s in (1, 2)]
     torch.testing.assert_close(members, torch.stack(alone))  # each member draws what its own run draws
 
 
 def test_augmented_vectorized_members_match_their_own_runs(tmp_path, cifar_root):
-    overrides = ("data=cifar10", f"data.root={cifar_root}", "model=cnn2d", "model.channels=[4,8]",
-                 "data.augment=[crop,flip]", "optimizer=momentum", "optimizer.lr=0.002", *SMALL)
+    overrides = (
+        "data=cifar10",
+        f"data.root={cifar_root}",
+        "model=cnn2d",
+        "model.channels=[4,8]",
+        "data.augment=[crop,flip]",
+        "optimizer=momentum",
+        "optimizer.lr=0.002",
+        *SMALL,
+    )
     run_members(_jobs(tmp_path, *overrides))
     for s in (0, 1):
         alone = run_cfg(tmp_path / f"alone{s}", *overrides, f"seed={s}")
@@ -160,12 +220,23 @@ def test_augmented_vectorized_members_match_their_own_runs(tmp_path, cifar_root)
 
 
 def test_an_augmented_run_resumes_to_the_same_numbers(tmp_path, cifar_root):
-    overrides = ["data=cifar10", f"data.root={cifar_root}", "model=cnn2d", "model.channels=[4,8]",
-                 "data.augment=[crop,flip]", "trainer.max_steps=200", "trainer.eval_every=50",
-                 "trainer.log_every=10", "trainer.checkpoint_every=30", "trainer.batch_size=16", "trainer.progress=off"]
+    overrides = [
+        "data=cifar10",
+        f"data.root={cifar_root}",
+        "model=cnn2d",
+        "model.channels=[4,8]",
+        "data.augment=[crop,flip]",
+        "trainer.max_steps=200",
+        "trainer.eval_every=50",
+        "trainer.log_every=10",
+        "trainer.checkpoint_every=30",
+        "trainer.batch_size=16",
+        "trainer.progress=off",
+    ]
     reference = run_cfg(tmp_path / "reference", *overrides)
     assert reference["status"] == "completed"
     import signal
+
     run_dir = tmp_path / "killed"
     p = kill_mid_run(run_dir, signal.SIGTERM, overrides, after_rows=8)
     assert p.returncode == 130
@@ -175,11 +246,26 @@ def test_an_augmented_run_resumes_to_the_same_numbers(tmp_path, cifar_root):
 
 
 BAD = [
-    (["data=digits", "data.augment=[rotate]"], "data.augment=['rotate'] is not valid: must be a list of distinct names from: crop, flip"),
-    (["data=mnist1d", "data.num_samples=200", "data.augment=[flip]"], "data.augment=['flip'] is not valid: crops and flips are for images"),
-    (["pretrain=supervised", "pretrain.data=imagenet"], "pretrain.data=imagenet is not valid: choose a data option: mnist1d"),
-    (["data=digits", "data.standardize=perpixel"], "data.standardize=perpixel is not valid: choose one of: auto, channel"),
-    (["data=mnist1d", "data.num_samples=200", "data.standardize=channel"], "data.standardize=channel is not valid: is for images"),
+    (
+        ["data=digits", "data.augment=[rotate]"],
+        "data.augment=['rotate'] is not valid: must be a list of distinct names from: crop, flip",
+    ),
+    (
+        ["data=mnist1d", "data.num_samples=200", "data.augment=[flip]"],
+        "data.augment=['flip'] is not valid: crops and flips are for images",
+    ),
+    (
+        ["pretrain=supervised", "pretrain.data=imagenet"],
+        "pretrain.data=imagenet is not valid: choose a data option: mnist1d",
+    ),
+    (
+        ["data=digits", "data.standardize=perpixel"],
+        "data.standardize=perpixel is not valid: choose one of: auto, channel",
+    ),
+    (
+        ["data=mnist1d", "data.num_samples=200", "data.standardize=channel"],
+        "data.standardize=channel is not valid: is for images",
+    ),
     (["data=digits", "model=cnn1d"], "model=cnn1d is not valid: cnn1d needs sequences"),
 ]
 

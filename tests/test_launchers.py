@@ -1,5 +1,6 @@
 """The fast paths of a sweep give the numbers of the slow ones: the vectorized launcher (seeds as one
 batched model) and the joblib launcher (parallel processes) against Hydra's basic launcher."""
+
 from __future__ import annotations
 
 import json
@@ -10,23 +11,28 @@ import sys
 from pathlib import Path
 
 import torch
+from conftest import FAST, Quiet, Rows, make_cfg, run_cfg
 
+from backprop_lab.data import load_arrays
 from backprop_lab.engine import fit
 from backprop_lab.members import Members, clip_grad_norm_per_member_
-from backprop_lab.data import load_arrays
 from backprop_lab.optimizers import build_optimizer
 from backprop_lab.pretrain import plan
 from backprop_lab.regularizers import Regularization
 from backprop_lab.train import GROUPS, Job, run_members
-from conftest import FAST, Quiet, Rows, make_cfg, run_cfg
 
 CLI = [sys.executable, "-m", "backprop_lab", "train"]
 
 
 def sweep(tmp_path: Path, name: str, *args: str) -> tuple[Path, str]:
     folder = tmp_path / name
-    done = subprocess.run([*CLI, "-m", *args, *FAST, f"hydra.sweep.dir={folder}"], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=300)
+    done = subprocess.run(
+        [*CLI, "-m", *args, *FAST, f"hydra.sweep.dir={folder}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return folder, done.stdout
 
@@ -59,8 +65,15 @@ def test_vectorized_members_match_separate_runs(tmp_path):
         assert (vec / job / ".hydra" / "config.yaml").is_file() and (vec / job / "weights" / "best.pt").is_file()
         state = torch.load(vec / job / "weights" / "best.pt", weights_only=True)
         assert set(state) == set(torch.load(basic / job / "weights" / "best.pt", weights_only=True))
-    table = [subprocess.run([sys.executable, "-m", "backprop_lab", "compare", str(f), "--format", "json"],
-                            capture_output=True, text=True, check=True).stdout for f in (vec, basic)]
+    table = [
+        subprocess.run(
+            [sys.executable, "-m", "backprop_lab", "compare", str(f), "--format", "json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for f in (vec, basic)
+    ]
     a, b = (json.loads(t) for t in table)
     assert len(a) == len(b) == 1 and a[0]["test/acc n"] == b[0]["test/acc n"] == 3
     assert a[0]["status"] == b[0]["status"] == "3 completed"
@@ -134,9 +147,20 @@ def test_a_diverging_member_stops_alone(tmp_path):
     with torch.no_grad():
         members.stacked[0][1].fill_(float("inf"))  # member 1's first weight matrix
     logs = [Rows(), Rows()]
-    results = fit(members, split, stage="train", optimizer=build_optimizer(members, cfg.optimizer, False),
-                  scheduler=None, regularization=Regularization(members, cfg.regularizer), trainer=cfg.trainer,
-                  max_steps=cfg.trainer.max_steps, seeds=[0, 1], logs=logs, progress=Quiet(), act_name="relu")
+    results = fit(
+        members,
+        split,
+        stage="train",
+        optimizer=build_optimizer(members, cfg.optimizer, False),
+        scheduler=None,
+        regularization=Regularization(members, cfg.regularizer),
+        trainer=cfg.trainer,
+        max_steps=cfg.trainer.max_steps,
+        seeds=[0, 1],
+        logs=logs,
+        progress=Quiet(),
+        act_name="relu",
+    )
     assert results[1].status == "diverged" and results[1].steps == 1
     assert [r["split"] for r in logs[1].rows] == ["train"]
     assert results[0].status == "completed" and results[0].steps == cfg.trainer.max_steps

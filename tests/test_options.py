@@ -1,4 +1,5 @@
 """Every option of every config group composes and trains real steps on small data."""
+
 from __future__ import annotations
 
 import json
@@ -7,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from fake_files import random_cifar, write_cifar_binary, write_idx_set, write_png_folder
 
 from backprop_lab.activations import ACTIVATIONS
 from backprop_lab.cli import group_options
@@ -14,7 +16,6 @@ from backprop_lab.data import DATASETS
 from backprop_lab.models import MODELS
 from backprop_lab.optimizers import OPTIMIZERS, SCHEDULERS
 from backprop_lab.pretrain import PRETRAIN_STRATEGIES
-from fake_files import random_cifar, write_cifar_binary, write_idx_set, write_png_folder
 
 OPTIONS = group_options()
 # What an option needs besides itself to run on small data.
@@ -27,7 +28,12 @@ NEEDS = {
     ("pretrain", "autoencoder"): ["pretrain.noise=0.1"],
     ("experiment", "digits_cnn2d"): ["data=digits"],
     ("experiment", "transfer_mnist1d"): ["data=mnist1d", "data.num_samples=600", "data.n_train=40"],
-    ("experiment", "study_pretraining"): ["data=mnist1d", "data.num_samples=600", "data.n_train=40", "pretrain.steps=6"],
+    ("experiment", "study_pretraining"): [
+        "data=mnist1d",
+        "data.num_samples=600",
+        "data.n_train=40",
+        "pretrain.steps=6",
+    ],
     ("experiment", "study_regularization"): ["data.n_train=40"],
 }
 
@@ -37,6 +43,7 @@ def _idx(name: str):
         x, y = random_cifar(80, 10)
         write_idx_set(tmp_path / "root", x[:, 0, :28, :28], y, x[:20, 0, :28, :28], y[:20])
         return [f"data.root={tmp_path / 'root'}"]
+
     return make
 
 
@@ -45,6 +52,7 @@ def _cifar(name: str, classes: int):
         x, y = random_cifar(80, classes)
         write_cifar_binary(tmp_path / "root", name, x, y, x[:20], y[:20])
         return [f"data.root={tmp_path / 'root'}"]
+
     return make
 
 
@@ -56,8 +64,14 @@ def _pngs(tmp_path):
 
 EXPERIMENT_DATA = {"mnist_mlp": "mnist", "fashion_mnist_cnn": "fashion_mnist", "cifar10_resnet20": "cifar10"}
 # Data options read from files: small files in their real formats.
-IMAGE_SETS = {"mnist": _idx("mnist"), "fashion_mnist": _idx("fashion_mnist"), "kmnist": _idx("kmnist"),
-              "cifar10": _cifar("cifar10", 10), "cifar100": _cifar("cifar100", 100), "images": _pngs}
+IMAGE_SETS = {
+    "mnist": _idx("mnist"),
+    "fashion_mnist": _idx("fashion_mnist"),
+    "kmnist": _idx("kmnist"),
+    "cifar10": _cifar("cifar10", 10),
+    "cifar100": _cifar("cifar100", 100),
+    "images": _pngs,
+}
 
 
 def test_every_registry_name_has_a_config_and_back():
@@ -92,8 +106,11 @@ def test_option_trains(group, name, train, tmp_path):
         extra.append(f"pretrain.path={first_dir}")
     if group == "experiment" and name in EXPERIMENT_DATA:
         extra += [f"data={EXPERIMENT_DATA[name]}", *IMAGE_SETS[EXPERIMENT_DATA[name]](tmp_path)]
-        extra += ["trainer.max_epochs=null", "trainer.batch_size=16", "scheduler.milestones=[3]"
-                  if name == "cifar10_resnet20" else "seed=0"]
+        extra += [
+            "trainer.max_epochs=null",
+            "trainer.batch_size=16",
+            "scheduler.milestones=[3]" if name == "cifar10_resnet20" else "seed=0",
+        ]
     if group == "experiment":
         extra += ["trainer=smoke", "trainer.max_steps=6", "trainer.eval_every=3", "trainer.progress=off"]
     summary, run_dir = train(f"{group}={name}", *extra)
@@ -106,8 +123,11 @@ def test_option_trains(group, name, train, tmp_path):
     rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
     assert {r["split"] for r in rows} == {"train", "val", "test"}
     stages = [s["stage"] for s in summary["stages"]]
-    expected = ["train"] if (group != "pretrain" or name == "none") else (
-        ["finetune"] if name == "checkpoint" else ["pretrain", "finetune"])
+    expected = (
+        ["train"]
+        if (group != "pretrain" or name == "none")
+        else (["finetune"] if name == "checkpoint" else ["pretrain", "finetune"])
+    )
     if group == "experiment" and name == "transfer_mnist1d":
         expected = ["pretrain", "finetune"]
     assert stages == expected

@@ -1,15 +1,16 @@
 """Pretraining strategies: stages, freezing, checkpoints, and refusing unsafe weight files."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 import torch
+from conftest import make_cfg
 
 from backprop_lab.errors import ConfigError
 from backprop_lab.models import build_model
 from backprop_lab.pretrain import finetune_hook, load_weights
-from conftest import make_cfg
 
 TRANSFER = ["pretrain=supervised", "data.source_classes=[0,1]", "data.target_classes=[2,3]"]
 
@@ -48,8 +49,13 @@ def test_gradual_unfreezes_one_block_at_a_time_from_the_top():
     hook = finetune_hook(model, "gradual", unfreeze_every=10)
     trainable = lambda: [all(p.requires_grad for p in b.parameters()) for b in model.blocks]  # noqa: E731
     assert trainable() == [False, False, False]
-    for step, expected in ((9, [False] * 3), (10, [False, False, True]), (20, [False, True, True]),
-                           (30, [True] * 3), (40, [True] * 3)):
+    for step, expected in (
+        (9, [False] * 3),
+        (10, [False, False, True]),
+        (20, [False, True, True]),
+        (30, [True] * 3),
+        (40, [True] * 3),
+    ):
         hook(step)
         assert trainable() == expected, step
     assert all(p.requires_grad for p in model.head.parameters())

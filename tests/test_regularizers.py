@@ -1,15 +1,16 @@
 """Regularizer penalties, gradients and decay against an independent torch computation."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_cfg
 from omegaconf import OmegaConf
 from torch import nn
 
 from backprop_lab.models import build_model
 from backprop_lab.optimizers import build_optimizer
 from backprop_lab.regularizers import Regularization, active_regularizers
-from conftest import make_cfg
 
 
 def _model(*overrides: str) -> nn.Module:
@@ -31,7 +32,7 @@ def test_penalty_value_and_gradient(l1, l2):
     model = _model("regularizer=batchnorm")
     reg = Regularization(model, _reg(l1=l1, l2=l2))
     penalty = reg.penalty()
-    expected = sum(l1 * w.abs().sum() + 0.5 * l2 * (w ** 2).sum() for w in _weights(model))
+    expected = sum(l1 * w.abs().sum() + 0.5 * l2 * (w**2).sum() for w in _weights(model))
     torch.testing.assert_close(penalty, expected)
 
     penalty.backward()
@@ -45,7 +46,7 @@ def test_penalty_value_and_gradient(l1, l2):
 def test_bias_and_norm_are_penalised_only_when_asked():
     model = _model("regularizer=batchnorm")
     reg = Regularization(model, _reg(l2=0.2, decay_bias_and_norm=True))
-    expected = 0.5 * 0.2 * sum((p ** 2).sum() for p in model.parameters())
+    expected = 0.5 * 0.2 * sum((p**2).sum() for p in model.parameters())
     torch.testing.assert_close(reg.penalty(), expected)
 
 

@@ -1,4 +1,5 @@
 """report writes report.md and valid PNGs from real run folders."""
+
 from __future__ import annotations
 
 import subprocess
@@ -9,9 +10,23 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def test_report_of_a_sweep(tmp_path):
-    r = subprocess.run([EXE, "train", "-m", "data=synthetic", "trainer=smoke", "trainer.max_steps=12",
-                        "trainer.eval_every=4", "trainer.log_every=4", "act=sigmoid,relu", "seed=0,1"],
-                       cwd=tmp_path, capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            EXE,
+            "train",
+            "-m",
+            "data=synthetic",
+            "trainer=smoke",
+            "trainer.max_steps=12",
+            "trainer.eval_every=4",
+            "trainer.log_every=4",
+            "act=sigmoid,relu",
+            "seed=0,1",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     (sweep,) = tmp_path.glob("multirun/*/*")
     out = tmp_path / "rep"

@@ -1,5 +1,6 @@
 """Fault injection: runs killed with SIGTERM and SIGKILL mid-run, then resumed to the numbers of a
 run that was never interrupted; damaged and code-carrying checkpoints; same-seed determinism."""
+
 from __future__ import annotations
 
 import json
@@ -12,15 +13,28 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import FAST, run_cfg
 
 CLI = [sys.executable, "-m", "backprop_lab"]
 # dropout and a schedule, so resuming must restore the RNG and the scheduler too
-LONG = ["data=synthetic", "regularizer=dropout", "scheduler=cosine", "trainer.max_steps=1500",
-        "trainer.log_every=50", "trainer.eval_every=200", "trainer.checkpoint_every=100", "trainer.progress=off"]
-STAGED = ["pretrain=supervised", "data.source_classes=[0,1]", "data.target_classes=[2,3]", "pretrain.steps=600",
-          "pretrain.finetune=gradual", "pretrain.unfreeze_every=100"]
+LONG = [
+    "data=synthetic",
+    "regularizer=dropout",
+    "scheduler=cosine",
+    "trainer.max_steps=1500",
+    "trainer.log_every=50",
+    "trainer.eval_every=200",
+    "trainer.checkpoint_every=100",
+    "trainer.progress=off",
+]
+STAGED = [
+    "pretrain=supervised",
+    "data.source_classes=[0,1]",
+    "data.target_classes=[2,3]",
+    "pretrain.steps=600",
+    "pretrain.finetune=gradual",
+    "pretrain.unfreeze_every=100",
+]
 
 
 def comparable(run_dir: Path) -> list[dict]:
@@ -30,8 +44,12 @@ def comparable(run_dir: Path) -> list[dict]:
 
 
 def kill_mid_run(run_dir: Path, sig: int, overrides: list[str], after_rows: int) -> subprocess.Popen:
-    p = subprocess.Popen([*CLI, "train", *overrides, f"hydra.run.dir={run_dir}"], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [*CLI, "train", *overrides, f"hydra.run.dir={run_dir}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     metrics = run_dir / "metrics.jsonl"
     while time.time() < deadline and (not metrics.is_file() or metrics.read_text().count("\n") < after_rows):
@@ -41,8 +59,11 @@ def kill_mid_run(run_dir: Path, sig: int, overrides: list[str], after_rows: int)
     return p
 
 
-@pytest.mark.parametrize("sig,extra", [(signal.SIGTERM, []), (signal.SIGKILL, []), (signal.SIGTERM, STAGED)],
-                         ids=["SIGTERM", "SIGKILL", "SIGTERM-staged"])
+@pytest.mark.parametrize(
+    "sig,extra",
+    [(signal.SIGTERM, []), (signal.SIGKILL, []), (signal.SIGTERM, STAGED)],
+    ids=["SIGTERM", "SIGKILL", "SIGTERM-staged"],
+)
 def test_a_killed_run_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_path, sig, extra):
     overrides = [*LONG, *extra]
     reference = run_cfg(tmp_path / "reference", *overrides)
@@ -123,13 +144,28 @@ def test_same_seed_and_deterministic_means_identical_metrics(tmp_path):
 
 
 def test_a_sweep_with_a_diverging_and_an_invalid_job_finishes_the_rest(tmp_path):
-    r = subprocess.run([*CLI, "train", "-m", *FAST, "optimizer=sgd", "optimizer.lr=0.01,1e30,-1",
-                        f"hydra.sweep.dir={tmp_path / 'sweep'}"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            *CLI,
+            "train",
+            "-m",
+            *FAST,
+            "optimizer=sgd",
+            "optimizer.lr=0.01,1e30,-1",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 1 and "2 run(s) did not complete" in r.stderr
     statuses = [json.loads((tmp_path / "sweep" / str(i) / "summary.json").read_text())["status"] for i in range(3)]
     assert statuses == ["completed", "diverged", "failed"]
-    table = subprocess.run([*CLI, "compare", str(tmp_path / "sweep"), "--by", "optimizer.lr", "--format", "json"],
-                           capture_output=True, text=True).stdout
+    table = subprocess.run(
+        [*CLI, "compare", str(tmp_path / "sweep"), "--by", "optimizer.lr", "--format", "json"],
+        capture_output=True,
+        text=True,
+    ).stdout
     assert "1 diverged" in table and "1 failed" in table
 
 
@@ -139,17 +175,31 @@ def test_an_interrupted_vectorized_group_resumes_member_by_member(tmp_path):
     stopped early before the signal (their tests run anew, on a single model's kernels: to 1e-6), to
     float precision for one still training (batched and single kernels round differently)."""
     # with these seeds the members stop early at steps 300, 350, 750 and 500: kill after step 600
-    sweep = [*CLI, "train", "-m", "hydra/launcher=vectorized", "seed=0,1,2,3", "data=synthetic", "trainer.max_steps=3000",
-             "trainer.eval_every=50", "trainer.log_every=50", "trainer.early_stopping=3", "trainer.monitor=val/loss",
-             "trainer.checkpoint_every=0", "trainer.progress=off"]
-    reference = subprocess.run([*sweep, f"hydra.sweep.dir={tmp_path / 'reference'}"], capture_output=True, text=True,
-                               timeout=300)
+    sweep = [
+        *CLI,
+        "train",
+        "-m",
+        "hydra/launcher=vectorized",
+        "seed=0,1,2,3",
+        "data=synthetic",
+        "trainer.max_steps=3000",
+        "trainer.eval_every=50",
+        "trainer.log_every=50",
+        "trainer.early_stopping=3",
+        "trainer.monitor=val/loss",
+        "trainer.checkpoint_every=0",
+        "trainer.progress=off",
+    ]
+    reference = subprocess.run(
+        [*sweep, f"hydra.sweep.dir={tmp_path / 'reference'}"], capture_output=True, text=True, timeout=300
+    )
     assert reference.returncode == 0, reference.stderr[-2000:]
     expected = {k: json.loads((tmp_path / "reference" / k / "summary.json").read_text()) for k in "0123"}
     assert sorted(s["steps"] for s in expected.values()) == [300, 350, 500, 750]
 
-    p = subprocess.Popen([*sweep, f"hydra.sweep.dir={tmp_path / 'killed'}"], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [*sweep, f"hydra.sweep.dir={tmp_path / 'killed'}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     last = max(expected, key=lambda k: expected[k]["steps"])
     metrics, deadline = tmp_path / "killed" / last / "metrics.jsonl", time.time() + 120
     while time.time() < deadline and not any(r.get("step", 0) >= 600 for r in read_rows(metrics)):
@@ -172,8 +222,9 @@ def test_an_interrupted_vectorized_group_resumes_member_by_member(tmp_path):
                 assert resumed["metrics"][key] == pytest.approx(reference_summary["metrics"][key], rel=1e-6)
         for key, value in reference_summary["metrics"].items():
             assert resumed["metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
-        assert [(r["split"], r["step"]) for r in comparable(run_dir)] == \
-            [(r["split"], r["step"]) for r in comparable(tmp_path / "reference" / k)]
+        assert [(r["split"], r["step"]) for r in comparable(run_dir)] == [
+            (r["split"], r["step"]) for r in comparable(tmp_path / "reference" / k)
+        ]
 
 
 def read_rows(path: Path) -> list[dict]:

@@ -1,13 +1,14 @@
 """Each study in miniature (--smoke): real sweeps, a report, and a verdict computed from the runs."""
+
 from __future__ import annotations
 
 import subprocess
 
 import pytest
+from test_cli import EXE
 
 from backprop_lab.compare import find_runs
 from backprop_lab.studies import better
-from test_cli import EXE
 
 EXPECTED = {
     "activations": ("Saturating activations starve early layers", 36),
@@ -20,12 +21,15 @@ EXPECTED = {
 @pytest.mark.parametrize("name", list(EXPECTED))
 def test_study_in_miniature(tmp_path, name):
     out = tmp_path / name
-    r = subprocess.run([EXE, "study", name, "--smoke", "--out", str(out)], capture_output=True, text=True,
-                       timeout=600)
+    r = subprocess.run([EXE, "study", name, "--smoke", "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     report = (out / "report.md").read_text()
     phrase, n_runs = EXPECTED[name]
-    assert phrase in report and "### Verdict" in report and "backprop-lab train -m hydra/launcher=vectorized experiment=study_" in report
+    assert (
+        phrase in report
+        and "### Verdict" in report
+        and "backprop-lab train -m hydra/launcher=vectorized experiment=study_" in report
+    )
     verdicts = [line for line in report.splitlines() if line.startswith("- ") and "hold" in line]
     assert verdicts and all("**holds**" in v or "**does not hold**" in v for v in verdicts)
     assert len(find_runs([out])) == n_runs
@@ -33,7 +37,7 @@ def test_study_in_miniature(tmp_path, name):
 
 
 def test_verdict_statistics_say_no_when_the_data_say_no():
-    assert better([0.9, 0.91, 0.92], [0.5, 0.52, 0.51]) [0]
+    assert better([0.9, 0.91, 0.92], [0.5, 0.52, 0.51])[0]
     assert not better([0.5, 0.52, 0.51], [0.9, 0.91, 0.92])[0]
     assert not better([0.5, 0.9, 0.1], [0.5, 0.52, 0.48])[0]  # a noisy difference is not a win
     assert better([0.1, 0.11, 0.12], [0.5, 0.52, 0.51], higher=False)[0]
@@ -48,13 +52,29 @@ def test_unknown_study_is_one_line(tmp_path):
 def test_pretraining_study_across_data_sets(tmp_path):
     """`backprop-lab study pretraining` with pretrain.data: Fashion-MNIST -> MNIST, both in IDX files."""
     from fake_files import random_cifar, write_idx_set
+
     for folder, seed in (("MNIST", 0), ("FashionMNIST", 1)):
         x, y = random_cifar(400, 10, seed=seed)
         write_idx_set(tmp_path / "data" / folder / "raw", x[:, 0, 2:30, 2:30], y, x[:80, 0, 2:30, 2:30], y[:80])
     out = tmp_path / "study"
-    r = subprocess.run([EXE, "study", "pretraining", "--smoke", "--out", str(out), "data=mnist",
-                        f"data.root={tmp_path / 'data'}", "pretrain.data=fashion_mnist", "data.source_classes=null",
-                        "data.target_classes=null"], capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            EXE,
+            "study",
+            "pretraining",
+            "--smoke",
+            "--out",
+            str(out),
+            "data=mnist",
+            f"data.root={tmp_path / 'data'}",
+            "pretrain.data=fashion_mnist",
+            "data.source_classes=null",
+            "data.target_classes=null",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     report = (out / "report.md").read_text()
     assert "Test accuracy on mnist (mean [95% CI]) by label budget; pretraining used fashion_mnist" in report

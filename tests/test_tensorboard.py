@@ -1,4 +1,5 @@
 """logger=tensorboard: event files in the run folder holding the same numbers as metrics.jsonl."""
+
 from __future__ import annotations
 
 import json

@@ -10,6 +10,7 @@ of the plugin's name in the config folder gets validated against the plugin's sc
 the Optuna sweeper), and a plugin module of ours would be overwritten, since the scan executes
 every plugin module, the plugins' after ours.
 """
+
 from __future__ import annotations
 
 from importlib import resources
@@ -18,10 +19,14 @@ from typing import Any
 PLUGINS = {  # name: (group, where the plugin's schema is, its class, group defaults after ours, our class)
     "submitit_slurm": ("hydra/launcher", "hydra_plugins.hydra_submitit_launcher.config", "SlurmQueueConf", [], None),
     "submitit_local": ("hydra/launcher", "hydra_plugins.hydra_submitit_launcher.config", "LocalQueueConf", [], None),
-    "optuna": ("hydra/sweeper", "hydra_plugins.hydra_optuna_sweeper.config", "OptunaSweeperConf",
-               [{"params": "lr_decay_dropout"}],  # the search space: hydra/sweeper/params=...
-               # ours ends a study in which no trial completed in one line, not a traceback
-               "hydra_plugins.backprop_lab_launchers.optuna_search.OptunaSweeper"),
+    "optuna": (
+        "hydra/sweeper",
+        "hydra_plugins.hydra_optuna_sweeper.config",
+        "OptunaSweeperConf",
+        [{"params": "lr_decay_dropout"}],  # the search space: hydra/sweeper/params=...
+        # ours ends a study in which no trial completed in one line, not a traceback
+        "hydra_plugins.backprop_lab_launchers.optuna_search.OptunaSweeper",
+    ),
 }
 
 
@@ -32,6 +37,7 @@ def register() -> None:
     from hydra.core.config_store import ConfigStore
     from hydra.core.plugins import Plugins
     from omegaconf import OmegaConf
+
     Plugins.instance()  # the scan, once per process: the plugins store their own configs
     store = ConfigStore.instance()
     for name, (group, module, schema, after_self, target) in PLUGINS.items():
@@ -43,5 +49,9 @@ def register() -> None:
         values = OmegaConf.load(resources.files(__name__) / f"{name}.yaml")
         if target is not None:
             values["_target_"] = target
-        store.store(group=group, name=name, node=OmegaConf.merge({"defaults": [f"{name}_schema", "_self_", *after_self]}, values),
-                    provider="backprop-lab")
+        store.store(
+            group=group,
+            name=name,
+            node=OmegaConf.merge({"defaults": [f"{name}_schema", "_self_", *after_self]}, values),
+            provider="backprop-lab",
+        )

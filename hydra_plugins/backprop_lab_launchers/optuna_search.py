@@ -2,9 +2,10 @@
 failed (diverged or refused runs), the plugin ends in its own traceback ("No trials are completed
 yet"); here the sweep ends like any sweep whose runs did not complete: one line, the runs listed,
 exit status 1. (Hydra takes sweepers only from the hydra_plugins package, hence here.)"""
+
 # (no `from __future__ import annotations`: see vectorized_launcher.py)
 import logging
-from typing import Any, List
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -13,8 +14,9 @@ try:
 except ImportError:  # the optional extra backprop-lab[search] is not installed
     pass
 else:
+
     class OptunaSweeper(_PluginSweeper):
-        def sweep(self, arguments: List[str]) -> Any:
+        def sweep(self, arguments: list[str]) -> Any:
             try:
                 return super().sweep(arguments)
             except ValueError as err:

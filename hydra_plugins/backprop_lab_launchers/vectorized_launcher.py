@@ -8,12 +8,14 @@ group in one process as backprop_lab.members.Members, and gives every job its ow
 basic launcher ran. A job with no partner, or a group that cannot be batched (staged pretraining, a
 plateau schedule), runs one by one as the basic launcher would, with a message saying why.
 """
+
 # (no `from __future__ import annotations`: Hydra loads plugins in a way that breaks it for dataclasses)
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
@@ -26,11 +28,12 @@ log = logging.getLogger(__name__)
 @dataclass
 class VectorizedLauncherConf:
     _target_: str = "hydra_plugins.backprop_lab_launchers.vectorized_launcher.VectorizedLauncher"
-    max_members: Optional[int] = None  # at most this many seeds in one batched model (null: all of a group)
+    max_members: int | None = None  # at most this many seeds in one batched model (null: all of a group)
 
 
-ConfigStore.instance().store(group="hydra/launcher", name="vectorized", node=VectorizedLauncherConf,
-                             provider="backprop-lab")
+ConfigStore.instance().store(
+    group="hydra/launcher", name="vectorized", node=VectorizedLauncherConf, provider="backprop-lab"
+)
 
 
 def _task_config(config: DictConfig) -> DictConfig:
@@ -47,10 +50,10 @@ def _all_but_seed(config: DictConfig) -> str:
 
 
 class VectorizedLauncher(Launcher):
-    def __init__(self, max_members: Optional[int] = None) -> None:
+    def __init__(self, max_members: int | None = None) -> None:
         super().__init__()
         self.max_members = max_members
-        self.config: Optional[DictConfig] = None
+        self.config: DictConfig | None = None
         self.task_function: Any = None
         self.hydra_context: Any = None
 
@@ -58,8 +61,13 @@ class VectorizedLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def _run(self, config: DictConfig, task_function: Any) -> JobReturn:
-        ret = run_job(hydra_context=self.hydra_context, task_function=task_function, config=config,
-                      job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+        ret = run_job(
+            hydra_context=self.hydra_context,
+            task_function=task_function,
+            config=config,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return ret
 
@@ -80,18 +88,21 @@ class VectorizedLauncher(Launcher):
                 config.hydra.job.num = idx
             configs.append(config)
 
-        groups: Dict[str, List[int]] = {}
+        groups: dict[str, list[int]] = {}
         for i, config in enumerate(configs):
             groups.setdefault(_all_but_seed(config), []).append(i)
         size = self.max_members or len(configs)
-        batches = [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
+        batches = [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
         log.info(f"Vectorized launcher: {len(configs)} jobs in {len(batches)} group(s) that differ only in the seed")
 
-        returns: List[Optional[JobReturn]] = [None] * len(configs)
+        returns: list[JobReturn | None] = [None] * len(configs)
         for batch in batches:
             names = " ".join(f"#{initial_job_idx + i}" for i in batch)
-            reason = "no other job differs from it only in the seed" if len(batch) == 1 else \
-                why_not_batched(_task_config(configs[batch[0]]))
+            reason = (
+                "no other job differs from it only in the seed"
+                if len(batch) == 1
+                else why_not_batched(_task_config(configs[batch[0]]))
+            )
             if reason:
                 log.info(f"\tone by one ({reason}): {names}")
                 for i in batch:
@@ -99,7 +110,7 @@ class VectorizedLauncher(Launcher):
                 continue
             shared = " ".join(o for o in filter_overrides(job_overrides[batch[0]]) if not o.startswith("seed="))
             log.info(f"\tone batched model: {names} : {shared} seed={[configs[i].seed for i in batch]}")
-            jobs: List[Any] = []
+            jobs: list[Any] = []
             prepared = {i: self._run(configs[i], lambda cfg: jobs.append(current_job(cfg))) for i in batch}
             # run_job made each folder and its .hydra/; now train them together
             summaries = run_members(jobs)
