@@ -138,11 +138,11 @@ def check_keys(overrides: list[str]) -> str | None:
             continue
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(cfg, parent) if parent else cfg
-        if isinstance(node, DictConfig) and leaf in node.keys():
+        if isinstance(node, DictConfig) and leaf in node:
             continue  # a key whose value is still ??? (required): select() calls it missing
         if isinstance(node, DictConfig):
             where = f"'{parent}'" if parent else "the config"
-            return f"{key} is not a key of {where}; its keys: {', '.join(str(k) for k in node.keys())}"
+            return f"{key} is not a key of {where}; its keys: {', '.join(str(k) for k in node)}"
         return f"{key} is not a key of the config ({parent} holds no keys)"
     return None
 
@@ -358,7 +358,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(resume_main(rest))
     if command != "train":
         print(
-            f"error: unknown command '{command}'; commands: train, resume, compare, report, study (see backprop-lab --help)",
+            f"error: unknown command '{command}'; commands: train, resume, compare, report, study "
+            "(see backprop-lab --help)",
             file=sys.stderr,
         )
         sys.exit(2)

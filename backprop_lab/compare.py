@@ -7,6 +7,7 @@ summary.json); never imports the engine or torch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import functools
 import io
@@ -47,10 +48,8 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 def read_run(path: Path) -> Run:
     """One run folder; a missing or unreadable summary.json makes the run 'unfinished', not an error."""
     overrides: list[str] = []
-    try:
+    with contextlib.suppress(Exception):  # no or a damaged overrides.yaml: no settings from it
         overrides = list(OmegaConf.load(path / ".hydra" / "overrides.yaml"))
-    except Exception:
-        pass
     settings = {}
     for item in overrides:
         key, _, value = str(item).lstrip("+~").partition("=")
@@ -165,7 +164,11 @@ def compare(
     for key, members in groups.items():
         done = [r for r in members if r.status == "completed"]
         rows.append(
-            Row(dict(zip(columns, key)), members, {m: pooled([r.metrics.get(m) for r in done]) for m in metrics})
+            Row(
+                dict(zip(columns, key, strict=True)),
+                members,
+                {m: pooled([r.metrics.get(m) for r in done]) for m in metrics},
+            )
         )
     return columns, rows
 

@@ -84,7 +84,7 @@ def show_results(status: str, stages: list[dict[str, Any]], run_dir: str) -> Non
     for s in stages:
         m = s["metrics"]
 
-        def cell(key: str) -> str:
+        def cell(key: str, m: dict[str, Any] = m) -> str:
             v = m.get(key)
             return "-" if v is None else f"{v:.4f}"
 

@@ -99,7 +99,7 @@ class Diagnostics:
         self._before = [w.detach().clone() for w in self.weights]
 
     def after_step(self) -> dict[str, torch.Tensor]:
-        for i, (w, before) in enumerate(zip(self.weights, self._before)):
+        for i, (w, before) in enumerate(zip(self.weights, self._before, strict=True)):
             w = w.detach()
             self.values[f"weight_norm/{i}"] = self._norm(w)
             self.values[f"update_ratio/{i}"] = self._norm(w - before) / self._norm(before).clamp_min(1e-12)

@@ -42,6 +42,9 @@ class World:
         return self.rank == 0
 
 
+SINGLE = World()  # the one process outside torchrun
+
+
 def from_environment() -> World:
     """The world torchrun describes in RANK / WORLD_SIZE / LOCAL_RANK (a single process without them)."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -87,7 +90,7 @@ def _average_(tensors: list[torch.Tensor], world: World) -> None:
         return
     flat = torch.cat([t.reshape(-1) for t in tensors])
     sum_(flat).div_(world.size)
-    for t, part in zip(tensors, flat.split([t.numel() for t in tensors])):
+    for t, part in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True):
         t.copy_(part.view_as(t))
 
 

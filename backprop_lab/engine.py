@@ -29,7 +29,7 @@ from . import distributed, interrupts
 from .augment import Augment
 from .data import Split
 from .diagnostics import Diagnostics
-from .distributed import World
+from .distributed import SINGLE, World
 from .members import Members, clip_grad_norm_per_member_
 from .regularizers import Regularization
 
@@ -57,7 +57,7 @@ def evaluate(
     y: torch.Tensor,
     reconstruct: bool,
     autocast: Any,
-    world: World = World(),
+    world: World = SINGLE,
     chunk: int = 8192,
     prepare: Callable[[torch.Tensor], torch.Tensor] = lambda xb: xb,
 ) -> dict[str, torch.Tensor]:
@@ -106,7 +106,7 @@ def _per_member(metrics: dict[str, torch.Tensor], count: int) -> list[dict[str, 
     if not metrics:
         return [{} for _ in range(count)]
     values = torch.stack([v.reshape(count) for v in metrics.values()]).T.tolist()
-    return [dict(zip(metrics, row)) for row in values]
+    return [dict(zip(metrics, row, strict=True)) for row in values]
 
 
 def _member_optimizer_state(state: dict[str, Any], k: int) -> dict[str, Any]:
@@ -145,7 +145,7 @@ def fit(
     act_name: str | None = None,
     checkpoint: Any = None,
     resume: dict[str, Any] | None = None,
-    world: World = World(),
+    world: World = SINGLE,
     augment: Augment | None = None,
 ) -> list[StageResult]:
     """Train `model` on `split` for `max_steps` steps; validate every `trainer.eval_every` steps,

@@ -172,7 +172,7 @@ def decode_images(files: list[Path], size: tuple[int, int] | None) -> np.ndarray
             raise FormatError(f"{f} could not be read as an image ({type(err).__name__}: {err})") from None
     gray = all(im.mode in ("1", "L", "LA", "I", "I;16", "F") for im in images)
     arrays = []
-    for f, im in zip(files, images):
+    for f, im in zip(files, images, strict=True):
         im = im.convert("L" if gray else "RGB")
         if size is not None:
             im = im.resize((size[1], size[0]), Image.BILINEAR)  # Pillow takes (width, height)

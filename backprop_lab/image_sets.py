@@ -135,7 +135,7 @@ def load_idx_set(name: str, root: Path, fetch: bool) -> Loaded:
     files = _find_idx(spec, root)
     if files is None and fetch:
         raw = root / spec.folder / "raw"
-        for file, md5 in zip(IDX_FILES, spec.md5):
+        for file, md5 in zip(IDX_FILES, spec.md5, strict=True):
             target = raw / f"{file}.gz"
             if not target.is_file():
                 _download([f"{m}{file}.gz" for m in spec.mirrors], target, md5)

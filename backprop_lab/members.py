@@ -42,7 +42,7 @@ class Members(nn.Module):
         self._forward_shared = vmap(self._one, in_dims=(0, 0, None), randomness="different")
 
     def params(self) -> dict[str, torch.Tensor]:
-        return dict(zip(self.names, self.stacked))
+        return dict(zip(self.names, self.stacked, strict=True))
 
     def buffers_by_name(self) -> dict[str, torch.Tensor]:
         return {n: getattr(self, f"buffer_{i}") for i, n in enumerate(self.buffer_names)}
@@ -69,7 +69,7 @@ class Members(nn.Module):
 
     def named_members_parameters(self) -> list[tuple[str, torch.Tensor]]:
         """(module path, stacked tensor): the names a single model's named_parameters() would give."""
-        return list(zip(self.names, self.stacked))
+        return list(zip(self.names, self.stacked, strict=True))
 
     def state(self) -> dict[str, torch.Tensor]:
         """The stacked state, keyed like a single model's state_dict."""

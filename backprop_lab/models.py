@@ -96,7 +96,7 @@ def _conv_net(
     num_classes: int,
 ) -> Classifier:
     blocks, c_in = [], in_view[0]
-    for c_out, k, s in zip(cfg.channels, cfg.kernel_sizes, cfg.strides):
+    for c_out, k, s in zip(cfg.channels, cfg.kernel_sizes, cfg.strides, strict=True):
         layer = conv(c_in, c_out, kernel_size=k, stride=s, padding=cfg.padding)
         blocks.append(_block(layer, norm(c_out) if reg.batchnorm else None, act_cfg, reg.dropout))
         c_in = c_out

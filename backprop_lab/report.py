@@ -73,7 +73,8 @@ def learning_curves(rows: list[Row], out: Path, x: str) -> Path:
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     xlabel = "step" if x == "step" else "seconds"
-    for ax, (split, key) in zip(axes.flat, (("train", "loss"), ("val", "loss"), ("train", "acc"), ("val", "acc"))):
+    panels = (("train", "loss"), ("val", "loss"), ("train", "acc"), ("val", "acc"))
+    for ax, (split, key) in zip(axes.flat, panels, strict=True):
         _plot_band(ax, series(rows, split, key, x), f"{split} {key}", xlabel, log=key == "loss")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=8)
@@ -90,7 +91,7 @@ def gradient_norms(rows: list[Row], out: Path) -> Path | None:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     drawn = False
-    for ax, which in zip(axes, ("first", "last")):
+    for ax, which in zip(axes, ("first", "last"), strict=True):
         for row in rows:
             per_run = []
             for run in row.runs:

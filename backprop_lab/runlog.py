@@ -5,6 +5,7 @@ Readers (compare, report, resume) depend only on these files, never on the engin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -62,10 +63,8 @@ def versions() -> dict[str, str]:
 
     found = {"python": platform.python_version()}
     for dist in ("backprop-lab", "torch", "hydra-core", "omegaconf", "numpy", "mnist1d", "scikit-learn"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):  # not installed: not listed
             found[dist] = version(dist)
-        except PackageNotFoundError:
-            pass
     return found
 
 
@@ -75,7 +74,7 @@ class RunLog:
     def __init__(self, run_dir: Path):
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._metrics = open(self.dir / "metrics.jsonl", "a")
+        self._metrics = open(self.dir / "metrics.jsonl", "a")  # noqa: SIM115 (open for the run's life; close() closes it)
         self.started = time.time()
         self._tensorboard: Any = None
 

@@ -116,7 +116,8 @@ def activations_verdict(runs: list[Run]) -> str:
     out = [
         "### Measurements",
         "",
-        "First-layer / last-layer gradient norm at step 1 (geometric mean over seeds), and test accuracy (mean [95% CI]).",
+        "First-layer / last-layer gradient norm at step 1 (geometric mean over seeds), "
+        "and test accuracy (mean [95% CI]).",
         "",
         table(["act", "init", "grad ratio layer 0 / output at init", "test/acc"], rows),
         "",
@@ -127,7 +128,8 @@ def activations_verdict(runs: list[Run]) -> str:
     starves = "sigmoid" in geo and "relu" in geo and geo["sigmoid"] * 10 <= geo["relu"]
     out.append(
         f"- Saturating activations starve early layers of gradient (sigmoid's first/last gradient ratio at "
-        f"least 10x below relu's: {geo.get('sigmoid', float('nan')):.2e} vs {geo.get('relu', float('nan')):.2e}): {mark(starves)}."
+        f"least 10x below relu's: {geo.get('sigmoid', float('nan')):.2e} vs {geo.get('relu', float('nan')):.2e}): "
+        f"{mark(starves)}."
     )
     for act in RELU_FAMILY:
         holds, p = better(acc.get(act, []), acc.get("sigmoid", []))
@@ -140,7 +142,8 @@ def activations_verdict(runs: list[Run]) -> str:
         default = values(completed(runs, act=act, **{"model.init": "torch"}), "test/acc")
         holds, p = better(matched, default)
         out.append(
-            f"- Matched init beats torch's default init for {act} ({fmt(matched)} vs {fmt(default)}, {p_text(p)}): {mark(holds)}."
+            f"- Matched init beats torch's default init for {act} ({fmt(matched)} vs {fmt(default)}, {p_text(p)}): "
+            f"{mark(holds)}."
         )
     return "\n".join(out)
 

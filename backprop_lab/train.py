@@ -401,7 +401,7 @@ def run_members(
         )
     finally:
         finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        for k, (job, summary, runlog) in enumerate(zip(jobs, summaries, runlogs)):
+        for k, (job, summary, runlog) in enumerate(zip(jobs, summaries, runlogs, strict=True)):
             summary.update(stages=stages[k], wall_time_s=round(time.time() - started, 3), finished_at=finished)
             runlog.summary(**summary)
             runlog.hparams(

@@ -95,10 +95,12 @@ def main() -> None:
                     ""
                     if launcher == "one"
                     else f"   torchrun/one: whole process x{med['torchrun'] / med['one']:.2f}, "
-                    f"training time x{sps['one'] / sps['torchrun']:.2f}; final metrics differ by <= {worst:.1e} (relative, {worst_key})"
+                    f"training time x{sps['one'] / sps['torchrun']:.2f}; "
+                    f"final metrics differ by <= {worst:.1e} (relative, {worst_key})"
                 )
                 print(
-                    f"{model:<6} {launcher:<9} whole process {med[launcher]:6.2f} s   training {sps[launcher]:7.0f} steps/s{ratio}"
+                    f"{model:<6} {launcher:<9} whole process {med[launcher]:6.2f} s   "
+                    f"training {sps[launcher]:7.0f} steps/s{ratio}"
                 )
 
 

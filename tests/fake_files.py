@@ -30,7 +30,7 @@ def write_idx_set(
 ) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, a in zip(IDX_NAMES, (x, y, x_test, y_test)):
+    for name, a in zip(IDX_NAMES, (x, y, x_test, y_test), strict=True):
         data = idx_bytes(a)
         path = folder / (f"{name}.gz" if gz else name)
         path.write_bytes(gzip.compress(data, mtime=0) if gz else data)
@@ -80,7 +80,7 @@ def write_cifar_binary(
     if name == "cifar10":
         folder = root / "cifar-10-batches-bin"
         folder.mkdir(parents=True, exist_ok=True)
-        for i, (xs, ys) in enumerate(zip(np.array_split(x, 5), np.array_split(y, 5)), start=1):
+        for i, (xs, ys) in enumerate(zip(np.array_split(x, 5), np.array_split(y, 5), strict=True), start=1):
             (folder / f"data_batch_{i}.bin").write_bytes(cifar_binary_bytes(xs, ys, 1))
         (folder / "test_batch.bin").write_bytes(cifar_binary_bytes(x_test, y_test, 1))
         (folder / "batches.meta.txt").write_text("\n".join(f"class{i}" for i in range(10)) + "\n")
@@ -112,7 +112,7 @@ def write_cifar_python(
     if name == "cifar10":
         folder = root / "cifar-10-batches-py"
         folder.mkdir(parents=True, exist_ok=True)
-        for i, (xs, ys) in enumerate(zip(np.array_split(x, 5), np.array_split(y, 5)), start=1):
+        for i, (xs, ys) in enumerate(zip(np.array_split(x, 5), np.array_split(y, 5), strict=True), start=1):
             (folder / f"data_batch_{i}").write_bytes(batch(xs, ys, f"training batch {i} of 5"))
         (folder / "test_batch").write_bytes(batch(x_test, y_test, "testing batch 1 of 1"))
     else:
@@ -127,7 +127,7 @@ def write_png_folder(folder: Path, x: np.ndarray, y: np.ndarray) -> None:
     """folder/<class>/<i>.png for (N, H, W) grayscale or (N, 3, H, W) colour uint8 images."""
     from PIL import Image
 
-    for i, (image, label) in enumerate(zip(x, y)):
+    for i, (image, label) in enumerate(zip(x, y, strict=True)):
         (folder / f"class_{label}").mkdir(parents=True, exist_ok=True)
         pixels = image if image.ndim == 2 else image.transpose(1, 2, 0)
         Image.fromarray(pixels).save(folder / f"class_{label}" / f"{i}.png")

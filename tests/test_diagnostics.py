@@ -70,11 +70,11 @@ def test_sigmoid_saturation_fraction():
 
 def test_runs_log_diagnostics_at_logging_points(train):
     summary, run_dir = train("model.depth=3", "trainer.target_acc=0.0")
-    rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if r["split"] == "train"]
     assert train_rows[0]["step"] == 1  # the network at init
     assert all(f"grad_norm/{i}" in r for r in train_rows for i in range(4))
     assert all("gap/acc" in r for r in rows if r["split"] == "val")
     assert summary["metrics"]["target/step"] == 3  # the first evaluation reaches acc >= 0
     off, off_dir = train("trainer.diagnostics=false")
-    assert not any("grad_norm/0" in line for line in open(off_dir / "metrics.jsonl"))
+    assert not any("grad_norm/0" in line for line in (off_dir / "metrics.jsonl").read_text().splitlines())

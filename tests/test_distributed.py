@@ -47,7 +47,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
         assert b["metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
     rows_a, rows_b = (read_metrics(_only_run_folder(d) / "metrics.jsonl") for d in (one, two))
     assert [(r["split"], r["step"]) for r in rows_a] == [(r["split"], r["step"]) for r in rows_b]
-    for ra, rb in zip(rows_a, rows_b):
+    for ra, rb in zip(rows_a, rows_b, strict=True):
         assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-4), (ra, rb)
         assert rb.get("acc") == pytest.approx(ra.get("acc"), abs=1e-6)
 

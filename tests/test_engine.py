@@ -39,7 +39,7 @@ def test_one_full_batch_step_matches_a_hand_written_step():
     weights = [t for n, t in params.items() if t.ndim >= 2]
     loss = loss + sum(0.01 * w.abs().sum() + 0.05 * (w**2).sum() for w in weights)
     grads = torch.autograd.grad(loss, list(params.values()))
-    expected = {n: t - 0.5 * g for (n, t), g in zip(params.items(), grads)}
+    expected = {n: t - 0.5 * g for (n, t), g in zip(params.items(), grads, strict=True)}
 
     opt = build_optimizer(model, cfg.optimizer, decay_all=False)
     fit(
@@ -64,7 +64,7 @@ def test_training_reduces_the_loss(train):
     summary, run_dir = train(
         "trainer.max_steps=200", "trainer.eval_every=100", "trainer.log_every=50", "optimizer.lr=0.01"
     )
-    rows = [json.loads(l) for l in open(run_dir / "metrics.jsonl")]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train_losses = [r["loss"] for r in rows if r["split"] == "train"]
     assert train_losses[-1] < 0.5 * train_losses[0]
     assert summary["metrics"]["test/acc"] > 0.6  # 4 separable classes: chance is 0.25
@@ -108,6 +108,14 @@ def test_compiled_model_trains_to_the_same_numbers(train):
         "trainer.max_steps=4", "trainer.log_every=1", "trainer.diagnostics=false", "trainer.compile=true"
     )
     assert compiled["status"] == "completed"
-    a = [r["loss"] for r in map(json.loads, open(eager_dir / "metrics.jsonl")) if r["split"] == "train"]
-    b = [r["loss"] for r in map(json.loads, open(compiled_dir / "metrics.jsonl")) if r["split"] == "train"]
+    a = [
+        r["loss"]
+        for r in map(json.loads, (eager_dir / "metrics.jsonl").read_text().splitlines())
+        if r["split"] == "train"
+    ]
+    b = [
+        r["loss"]
+        for r in map(json.loads, (compiled_dir / "metrics.jsonl").read_text().splitlines())
+        if r["split"] == "train"
+    ]
     assert len(a) == 4 and torch.allclose(torch.tensor(a), torch.tensor(b), rtol=1e-4)

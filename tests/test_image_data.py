@@ -167,7 +167,7 @@ def test_cifar_binary_and_python_versions_read_the_same(tmp_path, name, classes)
     write_cifar_python(tmp_path / "py", name, x, y, xt, yt)
     for version in ("bin", "py"):
         loaded = image_sets.load_cifar_set(name, tmp_path / version, fetch=False)
-        for got, want in zip(loaded, (x, y, xt, yt)):
+        for got, want in zip(loaded, (x, y, xt, yt), strict=True):
             np.testing.assert_array_equal(got, want)
     arrays = data.load_arrays(make_cfg(f"data={name}", f"data.root={tmp_path / 'py'}").data)
     assert arrays.x.shape == (100, 3, 32, 32) and arrays.scale.shape == (3, 1, 1)

@@ -86,7 +86,7 @@ def test_cnn2d_and_resnet_train_on_colour_images_with_diagnostics(tmp_path, cifa
             *SMALL,
         )
         assert summary["status"] == "completed", summary["error"]
-        rows = [json.loads(line) for line in open(tmp_path / model / "metrics.jsonl")]
+        rows = [json.loads(line) for line in (tmp_path / model / "metrics.jsonl").read_text().splitlines()]
         first = rows[0]
         layers = 5 if model == "resnet" else 3  # resnet: stem, three stages, head
         assert {f"grad_norm/{i}" for i in range(layers)} <= set(first) and f"grad_norm/{layers}" not in first
@@ -176,7 +176,7 @@ def test_pretraining_data_of_another_shape_is_refused(tmp_path, idx_root, cifar_
 
 def _independent_augment(x: torch.Tensor, flips: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad: int):
     out = []
-    for img, f, r, c in zip(x.numpy(), flips.numpy(), dy.numpy(), dx.numpy()):
+    for img, f, r, c in zip(x.numpy(), flips.numpy(), dy.numpy(), dx.numpy(), strict=True):
         img = img[..., ::-1] if f else img
         padded = np.pad(img, ((0, 0), (pad, pad), (pad, pad)))
         out.append(padded[:, r : r + img.shape[1], c : c + img.shape[2]])

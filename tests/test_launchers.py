@@ -43,7 +43,7 @@ def rows(run_dir: Path) -> list[dict]:
 
 def assert_same_rows(a: list[dict], b: list[dict], rtol: float) -> None:
     assert [(r["split"], r["step"]) for r in a] == [(r["split"], r["step"]) for r in b]
-    for ra, rb in zip(a, b):
+    for ra, rb in zip(a, b, strict=True):
         assert set(ra) == set(rb)
         for key, va in ra.items():
             if isinstance(va, float) and key not in ("elapsed_s", "target/seconds"):
@@ -170,13 +170,13 @@ def test_a_diverging_member_stops_alone(tmp_path):
 def test_per_member_clipping_is_torchs_clipping_of_each_member():
     grads = [torch.randn(3, 4, 5), torch.randn(3, 5)]
     params = [torch.zeros_like(g, requires_grad=True) for g in grads]
-    for p, g in zip(params, grads):
+    for p, g in zip(params, grads, strict=True):
         p.grad = g.clone()
     clip_grad_norm_per_member_(params, 1.0)
     for k in range(3):
         alone = [g[k].clone().requires_grad_() for g in grads]
-        for a, g in zip(alone, grads):
+        for a, g in zip(alone, grads, strict=True):
             a.grad = g[k].clone()
         torch.nn.utils.clip_grad_norm_(alone, 1.0)
-        for a, p in zip(alone, params):
+        for a, p in zip(alone, params, strict=True):
             torch.testing.assert_close(p.grad[k], a.grad)

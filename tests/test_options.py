@@ -120,7 +120,7 @@ def test_option_trains(group, name, train, tmp_path):
     assert summary["stages"][-1]["steps"] == 6
     last = torch.load(run_dir / "weights" / "last.pt", weights_only=True)
     assert any(k.startswith("head.") for k in last)
-    rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert {r["split"] for r in rows} == {"train", "val", "test"}
     stages = [s["stage"] for s in summary["stages"]]
     expected = (

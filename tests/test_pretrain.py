@@ -22,7 +22,7 @@ def _body(state):
 def test_supervised_transfer_writes_both_stages(train):
     summary, run_dir = train(*TRANSFER, "data.n_train=40")
     assert [s["stage"] for s in summary["stages"]] == ["pretrain", "finetune"]
-    rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert {r["stage"] for r in rows} == {"pretrain", "finetune"}
     assert summary["sizes"]["train"] == 40
     pre = torch.load(run_dir / "weights" / "pretrain.pt", weights_only=True)
@@ -91,7 +91,7 @@ def test_a_weights_file_that_carries_code_is_refused(tmp_path):
 
 def test_autoencoder_pretrains_on_reconstruction(train):
     summary, run_dir = train("pretrain=autoencoder", "trainer.max_steps=30", "trainer.eval_every=10")
-    rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     pre = [r for r in rows if r["stage"] == "pretrain" and r["split"] == "train"]
     assert pre and all("acc" not in r for r in pre) and pre[-1]["loss"] < pre[0]["loss"]
     assert summary["stages"][1]["metrics"]["test/acc"] > 0

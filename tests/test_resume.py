@@ -39,7 +39,7 @@ STAGED = [
 
 def comparable(run_dir: Path) -> list[dict]:
     """metrics.jsonl without the timings, which differ from run to run."""
-    rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if k not in ("elapsed_s", "target/seconds")} for r in rows]
 
 
@@ -130,7 +130,9 @@ def test_a_torn_metrics_line_is_ignored_by_resume_and_compare(tmp_path):
     with open(run_dir / "metrics.jsonl", "a") as f:
         f.write('{"stage": "train", "split": "tr')  # a write cut off by SIGKILL
     assert resume(run_dir).returncode == 0
-    rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]  # every line parses again
+    rows = [
+        json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+    ]  # every line parses again
     assert rows[-1]["split"] == "test"
     r = subprocess.run([*CLI, "compare", str(run_dir), "--format", "json"], capture_output=True, text=True)
     assert r.returncode == 0 and json.loads(r.stdout)[0]["status"] == "1 completed"

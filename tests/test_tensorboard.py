@@ -14,7 +14,7 @@ def test_tensorboard_scalars_match_metrics_jsonl(train):
     assert summary["status"] == "completed"
     acc = event_accumulator.EventAccumulator(str(run_dir))
     acc.Reload()
-    rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     val = [r for r in rows if r["split"] == "val"]
     logged = {e.step: e.value for e in acc.Scalars("train/val/acc")}
     assert logged == {r["step"]: pytest.approx(r["acc"]) for r in val}

@@ -36,6 +36,13 @@ ConfigStore.instance().store(
 )
 
 
+def _collect_into(jobs: list[Any]) -> Any:
+    """A task function that, instead of running, appends the job Hydra prepared to `jobs`."""
+    from backprop_lab.cli import current_job
+
+    return lambda cfg: jobs.append(current_job(cfg))
+
+
 def _task_config(config: DictConfig) -> DictConfig:
     task = OmegaConf.create(OmegaConf.to_container(config, resolve=False))
     with read_write(task), open_dict(task):
@@ -72,7 +79,7 @@ class VectorizedLauncher(Launcher):
         return ret
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from backprop_lab.cli import current_job, job_outcome
+        from backprop_lab.cli import job_outcome
         from backprop_lab.members import why_not_batched
         from backprop_lab.train import run_members
 
@@ -111,10 +118,10 @@ class VectorizedLauncher(Launcher):
             shared = " ".join(o for o in filter_overrides(job_overrides[batch[0]]) if not o.startswith("seed="))
             log.info(f"\tone batched model: {names} : {shared} seed={[configs[i].seed for i in batch]}")
             jobs: list[Any] = []
-            prepared = {i: self._run(configs[i], lambda cfg: jobs.append(current_job(cfg))) for i in batch}
+            prepared = {i: self._run(configs[i], _collect_into(jobs)) for i in batch}
             # run_job made each folder and its .hydra/; now train them together
             summaries = run_members(jobs)
-            for i, summary in zip(batch, summaries):
+            for i, summary in zip(batch, summaries, strict=True):
                 prepared[i].return_value = job_outcome(summary)
                 returns[i] = prepared[i]
         return [r for r in returns if r is not None]
