@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -38,21 +38,26 @@ def make_activation(act_cfg: Any) -> nn.Module:
     return ACTIVATIONS[act_cfg["name"]](**kwargs)
 
 
-def _gain_name(act_name: str) -> str:
+Gain = Literal["leaky_relu", "tanh", "sigmoid", "selu", "linear", "relu"]
+_GAINS: dict[str, Gain] = {
+    "leaky_relu": "leaky_relu",
+    "prelu": "leaky_relu",
+    "tanh": "tanh",
+    "sigmoid": "sigmoid",
+    "selu": "selu",
+    "identity": "linear",
+}
+
+
+def _gain_name(act_name: str) -> Gain:
     """The nonlinearity name torch.nn.init.calculate_gain understands for this activation."""
-    return {
-        "leaky_relu": "leaky_relu",
-        "prelu": "leaky_relu",
-        "tanh": "tanh",
-        "sigmoid": "sigmoid",
-        "selu": "selu",
-        "identity": "linear",
-    }.get(act_name, "relu")
+    return _GAINS.get(act_name, "relu")
 
 
 def _he(w: torch.Tensor, act_cfg: Any) -> None:
     slope = act_cfg.get("negative_slope", act_cfg.get("init_slope", 0.0)) or 0.0
-    nonlinearity = "leaky_relu" if _gain_name(act_cfg["name"]) == "leaky_relu" else "relu"
+    leaky = _gain_name(act_cfg["name"]) == "leaky_relu"
+    nonlinearity: Literal["leaky_relu", "relu"] = "leaky_relu" if leaky else "relu"
     nn.init.kaiming_normal_(w, a=slope, nonlinearity=nonlinearity)
 
 

@@ -35,7 +35,8 @@ class Augment:
                 flips.append(torch.rand(batch_size, generator=g, device=xb.device) < 0.5)
             if self.padding:
                 offsets = torch.randint(0, 2 * self.padding + 1, (2, batch_size), generator=g, device=xb.device)
-                dys.append(offsets[0]), dxs.append(offsets[1])
+                dys.append(offsets[0])
+                dxs.append(offsets[1])
 
         def mine(draws: list[torch.Tensor]) -> torch.Tensor:
             return torch.cat([d if part is None else d[part] for d in draws])

@@ -125,7 +125,7 @@ def check_keys(overrides: list[str]) -> str | None:
     ]
     if not plain:
         return None
-    choices = [o.input_line for o in parsed if o.key_or_group in GROUPS]
+    choices = [o.input_line for o in parsed if o.key_or_group in GROUPS and o.input_line is not None]
     try:
         with initialize_config_module(config_module="backprop_lab.configs", version_base="1.3"):
             cfg = compose(config_name="train", overrides=choices)

@@ -116,9 +116,9 @@ class Stat:
     ci_high: float | None
 
 
-def pooled(values: list[float], confidence: float = 0.95) -> Stat:
-    """Mean, sample std and the Student-t confidence interval of the mean."""
-    values = [v for v in values if v is not None and math.isfinite(v)]
+def pooled(measured: list[float | None], confidence: float = 0.95) -> Stat:
+    """Mean, sample std and the Student-t confidence interval of the mean (missing values left out)."""
+    values = [v for v in measured if v is not None and math.isfinite(v)]
     n = len(values)
     if n == 0:
         return Stat(0, None, None, None, None)
@@ -161,11 +161,11 @@ def compare(
     for run in runs:
         groups.setdefault(tuple(run.settings.get(k, "") for k in columns), []).append(run)
     rows = []
-    for key, members in groups.items():
+    for setting, members in groups.items():
         done = [r for r in members if r.status == "completed"]
         rows.append(
             Row(
-                dict(zip(columns, key, strict=True)),
+                dict(zip(columns, setting, strict=True)),
                 members,
                 {m: pooled([r.metrics.get(m) for r in done]) for m in metrics},
             )
@@ -173,12 +173,16 @@ def compare(
     return columns, rows
 
 
+def _mean_or(mean: float | None, missing: float) -> float:
+    return missing if mean is None else mean
+
+
 def sort_rows(rows: list[Row], key: str, metrics: list[str]) -> list[Row]:
     descending = key.startswith("-")
     key = key.lstrip("-")
     if key in metrics:
         missing = math.inf if not descending else -math.inf
-        ordered = sorted(rows, key=lambda r: missing if r.stats[key].mean is None else r.stats[key].mean)
+        ordered = sorted(rows, key=lambda r: _mean_or(r.stats[key].mean, missing))
     else:
         ordered = sorted(rows, key=lambda r: r.setting.get(key, ""))
     return ordered[::-1] if descending else ordered

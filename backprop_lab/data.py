@@ -75,7 +75,7 @@ def cached_arrays(key: str, make: Callable[[], dict[str, np.ndarray]]) -> dict[s
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, **arrays)
+        np.savez(tmp, allow_pickle=False, **arrays)
         os.replace(tmp, path)
     except OSError:
         pass
@@ -345,7 +345,9 @@ def make_split(arrays: Arrays, classes: list[int], cfg: Any, device: Any, n_trai
         dtype = torch.uint8 if a.dtype == np.uint8 else torch.int64 if a.dtype == np.int64 else torch.float32
         return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)
 
-    scale, shift = (None, None) if arrays.scale is None else (tensor(arrays.scale), tensor(arrays.shift))
+    scale = shift = None
+    if arrays.scale is not None and arrays.shift is not None:
+        scale, shift = tensor(arrays.scale), tensor(arrays.shift)
     return Split(
         tensor(x_train),
         tensor(y_train),

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .activations import ACTIVATIONS
+from .members import Members
 
 SATURATING = {"sigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0)}
 NO_DEAD_UNITS = {"identity", "softplus", *SATURATING}  # outputs that are never 0 or not gated
@@ -26,8 +27,8 @@ NO_DEAD_UNITS = {"identity", "softplus", *SATURATING}  # outputs that are never 
 
 def _layers(model: nn.Module) -> tuple[list[nn.Module], nn.Module]:
     """(hidden blocks, output layer) of a Classifier or of the Reconstructor around one."""
-    inner = getattr(model, "classifier", model)
-    last = model.decoder if hasattr(model, "decoder") else inner.head
+    inner: Any = getattr(model, "classifier", model)
+    last: nn.Module = model.get_submodule("decoder") if hasattr(model, "decoder") else inner.head
     return list(inner.blocks), last
 
 
@@ -44,9 +45,9 @@ class Diagnostics:
     """For an ordinary model every value is a scalar tensor; for `members.Members` a vector, one per member."""
 
     def __init__(self, model: nn.Module, act_name: str):
-        self.members = hasattr(model, "member_state")
-        net = model.template[0] if self.members else model
-        named = dict(model.named_members_parameters() if self.members else model.named_parameters())
+        self.members = isinstance(model, Members)
+        net = model.template[0] if isinstance(model, Members) else model
+        named = dict(model.named_members_parameters() if isinstance(model, Members) else model.named_parameters())
         path = {id(m): n for n, m in net.named_modules()}
         blocks, last = _layers(net)
         layers = [*blocks, last]
@@ -66,7 +67,7 @@ class Diagnostics:
     def arm(self) -> None:
         """Capture activation statistics in the next forward pass."""
         self.values = {}
-        if self.members:
+        if isinstance(self.model, Members):
             self.model.capture = self.values  # the hooks run inside vmap: Members hands their values out
         for i, act in enumerate(self.acts):
             self._hooks.append(act.register_forward_hook(self._activation_hook(i)))

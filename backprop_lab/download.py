@@ -63,8 +63,10 @@ def unpack(archive: Path, folder: str, into: Path) -> Path:
                     raise DownloadError(
                         f"{archive} holds {m.name}, which is not a plain file inside the archive; refused"
                     )
-            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # (Python >= 3.11.4)
-            tar.extractall(staging, members=members, **safe)  # every member checked above
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: the standard library checks too
+                tar.extractall(staging, members=members, filter="data")
+            else:
+                tar.extractall(staging, members=members)  # every member checked above
         if not (staging / folder).is_dir():
             raise DownloadError(f"{archive} has no folder {folder}/")
         os.replace(staging / folder, target)

@@ -72,7 +72,7 @@ def evaluate(
         distributed.average_buffers_(model, world)
         part = distributed.shard(total, world)
         x, y = x[part], y[part]
-    loss_sum = x.new_zeros(model.count if members else 1, dtype=torch.float32)
+    loss_sum = x.new_zeros(model.count if isinstance(model, Members) else 1, dtype=torch.float32)
     correct = torch.zeros_like(loss_sum)
     for start in range(0, len(x), chunk):
         xb, yb = prepare(x[start : start + chunk]), y[start : start + chunk]
@@ -126,6 +126,13 @@ def _state(model: nn.Module, k: int) -> dict[str, torch.Tensor]:
     return {name: t.detach().clone() for name, t in model.state_dict().items()}
 
 
+def _tested_weights(best: dict[str, torch.Tensor] | None, result: StageResult) -> dict[str, torch.Tensor]:
+    """The weights a member is tested with: its best; one that never validated keeps its last."""
+    weights = best if best is not None else result.last_state
+    assert weights is not None, "a member stops with its weights recorded (finish)"
+    return weights
+
+
 def fit(
     model: nn.Module,
     split: Split,
@@ -168,7 +175,9 @@ def fit(
     monitor = "loss" if reconstruct else trainer.monitor.split("/", 1)[1]
     sign = -1.0 if monitor == "loss" else 1.0  # internally, higher is better
     if trainer.precision == "bf16":
-        autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16)  # noqa: E731
+        autocast: Callable[[], contextlib.AbstractContextManager[Any]] = lambda: torch.autocast(  # noqa: E731
+            device.type, dtype=torch.bfloat16
+        )
     else:
         autocast = contextlib.nullcontext  # a disabled torch.autocast still costs time every step
     plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
@@ -178,7 +187,7 @@ def fit(
     measured: dict[str, torch.Tensor] = {}
     forward = torch.compile(model) if trainer.compile else model  # same parameters, compiled graph
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]  # each member's data order
-    params = list(model.parameters())
+    params: list[torch.Tensor] = list(model.parameters())
     clip = (
         clip_grad_norm_per_member_
         if isinstance(model, Members)
@@ -187,7 +196,8 @@ def fit(
 
     results = [StageResult(stage=stage, status="completed", steps=0, epochs=0.0, seconds=0.0) for _ in seeds]
     running = list(range(count))  # members still training: not diverged, not stopped early
-    best_score, best_state, evals_since_best = [-math.inf] * count, [None] * count, [0] * count
+    best_score, evals_since_best = [-math.inf] * count, [0] * count
+    best_state: list[dict[str, torch.Tensor] | None] = [None] * count
     loss_sum = torch.zeros(count, device=device)
     correct_sum = torch.zeros(count, device=device)
     seen = 0
@@ -413,9 +423,9 @@ def fit(
     tested = [k for k in range(count) if results[k].status == "completed" and best_state[k] is not None]
     if tested:  # test the weights that validated best
         if isinstance(model, Members):
-            model.load_member_states([best_state[k] or results[k].last_state for k in range(count)])
+            model.load_member_states([_tested_weights(best_state[k], results[k]) for k in range(count)])
         else:
-            model.load_state_dict(best_state[0])
+            model.load_state_dict(_tested_weights(best_state[0], results[0]))
         test = _per_member(
             evaluate(model, split.x_test, split.y_test, reconstruct, autocast, world, prepare=split.prepare), count
         )

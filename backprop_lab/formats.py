@@ -86,11 +86,12 @@ def _check_labels(path: Path, labels: np.ndarray, num_classes: int) -> None:
 
 
 def _numpy_core() -> Any:
+    import importlib
+
     try:
-        import numpy._core.multiarray as multiarray  # NumPy >= 2
-    except ImportError:  # pragma: no cover - NumPy 1.x
-        import numpy.core.multiarray as multiarray
-    return multiarray
+        return importlib.import_module("numpy._core.multiarray")  # NumPy >= 2
+    except ImportError:  # NumPy 1.x
+        return importlib.import_module("numpy.core.multiarray")
 
 
 class _ArraysOnly(pickle.Unpickler):
@@ -171,11 +172,11 @@ def decode_images(files: list[Path], size: tuple[int, int] | None) -> np.ndarray
         except (UnidentifiedImageError, OSError, ValueError) as err:
             raise FormatError(f"{f} could not be read as an image ({type(err).__name__}: {err})") from None
     gray = all(im.mode in ("1", "L", "LA", "I", "I;16", "F") for im in images)
-    arrays = []
+    arrays: list[np.ndarray] = []
     for f, im in zip(files, images, strict=True):
         im = im.convert("L" if gray else "RGB")
         if size is not None:
-            im = im.resize((size[1], size[0]), Image.BILINEAR)  # Pillow takes (width, height)
+            im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)  # Pillow takes (width, height)
         a = np.asarray(im, dtype=np.uint8)
         a = a[None] if gray else a.transpose(2, 0, 1)
         if arrays and a.shape != arrays[0].shape:

@@ -121,7 +121,7 @@ def build_cnn1d(cfg: Any, act_cfg: Any, reg: Any, input_shape: tuple[int, ...], 
 def _image_view(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
     """(C, H, W) for a model of images: data of shape [C, H, W], or [H, W] (one channel)."""
     if len(input_shape) == 2:
-        return (1, *input_shape)  # type: ignore[return-value]
+        return (1, input_shape[0], input_shape[1])
     if len(input_shape) != 3:
         raise ConfigError(
             "model",
@@ -129,7 +129,7 @@ def _image_view(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]
             f"{name} needs images (shape [C, H, W] or [H, W]); this data has shape "
             f"{list(input_shape)}: use model=mlp (or model=cnn1d for sequences)",
         )
-    return input_shape  # type: ignore[return-value]
+    return (input_shape[0], input_shape[1], input_shape[2])
 
 
 def build_cnn2d(cfg: Any, act_cfg: Any, reg: Any, input_shape: tuple[int, ...], num_classes: int) -> Classifier:
@@ -174,18 +174,18 @@ def build_resnet(cfg: Any, act_cfg: Any, reg: Any, input_shape: tuple[int, ...],
         *([nn.BatchNorm2d(w)] if bn else []),
         make_activation(act_cfg),
     ]
-    blocks: list[nn.Module] = [nn.Sequential(*stem)]
+    stages: list[nn.Sequential] = []
     c_in = w
     for stage, width in enumerate((w, 2 * w, 4 * w)):
         layers: list[nn.Module] = []
         for i in range(n):
             layers.append(BasicBlock(c_in, width, 2 if stage > 0 and i == 0 else 1, act_cfg, bn))
             c_in = width
-        blocks.append(nn.Sequential(*layers))
-    blocks[-1].append(nn.AdaptiveAvgPool2d(1))
+        stages.append(nn.Sequential(*layers))
+    stages[-1].append(nn.AdaptiveAvgPool2d(1))
     if reg.dropout > 0:
-        blocks[-1].append(nn.Dropout(reg.dropout))  # dropout before the head
-    return Classifier(blocks, view, 4 * w, num_classes)
+        stages[-1].append(nn.Dropout(reg.dropout))  # dropout before the head
+    return Classifier([nn.Sequential(*stem), *stages], view, 4 * w, num_classes)
 
 
 MODELS = {"mlp": build_mlp, "cnn1d": build_cnn1d, "cnn2d": build_cnn2d, "resnet": build_resnet}

@@ -38,7 +38,8 @@ def is_decayed(name: str, param: nn.Parameter) -> bool:
 
 def param_groups(model: nn.Module, weight_decay: float, decay_all: bool) -> list[dict[str, Any]]:
     """Two groups, so weight decay reaches only the weights unless `decay_all`."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         (decay if decay_all or is_decayed(name, p) else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}]
@@ -48,9 +49,9 @@ def param_groups(model: nn.Module, weight_decay: float, decay_all: bool) -> list
 
 
 def build_optimizer(model: nn.Module, opt_cfg: Any, decay_all: bool) -> torch.optim.Optimizer:
-    kwargs = {k: (tuple(v) if k == "betas" else v) for k, v in dict(opt_cfg).items() if k != "name"}
+    kwargs: dict[str, Any] = {k: (tuple(v) if k == "betas" else v) for k, v in dict(opt_cfg).items() if k != "name"}
     kwargs.update(_FIXED_KWARGS.get(opt_cfg["name"], {}))
-    weight_decay = kwargs.pop("weight_decay", 0.0)
+    weight_decay = float(kwargs.pop("weight_decay", 0.0))
     cls = OPTIMIZERS[opt_cfg["name"]]
     groups = param_groups(model, weight_decay, decay_all)
     try:
@@ -72,10 +73,10 @@ def _fastest(
         try:  # torch's own check, which it would otherwise make only at the first step
             for p in (p for g in groups for p in g["params"]):
                 _device_dtype_check_for_fused(p, cuda_unsupported=cls is torch.optim.Adagrad)
-            return cls(groups, fused=True, **kwargs)
+            return cls(groups, **{**kwargs, "fused": True})
         except (RuntimeError, ValueError):  # not on this device or dtype, or not with these options
             pass
-    return cls(groups, foreach=True, **kwargs)
+    return cls(groups, **{**kwargs, "foreach": True})
 
 
 def _warmup_cosine(warmup: int, total: int, floor: float):

@@ -132,9 +132,10 @@ def pretrain_data(cfg: Any) -> Any:
     data.download and the split settings of the run's data, and pretrain.data_path as its path."""
     from importlib import resources
 
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
     node = OmegaConf.load(str(resources.files("backprop_lab.configs") / "data" / f"{cfg.pretrain.data}.yaml"))
+    assert isinstance(node, DictConfig)  # a data option is a mapping
     for key in ("root", "download", "val_fraction", "split_seed"):
         if key in node and key in cfg.data:
             node[key] = cfg.data[key]
@@ -198,7 +199,9 @@ def plan(cfg: Any, arrays: Arrays, device: torch.device) -> Plan:
         )
     target = make_split(arrays, list(chosen or classes), cfg.data, device, cfg.data.n_train, "data.n_train")
     source = _source_task(cfg, arrays, target, device)
-    first_classes = source.num_classes if cfg.pretrain.name == "supervised" else target.num_classes
+    first_classes = target.num_classes
+    if source is not None and cfg.pretrain.name == "supervised":  # the head first learns the source classes
+        first_classes = source.num_classes
     model = build_model(cfg, target.input_shape, first_classes).to(device)
     if cfg.pretrain.name == "checkpoint":
         load_body(model, load_weights(cfg.pretrain.path), cfg.pretrain.path)

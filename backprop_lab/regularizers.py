@@ -39,7 +39,7 @@ class Regularization:
         self.l2_decay = float(reg.l2) if reg.l2_mode == "decoupled" else 0.0
         self.decay_all = bool(reg.decay_bias_and_norm)
 
-    def _params(self) -> list[nn.Parameter]:
+    def _params(self) -> list[torch.Tensor]:
         # Re-read each time: fine-tuning replaces the head and unfreezes blocks as it goes.
         return [p for n, p in self.model.named_parameters() if p.requires_grad and (self.decay_all or is_decayed(n, p))]
 

@@ -146,7 +146,8 @@ def write_report(
     matplotlib.use("Agg")  # headless: files only
     from matplotlib import pyplot as plt
 
-    plt.rcParams["axes.prop_cycle"] = plt.cycler(color=plt.cm.tab20.colors)  # 20 settings before a colour repeats
+    colors = [plt.get_cmap("tab20")(i) for i in range(20)]  # 20 settings before a colour repeats
+    plt.rcParams["axes.prop_cycle"] = plt.cycler(color=colors)
     warnings.filterwarnings("ignore", message="Tight layout not applied")  # many legend entries: still a valid plot
     runs = find_runs(paths)
     if not runs:

@@ -57,7 +57,7 @@ def init_gradient_ratio(run: Run) -> float | None:
 
 
 def fmt(vals: list[float], digits: int = 3) -> str:
-    s = pooled(vals)
+    s = pooled(list(vals))
     if s.mean is None:
         return "-"
     if s.ci_low is None:
@@ -104,15 +104,17 @@ def activations_sweeps(run_sweep: Callable[..., Path], smoke: bool) -> None:
 
 
 def activations_verdict(runs: list[Run]) -> str:
-    rows, ratio, acc = [], {}, {}
+    rows: list[list[str]] = []
+    ratio: dict[str, list[float]] = {}
+    acc: dict[str, list[float]] = {}
     for act in ACTS:
         for init in ("null", "torch"):
             group = completed(runs, act=act, **{"model.init": init})
             ratios = [v for v in (init_gradient_ratio(r) for r in group) if v]
             if init == "null":
                 ratio[act], acc[act] = ratios, values(group, "test/acc")
-            geo = f"{math.exp(statistics.fmean(math.log(v) for v in ratios)):.2e}" if ratios else "-"
-            rows.append([act, "matched" if init == "null" else "torch default", geo, fmt(values(group, "test/acc"))])
+            shown = f"{math.exp(statistics.fmean(math.log(v) for v in ratios)):.2e}" if ratios else "-"
+            rows.append([act, "matched" if init == "null" else "torch default", shown, fmt(values(group, "test/acc"))])
     out = [
         "### Measurements",
         "",

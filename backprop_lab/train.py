@@ -191,6 +191,8 @@ def resume(run_dir: Path) -> dict[str, Any]:
                 "RUN_DIR", str(run_dir), f"has already finished ({previous['status']}); nothing to resume"
             )
         cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+        if not isinstance(cfg, DictConfig):
+            raise ValueError("its .hydra/config.yaml is not a mapping")
     except ConfigError:
         raise
     except (OSError, ValueError) as err:
@@ -273,7 +275,9 @@ def run_members(
         from .validate import validate
 
         for job in jobs:
-            validate(OmegaConf.to_container(job.cfg, resolve=True), registered_names())
+            values = OmegaConf.to_container(job.cfg, resolve=True)
+            assert isinstance(values, dict)  # the composed config is a mapping
+            validate(values, registered_names())
         import torch
 
         from .data import load_arrays

@@ -36,7 +36,7 @@ def register() -> None:
 
     from hydra.core.config_store import ConfigStore
     from hydra.core.plugins import Plugins
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
     Plugins.instance()  # the scan, once per process: the plugins store their own configs
     store = ConfigStore.instance()
@@ -46,7 +46,8 @@ def register() -> None:
         except ImportError:  # not installed: the CLI says how to install it when it is chosen
             continue
         store.store(group=group, name=f"{name}_schema", node=node, provider="backprop-lab")
-        values = OmegaConf.load(resources.files(__name__) / f"{name}.yaml")
+        values = OmegaConf.load(str(resources.files(__name__) / f"{name}.yaml"))
+        assert isinstance(values, DictConfig)  # our YAML files are mappings
         if target is not None:
             values["_target_"] = target
         store.store(

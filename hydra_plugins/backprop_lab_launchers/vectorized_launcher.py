@@ -45,6 +45,7 @@ def _collect_into(jobs: list[Any]) -> Any:
 
 def _task_config(config: DictConfig) -> DictConfig:
     task = OmegaConf.create(OmegaConf.to_container(config, resolve=False))
+    assert isinstance(task, DictConfig)  # a job's config is a mapping
     with read_write(task), open_dict(task):
         del task["hydra"]
     return task
@@ -52,6 +53,7 @@ def _task_config(config: DictConfig) -> DictConfig:
 
 def _all_but_seed(config: DictConfig) -> str:
     task = OmegaConf.to_container(_task_config(config), resolve=False)
+    assert isinstance(task, dict)
     task.pop("seed", None)
     return json.dumps(task, sort_keys=True, default=str)
 
@@ -75,6 +77,7 @@ class VectorizedLauncher(Launcher):
             job_dir_key="hydra.sweep.dir",
             job_subdir_key="hydra.sweep.subdir",
         )
+        assert self.config is not None, "Hydra calls setup() before launching"
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return ret
 
