@@ -19,14 +19,13 @@ import json
 import platform
 import statistics
 import struct
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from engine_speed import timed  # (benchmarks/ is the script folder: on the path)
 
 HERE = Path(__file__).resolve().parent
 
@@ -64,14 +63,6 @@ def engine_command(preset: str, steps: int, root: Path, run_dir: Path) -> list[s
         "trainer.progress=off",
         f"hydra.run.dir={run_dir}",
     ]
-
-
-def timed(command: list[str]) -> tuple[float, str]:
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(f"failed ({done.returncode}): {' '.join(command)}\n{done.stderr[-2000:]}")
-    return time.perf_counter() - start, done.stdout
 
 
 def main() -> None:

@@ -93,24 +93,31 @@ def test_cnn2d_and_resnet_train_on_colour_images_with_diagnostics(tmp_path, cifa
         assert "dead/0" in first and all(np.isfinite(first[f"grad_norm/{i}"]) for i in range(layers))
 
 
-def test_resnet_frozen_stages_stay_as_pretrained(tmp_path, cifar_root):
+def _resnet_transfer(tmp_path, cifar_root, *overrides: str) -> tuple[dict, dict, dict]:
+    """A small ResNet pretrained on CIFAR-100, fine-tuned on CIFAR-10: (summary, weights after
+    pretraining, weights at the end)."""
+    run_dir = tmp_path / "run"
     summary = run_cfg(
-        tmp_path / "run",
+        run_dir,
         "data=cifar10",
         f"data.root={cifar_root}",
         "model=resnet",
         "model.width=8",
-        "regularizer=batchnorm",
         "pretrain=supervised",
         "pretrain.data=cifar100",
-        "pretrain.steps=6",
-        "pretrain.finetune=freeze",
+        *overrides,
         *SMALL,
     )
     assert summary["status"] == "completed", summary["error"]
     assert [s["stage"] for s in summary["stages"]] == ["pretrain", "finetune"]
-    before = torch.load(tmp_path / "run" / "weights" / "pretrain.pt", weights_only=True)
-    after = torch.load(tmp_path / "run" / "weights" / "last.pt", weights_only=True)
+    before = torch.load(run_dir / "weights" / "pretrain.pt", weights_only=True)
+    return summary, before, torch.load(run_dir / "weights" / "last.pt", weights_only=True)
+
+
+def test_resnet_frozen_stages_stay_as_pretrained(tmp_path, cifar_root):
+    _, before, after = _resnet_transfer(
+        tmp_path, cifar_root, "regularizer=batchnorm", "pretrain.steps=6", "pretrain.finetune=freeze"
+    )
     for key, value in before.items():
         if key.startswith("blocks."):  # weights and batch-norm statistics of every frozen stage
             torch.testing.assert_close(after[key], value, rtol=0, atol=0)
@@ -118,29 +125,11 @@ def test_resnet_frozen_stages_stay_as_pretrained(tmp_path, cifar_root):
 
 
 def test_gradual_unfreezing_goes_stage_by_stage(tmp_path, cifar_root):
-    summary = run_cfg(
-        tmp_path / "run",
-        "data=cifar10",
-        f"data.root={cifar_root}",
-        "model=resnet",
-        "model.width=8",
-        "pretrain=supervised",
-        "pretrain.data=cifar100",
-        "pretrain.steps=4",
-        "pretrain.finetune=gradual",
-        "pretrain.unfreeze_every=4",
-        *SMALL,
+    _, before, after = _resnet_transfer(
+        tmp_path, cifar_root, "pretrain.steps=4", "pretrain.finetune=gradual", "pretrain.unfreeze_every=4"
     )
-    assert summary["status"] == "completed", summary["error"]
-    before = torch.load(tmp_path / "run" / "weights" / "pretrain.pt", weights_only=True)
-    after = torch.load(tmp_path / "run" / "weights" / "last.pt", weights_only=True)
-    changed = [
-        not torch.equal(
-            before[f"blocks.{i}.0.conv1.weight" if i else "blocks.0.0.weight"],
-            after[f"blocks.{i}.0.conv1.weight" if i else "blocks.0.0.weight"],
-        )
-        for i in range(4)
-    ]
+    first_conv = ["blocks.0.0.weight", *(f"blocks.{i}.0.conv1.weight" for i in (1, 2, 3))]
+    changed = [not torch.equal(before[key], after[key]) for key in first_conv]
     assert changed == [False, False, True, True]  # 12 steps, one stage every 4, top first: 3 and 2 trained
 
 
