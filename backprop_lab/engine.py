@@ -58,12 +58,14 @@ def evaluate(
     reconstruct: bool,
     autocast: Any,
     world: World = SINGLE,
-    chunk: int = 8192,
+    chunk: int | None = None,
     prepare: Callable[[torch.Tensor], torch.Tensor] = lambda xb: xb,
 ) -> dict[str, torch.Tensor]:
     """Mean loss (and accuracy) over a whole split, in eval mode, one value per member; tensors, so
     nothing syncs here. Under torchrun each process evaluates its share and the sums are pooled.
-    `prepare` makes a chunk of stored inputs float (Split.prepare)."""
+    `prepare` makes a chunk of stored inputs float (Split.prepare). `chunk` examples are evaluated at
+    a time (default: by input size; on CPU a ResNet-20 evaluates 5000 CIFAR images in 4.7 s in chunks
+    of 256 and in 14 s in chunks of 8192, which overflow the caches)."""
     was_training = model.training
     model.eval()
     members = isinstance(model, Members)
@@ -74,6 +76,8 @@ def evaluate(
         x, y = x[part], y[part]
     loss_sum = x.new_zeros(model.count if isinstance(model, Members) else 1, dtype=torch.float32)
     correct = torch.zeros_like(loss_sum)
+    if chunk is None:
+        chunk = min(8192, max(256, 2**19 // max(1, x[0].numel())))
     for start in range(0, len(x), chunk):
         xb, yb = prepare(x[start : start + chunk]), y[start : start + chunk]
         with autocast():

@@ -70,6 +70,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--mlp-steps", type=int, default=2000)
     parser.add_argument("--resnet-steps", type=int, default=150)
+    parser.add_argument(
+        "--presets", nargs="+", default=["mnist_mlp", "cifar10_resnet20"], choices=["mnist_mlp", "cifar10_resnet20"]
+    )
     args = parser.parse_args()
     print(
         f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
@@ -78,7 +81,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "data"
         write_data(root)
-        for preset, steps in (("mnist_mlp", args.mlp_steps), ("cifar10_resnet20", args.resnet_steps)):
+        steps_of = {"mnist_mlp": args.mlp_steps, "cifar10_resnet20": args.resnet_steps}
+        for preset in args.presets:
+            steps = steps_of[preset]
             wall: dict[str, list[float]] = {"plain": [], "engine": []}
             rate: dict[str, list[float]] = {"plain": [], "engine": []}
             for r in range(args.repeats):
