@@ -138,8 +138,9 @@ def check_keys(overrides: list[str]) -> str | None:
             continue
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(cfg, parent) if parent else cfg
-        if isinstance(node, DictConfig) and leaf in node:
-            continue  # a key whose value is still ??? (required): select() calls it missing
+        # `leaf in node` is False for a key whose value is ??? (required); keys() lists it
+        if isinstance(node, DictConfig) and leaf in node.keys():  # noqa: SIM118
+            continue
         if isinstance(node, DictConfig):
             where = f"'{parent}'" if parent else "the config"
             return f"{key} is not a key of {where}; its keys: {', '.join(str(k) for k in node)}"
