@@ -9,6 +9,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from . import targets
+from .errors import ConfigError
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "leaky_relu": nn.LeakyReLU,
@@ -30,8 +33,55 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 _NOT_KWARGS = {"name", "init"}
 
 
+class FunctionActivation(nn.Module):
+    """An activation given as a function tensor -> tensor (act._target_ naming a function)."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor], **kwargs: Any):
+        super().__init__()
+        self.fn, self.kwargs = fn, kwargs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x, **self.kwargs)
+
+    def extra_repr(self) -> str:
+        return getattr(self.fn, "__qualname__", repr(self.fn))
+
+
+def activation_class(act_cfg: Any) -> type[nn.Module]:
+    """The module class make_activation builds for `act` (the diagnostics find the activations by it)."""
+    if not targets.is_target(act_cfg):
+        return ACTIVATIONS[act_cfg["name"]]
+    target = targets.resolve("act", act_cfg)
+    return target if isinstance(target, type) and issubclass(target, nn.Module) else FunctionActivation
+
+
+def _target_activation(act_cfg: Any) -> nn.Module:
+    """An nn.Module class (its keys are the constructor's arguments), or a function tensor -> tensor
+    (its keys are passed with every call)."""
+    target = targets.resolve("act", act_cfg)
+    if isinstance(target, type) and issubclass(target, nn.Module):
+        return targets.call("act", act_cfg, target)
+    if isinstance(target, type) or not callable(target):
+        raise ConfigError(
+            "act._target_", act_cfg["_target_"], "is not an nn.Module class or a function tensor -> tensor"
+        )
+    module = FunctionActivation(target, **targets.arguments("act", act_cfg))
+    probe = torch.linspace(-3, 3, 8)
+    try:
+        out = module(probe)
+    except Exception as err:
+        raise ConfigError(
+            "act._target_", act_cfg["_target_"], f"failed on a tensor ({type(err).__name__}: {err})"
+        ) from None
+    if not isinstance(out, torch.Tensor) or out.shape != probe.shape:
+        raise ConfigError("act._target_", act_cfg["_target_"], "must return a tensor of its input's shape")
+    return module
+
+
 def make_activation(act_cfg: Any) -> nn.Module:
     """A fresh activation module; every key of `act` but name/init is an argument of its class."""
+    if targets.is_target(act_cfg):
+        return _target_activation(act_cfg)
     kwargs = {k: v for k, v in dict(act_cfg).items() if k not in _NOT_KWARGS}
     if act_cfg["name"] == "prelu":  # learnable slope: torch calls the start value `init`
         kwargs = {"init": kwargs.pop("init_slope", 0.25), **kwargs}

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from . import targets
 from .errors import ConfigError
 
 
@@ -135,32 +136,51 @@ def load_npz(cfg: Any) -> Arrays:
             arrays = {k: f[k] for k in f.files}
     except Exception as err:  # truncated, object arrays…
         raise ConfigError("data.path", cfg.path, f"could not be read as .npz ({type(err).__name__}: {err})") from None
-    for key in ("x", "y"):
-        if key not in arrays:
-            raise ConfigError(
-                "data.path",
-                cfg.path,
-                f"the file has arrays {sorted(arrays)}; it needs x and y (optionally x_test, y_test)",
-            )
+    return arrays_from(arrays, cfg, "data.path", cfg.path)
+
+
+def arrays_from(arrays: dict[str, Any], cfg: Any, key: str, value: Any) -> Arrays:
+    """x, y (and x_test, y_test, else a stratified split by data.test_fraction) as Arrays, checked;
+    images in any layout data.layout allows. `key`=`value` is what an error names."""
+    for name in ("x", "y"):
+        if name not in arrays:
+            raise ConfigError(key, value, f"gave arrays {sorted(arrays)}; it needs x and y (optionally x_test, y_test)")
+    arrays = {k: v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v) for k, v in arrays.items()}
     x, y = arrays["x"], arrays["y"]
     if len(x) != len(y) or y.ndim != 1 or x.ndim < 2:
-        raise ConfigError(
-            "data.path", cfg.path, f"x must be (N, ...) and y (N,) integer labels; got x {x.shape}, y {y.shape}"
-        )
+        raise ConfigError(key, value, f"x must be (N, ...) and y (N,) integer labels; got x {x.shape}, y {y.shape}")
     if "x_test" in arrays and "y_test" in arrays:
         x_test, y_test = arrays["x_test"], arrays["y_test"]
         if len(x_test) != len(y_test) or x_test.shape[1:] != x.shape[1:]:
             raise ConfigError(
-                "data.path",
-                cfg.path,
+                key,
+                value,
                 f"x_test {x_test.shape} and y_test {y_test.shape} must match x {x.shape} "
                 "in shape and each other in length",
             )
         x_train, y_train = x, y
     else:
-        x_train, y_train, x_test, y_test = _split(x, y, cfg.test_fraction, cfg.split_seed)
+        x_train, y_train, x_test, y_test = _split(x, y, cfg.get("test_fraction", 0.2), cfg.split_seed)
     layout = cfg.get("layout", "auto")
     return Arrays(to_nchw(x_train, layout), y_train, to_nchw(x_test, layout), y_test)
+
+
+def load_target(cfg: Any) -> Arrays:
+    """data of the user's own: data._target_(**its keys) returns (x, y, x_test, y_test) or a dict with
+    those keys (x_test / y_test optional), as NumPy arrays or tensors."""
+    target = targets.resolve("data", cfg)
+    if not callable(target):
+        raise ConfigError("data._target_", cfg["_target_"], "is not a function returning arrays")
+    made = targets.call("data", cfg, target)
+    if isinstance(made, (tuple, list)) and len(made) == 4:
+        made = dict(zip(("x", "y", "x_test", "y_test"), made, strict=True))
+    if not isinstance(made, dict):
+        raise ConfigError(
+            "data._target_",
+            cfg["_target_"],
+            f"returned a {type(made).__name__}: return (x, y, x_test, y_test) or a dict",
+        )
+    return arrays_from(made, cfg, "data._target_", cfg["_target_"])
 
 
 def data_root(cfg: Any) -> Path:
@@ -435,8 +455,10 @@ def _check_labels(y: np.ndarray, name: str, key: str, value: Any) -> np.ndarray:
 
 def load_arrays(cfg: Any) -> Arrays:
     """The data set `cfg` names, as loaded, then standardized by `data.standardize` (see standardize)."""
-    arrays = DATASETS[cfg.name](cfg)
+    arrays = load_target(cfg) if targets.is_target(cfg) else DATASETS[cfg.name](cfg)
     key, value = ("data.path", cfg.get("path")) if "path" in cfg else ("data", cfg.name)
+    if targets.is_target(cfg):
+        key, value = "data._target_", cfg["_target_"]
     y, y_test = _check_labels(arrays.y, "y", key, value), _check_labels(arrays.y_test, "y_test", key, value)
     x, x_test = arrays.x, arrays.x_test
     if x.ndim == 3:  # (N, H, W) images from any loader: one channel

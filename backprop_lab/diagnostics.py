@@ -44,7 +44,7 @@ def _weight_name(layer: nn.Module) -> str:
 class Diagnostics:
     """For an ordinary model every value is a scalar tensor; for `members.Members` a vector, one per member."""
 
-    def __init__(self, model: nn.Module, act_name: str):
+    def __init__(self, model: nn.Module, act_name: str, act_class: type[nn.Module] | None = None):
         self.members = isinstance(model, Members)
         net = model.template[0] if isinstance(model, Members) else model
         named = dict(model.named_members_parameters() if isinstance(model, Members) else model.named_parameters())
@@ -55,7 +55,7 @@ class Diagnostics:
         self.weights = [named[f"{path[id(layer)]}.{_weight_name(layer)}"] for layer in layers]
         self.model = model
         self.act_name = act_name
-        act_cls = ACTIVATIONS[act_name]
+        act_cls = act_class or ACTIVATIONS[act_name]
         self.acts = [next(m for m in b.modules() if isinstance(m, act_cls)) for b in blocks]
         self._hooks: list[Any] = []
         self._before: list[torch.Tensor] = []

@@ -154,6 +154,7 @@ def fit(
     noise: float = 0.0,
     on_step: Callable[[int], None] | None = None,
     act_name: str | None = None,
+    act_class: type[nn.Module] | None = None,
     checkpoint: Any = None,
     resume: dict[str, Any] | None = None,
     world: World = SINGLE,
@@ -187,7 +188,7 @@ def fit(
     plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     per_step_scheduler = None if plateau else scheduler
     penalise, decay = regularization.adds_to_loss, regularization.l2_decay > 0
-    diagnostics = Diagnostics(model, act_name) if trainer.diagnostics and act_name else None
+    diagnostics = Diagnostics(model, act_name, act_class) if trainer.diagnostics and act_name else None
     measured: dict[str, torch.Tensor] = {}
     forward = torch.compile(model) if trainer.compile else model  # same parameters, compiled graph
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]  # each member's data order

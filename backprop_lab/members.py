@@ -102,6 +102,26 @@ def why_not_batched(cfg: Any) -> str | None:
     """Why runs of `cfg` that differ only in their seed cannot train as one Members model, or None."""
     if cfg.pretrain.name != "none":
         return f"pretrain={cfg.pretrain.name} trains in stages, with a new head and frozen blocks"
-    if cfg.scheduler.name == "plateau":
+    if cfg.scheduler.get("name") == "plateau":
         return "scheduler=plateau follows each run's own validation score"
+    return why_not_elementwise(cfg)
+
+
+def why_not_elementwise(cfg: Any) -> str | None:
+    """Options of the user's own are batched only where that is known to give each member's own
+    numbers: an optimizer that declares `elementwise: true`, any activation (vmap runs it per member)."""
+    from .optimizers import NOT_ELEMENTWISE
+
+    opt = cfg.optimizer
+    if opt.get("_target_") is not None and not opt.get("elementwise", False):
+        return (
+            f"optimizer {opt['_target_']} is not declared elementwise (its YAML may say `elementwise: true` when "
+            "each element's update depends on that element alone)"
+        )
+    if opt.get("_target_") is None and opt.get("name") in NOT_ELEMENTWISE:
+        return f"optimizer={opt.name} is not elementwise: a stacked tensor would not step as each member's own"
+    if cfg.model.get("_target_") is not None:
+        return f"model {cfg.model['_target_']} is the user's own: not known to stack with torch.func"
+    if cfg.regularizer.get("_target_") is not None:
+        return f"regularizer {cfg.regularizer['_target_']} takes the model, which is one model per run"
     return None

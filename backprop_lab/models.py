@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import targets
 from .activations import init_weights, make_activation
 from .errors import ConfigError
 
@@ -191,11 +192,42 @@ def build_resnet(cfg: Any, act_cfg: Any, reg: Any, input_shape: tuple[int, ...],
 MODELS = {"mlp": build_mlp, "cnn1d": build_cnn1d, "cnn2d": build_cnn2d, "resnet": build_resnet}
 
 
-def build_model(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> Classifier:
+def build_model(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """The model of `cfg.model`, with `cfg.act` inside and the regularizer's dropout / batch norm."""
+    if targets.is_target(cfg.model):
+        return _target_model(cfg, tuple(input_shape), num_classes)
     model = MODELS[cfg.model.name](cfg.model, cfg.act, cfg.regularizer, tuple(input_shape), num_classes)
     init_weights(model, cfg.model.init or cfg.act.init, cfg.act)
     return model
+
+
+def _target_model(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """A model of the user's own: target(input_shape=, num_classes=, act=, **its keys), where `act()`
+    makes a fresh activation module of `cfg.act`. It keeps its own initialisation unless its YAML sets
+    `init`. A Classifier (blocks and a head) can be pretrained, frozen and diagnosed; see has_blocks."""
+    target = targets.resolve("model", cfg.model)
+    if not callable(target):
+        raise ConfigError("model._target_", cfg.model["_target_"], "is not a class or a function")
+    model = targets.call(
+        "model",
+        cfg.model,
+        target,
+        input_shape=input_shape,
+        num_classes=num_classes,
+        act=lambda: make_activation(cfg.act),
+    )
+    if not isinstance(model, nn.Module):
+        raise ConfigError("model._target_", cfg.model["_target_"], f"made a {type(model).__name__}, not an nn.Module")
+    if cfg.model.get("init") is not None:
+        init_weights(model, cfg.model.init, cfg.act)
+    return model
+
+
+def has_blocks(model: nn.Module) -> bool:
+    """Does the model have the shipped models' shape: `blocks` (a list of modules) and a linear `head`?"""
+    return isinstance(getattr(model, "blocks", None), (nn.ModuleList, nn.Sequential)) and isinstance(
+        getattr(model, "head", None), nn.Linear
+    )
 
 
 class Reconstructor(nn.Module):

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.optim.optimizer import _device_dtype_check_for_fused
 
+from . import targets
 from .errors import ConfigError
 
 # Every key of the `optimizer` node except `name` is passed to the class as it is, so
@@ -26,8 +27,14 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "nadam": torch.optim.NAdam,
     "radam": torch.optim.RAdam,
     "adamax": torch.optim.Adamax,
+    "adafactor": torch.optim.Adafactor,  # factored second moments (Shazeer & Stern 2018)
 }
 _FIXED_KWARGS = {"nesterov": {"nesterov": True}}
+_TUPLES = ("betas", "eps")  # YAML lists that torch takes as tuples (Adafactor's eps is a pair)
+# Optimizers whose update of one element depends on others (a factored moment, an orthogonalised
+# matrix): a stacked tensor of several members would not step as each member alone, so the
+# vectorized launcher runs them one by one. A user option says `elementwise: true` to be batched.
+NOT_ELEMENTWISE = ("adafactor", "muon")
 
 
 def is_decayed(name: str, param: nn.Parameter) -> bool:
@@ -49,9 +56,15 @@ def param_groups(model: nn.Module, weight_decay: float, decay_all: bool) -> list
 
 
 def build_optimizer(model: nn.Module, opt_cfg: Any, decay_all: bool) -> torch.optim.Optimizer:
-    kwargs: dict[str, Any] = {k: (tuple(v) if k == "betas" else v) for k, v in dict(opt_cfg).items() if k != "name"}
+    if targets.is_target(opt_cfg):
+        return _target_optimizer(model, opt_cfg, decay_all)
+    kwargs: dict[str, Any] = {
+        k: (tuple(v) if k in _TUPLES and isinstance(v, list) else v) for k, v in dict(opt_cfg).items() if k != "name"
+    }
     kwargs.update(_FIXED_KWARGS.get(opt_cfg["name"], {}))
     weight_decay = float(kwargs.pop("weight_decay", 0.0))
+    if opt_cfg["name"] == "muon":
+        return _muon(model, kwargs, weight_decay, decay_all)
     cls = OPTIMIZERS[opt_cfg["name"]]
     groups = param_groups(model, weight_decay, decay_all)
     try:
@@ -62,6 +75,92 @@ def build_optimizer(model: nn.Module, opt_cfg: Any, decay_all: bool) -> torch.op
         raise ConfigError(
             "optimizer", opt_cfg["name"], f"torch.optim.{cls.__name__} rejected its arguments ({err})"
         ) from None
+
+
+def _target_optimizer(model: nn.Module, opt_cfg: Any, decay_all: bool) -> torch.optim.Optimizer:
+    """An optimizer of the user's own: a torch.optim.Optimizer subclass, or a callable
+    (params, **kwargs) -> optimizer, given our two param groups (no decay on biases and norms)."""
+    target = targets.resolve("optimizer", opt_cfg)
+    if not callable(target):
+        raise ConfigError("optimizer._target_", opt_cfg["_target_"], "is not a class or a function")
+    groups = param_groups(model, float(opt_cfg.get("weight_decay") or 0.0), decay_all)
+    made = targets.call("optimizer", opt_cfg, target, groups)
+    if not isinstance(made, torch.optim.Optimizer):
+        raise ConfigError(
+            "optimizer._target_",
+            opt_cfg["_target_"],
+            f"made a {type(made).__name__}, not a torch.optim.Optimizer (a subclass, or a function returning one)",
+        )
+    return made
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    """optimizer=muon: torch's Muon (momentum, then Newton-Schulz orthogonalisation) for the 2-D
+    weights of the hidden layers, AdamW for everything else (biases, norms, conv filters, the output
+    layer), the recipe of Jordan et al. 2024. With adjust_lr_fn=match_rms_adamw (Liu et al. 2025)
+    one learning rate and one weight decay serve both. `param_groups` are the two optimizers' own
+    groups, so schedulers and the engine set and read the learning rate of both."""
+
+    def __init__(self, muon: torch.optim.Muon, adamw: torch.optim.AdamW):
+        self.muon, self.adamw = muon, adamw
+        self.param_groups = [*muon.param_groups, *adamw.param_groups]
+        self.defaults = dict(adamw.defaults)
+        self._optimizer_step_pre_hooks: dict[int, Any] = {}
+        self._optimizer_step_post_hooks: dict[int, Any] = {}
+
+    @property
+    def state(self) -> Any:  # type: ignore[override]
+        return {**self.muon.state, **self.adamw.state}
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        self.muon.step()
+        self.adamw.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.muon.zero_grad(set_to_none)
+        self.adamw.zero_grad(set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.muon.load_state_dict(state_dict["muon"])
+        self.adamw.load_state_dict(state_dict["adamw"])
+
+
+def _output_layer(model: nn.Module) -> nn.Module | None:
+    """The layer that makes the output: a Classifier's head, an autoencoder's decoder, else the last Linear."""
+    for name in ("decoder", "head"):
+        if isinstance(getattr(model, name, None), nn.Module):
+            return getattr(model, name)
+    return next((m for m in reversed(list(model.modules())) if isinstance(m, nn.Linear)), None)
+
+
+def _muon(model: nn.Module, kwargs: dict[str, Any], weight_decay: float, decay_all: bool) -> MuonWithAdamW:
+    output = _output_layer(model)
+    skip = {id(p) for p in output.parameters()} if output is not None else set()
+    hidden = [p for p in model.parameters() if p.ndim == 2 and id(p) not in skip]
+    if not hidden:
+        raise ConfigError("optimizer", "muon", "the model has no 2-D hidden weights for Muon (use adamw)")
+    muon_keys = ("lr", "momentum", "nesterov", "ns_steps", "adjust_lr_fn")  # (betas and eps are AdamW's)
+    try:
+        muon = torch.optim.Muon(hidden, weight_decay=weight_decay, **{k: kwargs[k] for k in muon_keys if k in kwargs})
+    except (TypeError, ValueError) as err:
+        raise ConfigError("optimizer", "muon", f"torch.optim.Muon rejected its arguments ({err})") from None
+    taken = {id(p) for p in hidden}
+    rest = [
+        {**g, "params": [p for p in g["params"] if id(p) not in taken]}
+        for g in param_groups(model, weight_decay, decay_all)
+    ]
+    adamw = torch.optim.AdamW(
+        [g for g in rest if g["params"]],
+        lr=kwargs["lr"],
+        betas=kwargs.get("betas", (0.9, 0.999)),
+        eps=kwargs.get("eps", 1e-8),
+        foreach=True,
+    )
+    return MuonWithAdamW(muon, adamw)
 
 
 def _fastest(
@@ -89,9 +188,18 @@ def _warmup_cosine(warmup: int, total: int, floor: float):
     return factor
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, sched_cfg: Any, total_steps: int, lr: float):
-    """The schedule of `scheduler`, stepped once per training step (plateau: once per evaluation)."""
+def build_scheduler(optimizer: torch.optim.Optimizer, sched_cfg: Any, total_steps: int):
+    """The schedule of `scheduler`, stepped once per training step (plateau: once per evaluation).
+    A scheduler of the user's own (`_target_`) is called as target(optimizer, **its keys)."""
+    if targets.is_target(sched_cfg):
+        made = targets.call("scheduler", sched_cfg, targets.resolve("scheduler", sched_cfg), optimizer)
+        if not hasattr(made, "step") or not hasattr(made, "state_dict"):
+            raise ConfigError(
+                "scheduler._target_", sched_cfg["_target_"], f"made a {type(made).__name__}, not a torch LR scheduler"
+            )
+        return made
     name = sched_cfg["name"]
+    lr = optimizer.param_groups[0]["lr"]
     S = torch.optim.lr_scheduler
     if name == "constant":
         return None

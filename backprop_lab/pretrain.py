@@ -19,11 +19,12 @@ from typing import Any
 
 import torch
 
+from .activations import activation_class
 from .augment import Augment
 from .data import Arrays, Split, all_classes, make_split
 from .engine import StageResult, fit
 from .errors import ConfigError
-from .models import Classifier, Reconstructor, build_model
+from .models import Classifier, Reconstructor, build_model, has_blocks
 from .optimizers import build_optimizer, build_scheduler
 from .regularizers import Regularization
 
@@ -124,7 +125,7 @@ class Plan:
 
     target: Split
     source: Split | None  # supervised: labelled source task; autoencoder: its inputs
-    model: Classifier
+    model: torch.nn.Module  # a Classifier, or a model of the user's own (which then trains in one stage)
 
 
 def pretrain_data(cfg: Any) -> Any:
@@ -203,9 +204,34 @@ def plan(cfg: Any, arrays: Arrays, device: torch.device) -> Plan:
     if source is not None and cfg.pretrain.name == "supervised":  # the head first learns the source classes
         first_classes = source.num_classes
     model = build_model(cfg, target.input_shape, first_classes).to(device)
+    if cfg.pretrain.name != "none" and not isinstance(model, Classifier):
+        raise ConfigError(
+            "pretrain",
+            cfg.pretrain.name,
+            f"model={cfg.model.name} made a {type(model).__name__}, which has no blocks and head to pretrain, swap "
+            "and freeze: return a backprop_lab.models.Classifier(blocks, input_view, feature_dim, num_classes)",
+        )
+    if cfg.trainer.diagnostics and not has_blocks(model):
+        from .console import err_console
+
+        err_console.print(
+            f"note: no per-layer diagnostics: model={cfg.model.name} made a {type(model).__name__} without "
+            "`blocks` and a linear `head` (a backprop_lab.models.Classifier has both)",
+            markup=False,
+        )
     if cfg.pretrain.name == "checkpoint":
+        assert isinstance(model, Classifier)  # (refused above otherwise)
         load_body(model, load_weights(cfg.pretrain.path), cfg.pretrain.path)
     return Plan(target, source, model)
+
+
+def _network(module: torch.nn.Module) -> torch.nn.Module:
+    """The classifier inside what a stage trains: itself, an autoencoder's, or the members' template."""
+    from .members import Members
+
+    if isinstance(module, Members):
+        return module.template[0]
+    return module.classifier if isinstance(module, Reconstructor) else module
 
 
 def fit_stage(
@@ -228,7 +254,7 @@ def fit_members(
 ) -> list[StageResult]:
     """fit_stage for K members at once (`module` is a members.Members when K > 1)."""
     optimizer = build_optimizer(module, cfg.optimizer, cfg.regularizer.decay_bias_and_norm)
-    scheduler = build_scheduler(optimizer, cfg.scheduler, steps, cfg.optimizer.lr)
+    scheduler = build_scheduler(optimizer, cfg.scheduler, steps)
     augment = Augment(cfg.data.augment, cfg.data.crop_padding) if cfg.data.get("augment") else None
     return fit(
         module,
@@ -242,7 +268,8 @@ def fit_members(
         seeds=seeds,
         logs=logs,
         progress=progress,
-        act_name=cfg.act.name,
+        act_name=cfg.act.name if has_blocks(_network(module)) else None,
+        act_class=activation_class(cfg.act),
         augment=augment,
         **kwargs,
     )
@@ -263,6 +290,23 @@ def run_stages(
     (a checkpoint), the stages before the checkpoint's are skipped: they finished before it.
     `world` (distributed.World) is this process's place under torchrun."""
     name, model, results = cfg.pretrain.name, p.model, []
+    if name == "none":  # one stage: any nn.Module
+        steps = steps_for(cfg.trainer, len(p.target.x_train))
+        result = fit_stage(
+            cfg,
+            model,
+            p.target,
+            "train",
+            steps,
+            log,
+            progress,
+            resume=resume,
+            checkpoint=checkpoint,
+            **({"world": world} if world is not None else {}),
+        )
+        on_stage_end(result, model.state_dict())
+        return [result]
+    assert isinstance(model, Classifier)  # plan() refuses stages for any other model
     shared = {"checkpoint": checkpoint, **({"world": world} if world is not None else {})}
     if name in ("supervised", "autoencoder") and (resume is None or resume["stage"] == "pretrain"):
         assert p.source is not None
@@ -289,14 +333,10 @@ def run_stages(
         on_stage_end(result, model.state_dict())
         if result.status != "completed":
             return results
-    stage = "train"
-    hook = None
-    if name != "none":
-        stage = "finetune"
-        model.new_head(p.target.num_classes)
-        hook = finetune_hook(model, cfg.pretrain.finetune, cfg.pretrain.unfreeze_every)
+    model.new_head(p.target.num_classes)
+    hook = finetune_hook(model, cfg.pretrain.finetune, cfg.pretrain.unfreeze_every)
     steps = steps_for(cfg.trainer, len(p.target.x_train))
-    result = fit_stage(cfg, model, p.target, stage, steps, log, progress, on_step=hook, resume=resume, **shared)
+    result = fit_stage(cfg, model, p.target, "finetune", steps, log, progress, on_step=hook, resume=resume, **shared)
     results.append(result)
     on_stage_end(result, model.state_dict())
     return results

@@ -272,9 +272,11 @@ def run_members(
             summary.update(values)
 
     try:
+        from .targets import complete
         from .validate import validate
 
         for job in jobs:
+            complete(job.cfg, job.choices)
             values = OmegaConf.to_container(job.cfg, resolve=True)
             assert isinstance(values, dict)  # the composed config is a mapping
             validate(values, registered_names())

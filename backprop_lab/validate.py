@@ -109,6 +109,14 @@ nonnegative = number(0)
 probability = number(0, 1, hi_open=True)
 
 
+def epsilon(v: Any) -> str | None:
+    """A positive number, or Adafactor's pair [eps1 or null, eps2]."""
+    if isinstance(v, list):
+        ok = len(v) == 2 and (v[0] is None or positive(v[0]) is None) and positive(v[1]) is None
+        return None if ok else "must be a number > 0, or a pair [eps1 or null, eps2] of numbers > 0"
+    return positive(v)
+
+
 def device_name(v: Any) -> str | None:
     ok = isinstance(v, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v)
     return None if ok else "choose one of: auto, cpu, cuda, cuda:N, mps"
@@ -158,14 +166,21 @@ RULES: dict[str, Rule] = {
 
 # Keys that only some options of a group have, checked wherever they appear.
 GROUP_KNOBS: dict[str, dict[str, Rule]] = {
+    "regularizer": {"weight": nonnegative},
     "optimizer": {
         "lr": positive,
         "weight_decay": nonnegative,
         "momentum": probability,
         "dampening": number(0, 1),
         "betas": betas,
-        "eps": positive,
+        "eps": epsilon,
         "amsgrad": boolean,
+        "nesterov": boolean,
+        "ns_steps": integer(1),
+        "adjust_lr_fn": choice("original", "match_rms_adamw"),
+        "beta2_decay": number(hi=0),
+        "d": positive,
+        "elementwise": boolean,
         "alpha": probability,
         "centered": boolean,
         "lr_decay": nonnegative,
@@ -246,7 +261,8 @@ def _check(key: str, value: Any, rule: Rule) -> None:
 def validate(cfg: dict, names: dict[str, tuple[str, ...]]) -> None:
     """Check a composed config (as a plain dict). `names` maps group -> registered option names."""
     for group, valid in names.items():
-        _check(f"{group}.name", cfg[group].get("name"), choice(*valid))
+        if cfg[group].get("_target_") is None:  # (an option of the user's own names its _target_ instead)
+            _check(f"{group}.name", cfg[group].get("name"), choice(*valid))
     for key, rule in RULES.items():
         _check(key, _get(cfg, key), rule)
     for group, knobs in GROUP_KNOBS.items():

@@ -1,0 +1,123 @@
+"""Options of the user's own: a group's YAML that names `_target_: package.module.Name` instead of a
+shipped name. Its other keys are the arguments (a few, listed per group, are ours: `weight`, `init`,
+`elementwise`). Targets import from installed packages and from the current working directory, so a
+`mylab.py` beside the user's configs works. Every failure is a ConfigError naming the target.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .errors import ConfigError
+
+TARGET = "_target_"
+# Keys of a target option that the lab reads itself, per group; everything else is an argument.
+OWN_KEYS: dict[str, frozenset[str]] = {
+    "optimizer": frozenset({"name", TARGET, "weight_decay", "elementwise"}),
+    "scheduler": frozenset({"name", TARGET}),
+    "act": frozenset({"name", TARGET, "init"}),
+    "regularizer": frozenset({TARGET, "weight", "l1", "l2", "l2_mode", "dropout", "batchnorm", "decay_bias_and_norm"}),
+    "model": frozenset({"name", TARGET, "init"}),
+    "data": frozenset(
+        {
+            "name",
+            TARGET,
+            "standardize",
+            "augment",
+            "crop_padding",
+            "val_fraction",
+            "n_train",
+            "source_classes",
+            "target_classes",
+            "split_seed",
+            "test_fraction",
+            "layout",
+        }
+    ),
+}
+# What a target option leaves out gets the value a shipped option has (set act.init for another init).
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "act": {"init": "he"},
+    "model": {"init": None},
+    "data": {
+        "standardize": "auto",
+        "augment": [],
+        "crop_padding": 4,
+        "val_fraction": 0.1,
+        "n_train": None,
+        "source_classes": None,
+        "target_classes": None,
+        "split_seed": 0,
+        "test_fraction": 0.2,
+        "layout": "auto",
+    },
+}
+GROUPS = tuple(OWN_KEYS)
+
+
+def is_target(node: Any) -> bool:
+    """Does this group's node name a `_target_` (an option of the user's own)?"""
+    return isinstance(node, Mapping) and node.get(TARGET) is not None
+
+
+def arguments(group: str, node: Any) -> dict[str, Any]:
+    """The keys of a target option that go to the target as keyword arguments (lists as lists)."""
+    from omegaconf import OmegaConf
+
+    plain = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
+    assert isinstance(plain, dict)
+    return {str(k): v for k, v in plain.items() if k not in OWN_KEYS[group]}
+
+
+def resolve(group: str, node: Any) -> Any:
+    """The object `node._target_` names. The working directory comes first on the import path, as
+    for `python -m`, so a module beside the user's configs imports."""
+    dotted = str(node[TARGET])
+    module_name, _, attr = dotted.rpartition(".")
+    key = f"{group}._target_"
+    if not module_name:
+        raise ConfigError(key, dotted, "name a module and an object in it, e.g. mylab.MyOptimizer")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # ModuleNotFoundError, or the module's own error while importing
+        raise ConfigError(key, dotted, f"is not importable ({type(err).__name__}: {err})") from None
+    if not hasattr(module, attr):
+        raise ConfigError(key, dotted, f"is not importable (module {module_name} has no {attr})")
+    return getattr(module, attr)
+
+
+def call(group: str, node: Any, target: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """target(*args, **kwargs, **arguments): arguments it does not take are one line naming them."""
+    given = {**arguments(group, node), **kwargs}
+    try:
+        inspect.signature(target).bind(*args, **given)
+    except TypeError as err:
+        raise ConfigError(f"{group}._target_", str(node[TARGET]), f"rejected its arguments ({err})") from None
+    except ValueError:  # no signature to check (some builtins): let the call say
+        pass
+    return target(*args, **given)
+
+
+def complete(cfg: Any, choices: Mapping[str, str]) -> None:
+    """Give each target option a `name` (its file name, the Hydra choice, else the target's last part:
+    summary.json's choices, compare and reports show it) and the lab's keys it left out (DEFAULTS)."""
+    from omegaconf import open_dict
+
+    for group in ("optimizer", "scheduler", "act", "model", "data"):
+        node = cfg.get(group)
+        if not is_target(node):
+            continue
+        with open_dict(node):
+            if node.get("name") is None:
+                node.name = choices.get(group) or str(node[TARGET]).rpartition(".")[2]
+            for key, value in DEFAULTS.get(group, {}).items():
+                if key not in node:
+                    node[key] = value
