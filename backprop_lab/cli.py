@@ -65,6 +65,7 @@ OmegaConf.register_new_resolver(
 # Outcomes of the runs of this process (a sweep runs its jobs here, one after another).
 _unfinished: list[tuple[str, str]] = []
 _refused = False  # a run of this process was refused (bad input)
+last_summary: dict[str, Any] | None = None  # the summary of the last run train_app ran (for api.train)
 
 
 def group_options() -> dict[str, list[str]]:
@@ -169,17 +170,45 @@ def check_plugins(overrides: list[str]) -> str | None:
     return None
 
 
+def compose_train(overrides: list[str], config_dir: str | Path | None = None) -> DictConfig:
+    """The config `backprop-lab train [--config-dir DIR] OVERRIDES` composes (Hydra's errors raised)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    search = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir is not None else []
+    with initialize_config_module(config_module="backprop_lab.configs", version_base="1.3"):
+        return compose(config_name="train", overrides=[*search, *overrides])
+
+
+def check_composition(config_dir: str | Path | None, overrides: list[str]) -> str | None:
+    """What Hydra would refuse in composing the config with the user's own config folder (an unknown
+    option or key), as one line; None when it composes."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        compose_train(overrides, config_dir)
+    except (HydraException, OmegaConfBaseException) as err:
+        return " ".join(str(err).split("Config search path:")[0].split())  # Hydra's message, on one line
+    return None
+
+
 def precheck(args: list[str]) -> str | None:
-    """One-line errors for unknown options and keys, before Hydra starts. Skipped when the user
-    brings configs of their own (--config-dir & co.), which may add options and keys."""
+    """One-line errors for unknown options and keys, before Hydra starts. With the user's own config
+    folder (--config-dir), Hydra composes the config once first and its refusal is made one line."""
     from hydra._internal.utils import get_args_parser
 
     try:
         parsed = get_args_parser().parse_args(args)
     except SystemExit:  # let Hydra report its own usage errors
         return None
-    if parsed.config_dir or parsed.config_path or parsed.config_name:
+    if parsed.config_path or parsed.config_name:
         return None
+    if parsed.config_dir:
+        return check_plugins(parsed.overrides) or (
+            None if parsed.multirun else check_composition(parsed.config_dir, parsed.overrides)
+        )
     return (
         check_plugins(parsed.overrides)
         or check_group_choices(parsed.overrides)
@@ -250,7 +279,9 @@ def train_app(cfg: DictConfig) -> float | None:
     """The Hydra task function: one run into Hydra's output folder; returns the best validation value."""
     from .train import run_members
 
-    return job_outcome(run_members([current_job(cfg)])[0])
+    global last_summary
+    last_summary = run_members([current_job(cfg)])[0]
+    return job_outcome(last_summary)
 
 
 def _on_signals() -> None:

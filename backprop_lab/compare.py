@@ -34,6 +34,8 @@ class Run:
     settings: dict[str, str]  # key -> value as the user wrote it (overrides + choices)
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    seed: int | None = None
+    overrides: list[str] = field(default_factory=list)  # as the user wrote them
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -57,11 +59,20 @@ def read_run(path: Path) -> Run:
     try:
         summary = json.loads((path / "summary.json").read_text())
     except (OSError, json.JSONDecodeError):
-        return Run(path, "unfinished", settings)
+        return Run(path, "unfinished", settings, overrides=[str(o) for o in overrides])
     for group, option in (summary.get("choices") or {}).items():
         settings.setdefault(group, str(option))
     metrics = {k: v for k, v in (summary.get("metrics") or {}).items() if isinstance(v, (int, float))}
-    return Run(path, str(summary.get("status", "unfinished")), settings, metrics, summary.get("error"))
+    seed = summary.get("seed")
+    return Run(
+        path,
+        str(summary.get("status", "unfinished")),
+        settings,
+        metrics,
+        summary.get("error"),
+        seed if isinstance(seed, int) else None,
+        [str(o) for o in overrides],
+    )
 
 
 def find_runs(paths: list[Path]) -> list[Run]:

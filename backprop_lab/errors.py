@@ -5,7 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 
-class ConfigError(ValueError):
+class RefusedError(ValueError):
+    """Bad input, refused before or at the start of a run: `str()` is the one line the CLI prints
+    after `error: `. The Python API (backprop_lab.train) raises it; `run_dir` is the refused run's
+    folder (with its summary.json), when one was made."""
+
+    def __init__(self, message: str, run_dir: str | None = None):
+        super().__init__(message)
+        self.run_dir = run_dir
+
+
+class ConfigError(RefusedError):
     """A setting that cannot work. `str()` is the one line printed to the user."""
 
     def __init__(self, key: str, value: Any, allowed: str):

@@ -81,6 +81,46 @@ def better(a: list[float], b: list[float], higher: bool = True) -> tuple[bool, f
     return bool(test.pvalue < 0.05), float(test.pvalue)
 
 
+def difference(a: list[float], b: list[float], confidence: float = 0.95) -> tuple[float, float, float, float] | None:
+    """mean(a) - mean(b), its Welch confidence interval and the two-sided Welch p-value; None when
+    either side has fewer than 2 values."""
+    a = [v for v in a if v is not None and math.isfinite(v)]
+    b = [v for v in b if v is not None and math.isfinite(v)]
+    if len(a) < 2 or len(b) < 2:
+        return None
+    from scipy import stats
+
+    diff = statistics.fmean(a) - statistics.fmean(b)
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    if va + vb == 0:
+        return diff, diff, diff, 0.0 if diff else 1.0
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))  # Welch-Satterthwaite
+    half = float(stats.t.ppf(0.5 + confidence / 2, df)) * math.sqrt(va + vb)
+    p = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    return diff, diff - half, diff + half, p
+
+
+def candidate_lines(
+    candidate: str, measured: dict[str, list[float]], baselines: list[str], what: str, higher: bool = True
+) -> list[str]:
+    """One verdict line per baseline: the candidate's difference on `what` with its 95% CI and the
+    two-sided Welch p-value, and whether it is better, worse, or not distinguishable at p < 0.05."""
+    lines = []
+    for base in baselines:
+        d = difference(measured.get(candidate, []), measured.get(base, []))
+        if d is None:
+            lines.append(f"- candidate {candidate} vs {base} ({what}): n too small for a test.")
+            continue
+        diff, low, high, p = d
+        better_side = "**better**" if (diff > 0) == higher else "**worse**"
+        outcome = "no difference detected" if p >= 0.05 else better_side
+        lines.append(
+            f"- candidate {candidate} vs {base} ({what}): difference {diff:+.4f} [{low:+.4f}, {high:+.4f}], "
+            f"two-sided Welch p = {p:.3g}: {outcome}."
+        )
+    return lines
+
+
 def mark(holds: bool) -> str:
     return "**holds**" if holds else "**does not hold**"
 
@@ -99,15 +139,16 @@ ACTS = ["sigmoid", "tanh", "relu", "leaky_relu", "gelu", "selu"]
 RELU_FAMILY = ["relu", "leaky_relu", "gelu", "selu"]
 
 
-def activations_sweeps(run_sweep: Callable[..., Path], smoke: bool) -> None:
-    run_sweep("grid", [f"act={','.join(ACTS)}", "model.init=null,torch", f"seed={SEEDS}"])
+def activations_sweeps(run_sweep: Callable[..., Path], smoke: bool, candidate: str | None = None) -> None:
+    acts = [*ACTS, *([candidate] if candidate else [])]  # model.init=null: each activation's own init
+    run_sweep("grid", [f"act={','.join(acts)}", "model.init=null,torch", f"seed={SEEDS}"])
 
 
-def activations_verdict(runs: list[Run]) -> str:
+def activations_verdict(runs: list[Run], candidate: str | None = None) -> str:
     rows: list[list[str]] = []
     ratio: dict[str, list[float]] = {}
     acc: dict[str, list[float]] = {}
-    for act in ACTS:
+    for act in [*ACTS, *([candidate] if candidate else [])]:
         for init in ("null", "torch"):
             group = completed(runs, act=act, **{"model.init": init})
             ratios = [v for v in (init_gradient_ratio(r) for r in group) if v]
@@ -147,6 +188,8 @@ def activations_verdict(runs: list[Run]) -> str:
             f"- Matched init beats torch's default init for {act} ({fmt(matched)} vs {fmt(default)}, {p_text(p)}): "
             f"{mark(holds)}."
         )
+    if candidate:
+        out += candidate_lines(candidate, acc, ACTS, "test/acc, each with its matched init")
     return "\n".join(out)
 
 
@@ -161,10 +204,15 @@ REGULARIZERS = {
 }
 
 
-def regularization_sweeps(run_sweep: Callable[..., Path], smoke: bool) -> None:
-    for reg, strengths in REGULARIZERS.items():
+def regularization_sweeps(run_sweep: Callable[..., Path], smoke: bool, candidate: str | None = None) -> None:
+    for reg, strengths in _regularizers(candidate).items():
         label = reg.strip("[]").replace(",", "+")
         run_sweep(label, [f"regularizer={reg}", *strengths, f"seed={SEEDS}"])
+
+
+def _regularizers(candidate: str | None) -> dict[str, list[str]]:
+    """The study's regularizers, and the candidate at the coefficients of its own YAML."""
+    return {**REGULARIZERS, **({candidate: []} if candidate else {})}
 
 
 def _final_gap(run: Run) -> float | None:
@@ -172,9 +220,9 @@ def _final_gap(run: Run) -> float | None:
     return rows[-1]["gap/acc"] if rows else None
 
 
-def regularization_verdict(runs: list[Run]) -> str:
+def regularization_verdict(runs: list[Run], candidate: str | None = None) -> str:
     gaps, accs, rows = {}, {}, []
-    for reg in REGULARIZERS:
+    for reg in _regularizers(candidate):
         group = [r for r in runs if r.status == "completed" and _reg_choice(r) == reg]
         gaps[reg] = [g for g in (_final_gap(r) for r in group) if g is not None]
         accs[reg] = values(group, "test/acc")
@@ -204,6 +252,9 @@ def regularization_verdict(runs: list[Run]) -> str:
             f"- {reg} reduces overfitting (gap {fmt(gaps[reg])} < none {fmt(gaps['none'])}, {p_text(p_gap)}): "
             f"{mark(narrower)}; raises test accuracy ({p_text(p_acc)}): {mark(higher)}."
         )
+    if candidate:
+        out += candidate_lines(candidate, accs, list(REGULARIZERS), "test/acc")
+        out += candidate_lines(candidate, gaps, list(REGULARIZERS), "train - val accuracy gap", higher=False)
     return "\n".join(out)
 
 
@@ -216,12 +267,13 @@ LR_GRID = ["0.0003", "0.001", "0.003", "0.01", "0.03", "0.1", "0.3"]
 ADAPTIVE = ["adam", "rmsprop", "adagrad"]
 
 
-def optimizers_sweeps(run_sweep: Callable[..., Path], smoke: bool) -> None:
+def optimizers_sweeps(run_sweep: Callable[..., Path], smoke: bool, candidate: str | None = None) -> None:
     grid = LR_GRID[2:4] if smoke else LR_GRID
+    optimizers = [*OPTIMIZERS, *([candidate] if candidate else [])]  # the candidate's lr: the same search
     search = run_sweep(
         "lr_search",
         [
-            f"optimizer={','.join(OPTIMIZERS)}",
+            f"optimizer={','.join(optimizers)}",
             f"optimizer.lr={','.join(grid)}",
             "seed=100",
             "trainer.max_steps=1000" if not smoke else "trainer.max_steps=8",
@@ -229,7 +281,7 @@ def optimizers_sweeps(run_sweep: Callable[..., Path], smoke: bool) -> None:
         note="learning-rate search: one seed (100, not used below), 1000 steps, best val/acc wins",
     )
     runs = find_runs([search])
-    for opt in OPTIMIZERS:
+    for opt in optimizers:
         tried = [
             (r.metrics.get("val/acc", -1.0), r.settings.get("optimizer.lr")) for r in completed(runs, optimizer=opt)
         ]
@@ -237,12 +289,12 @@ def optimizers_sweeps(run_sweep: Callable[..., Path], smoke: bool) -> None:
         run_sweep(f"final_{opt}", [f"optimizer={opt}", f"optimizer.lr={lr}", f"seed={SEEDS}"])
 
 
-def optimizers_verdict(runs: list[Run]) -> str:
+def optimizers_verdict(runs: list[Run], candidate: str | None = None) -> str:
     final = [r for r in runs if "lr_search" not in str(r.path)]
     last_steps = [train_row(r, -1).get("step", 0) for r in final if r.status == "completed"]
     probe = 1000 if last_steps and min(last_steps) >= 1000 else min(last_steps, default=0)
     loss, steps, acc, rows = {}, {}, {}, []
-    for opt in OPTIMIZERS:
+    for opt in [*OPTIMIZERS, *([candidate] if candidate else [])]:
         group = completed(final, optimizer=opt)
         lr = group[0].settings.get("optimizer.lr", "-") if group else "-"
         loss[opt] = [v for v in (row_at(r, "train", probe, "loss") for r in group) if v is not None]
@@ -280,6 +332,9 @@ def optimizers_verdict(runs: list[Run]) -> str:
             f"- {opt} converges faster than sgd (lower train loss at step {probe}: {fmt(loss.get(opt, []), 4)} vs "
             f"{fmt(loss.get('sgd', []), 4)}, {p_text(p)}): {mark(faster)}."
         )
+    if candidate:
+        out += candidate_lines(candidate, loss, OPTIMIZERS, f"train loss at step {probe}", higher=False)
+        out += candidate_lines(candidate, acc, OPTIMIZERS, "test/acc")
     return "\n".join(out)
 
 
@@ -293,7 +348,7 @@ STRATEGIES = [
 ]
 
 
-def pretraining_sweeps(run_sweep: Callable[..., Path], smoke: bool) -> None:
+def pretraining_sweeps(run_sweep: Callable[..., Path], smoke: bool, candidate: str | None = None) -> None:
     budgets = f"data.n_train={','.join(SMOKE_BUDGETS if smoke else BUDGETS)}"
     short = ["pretrain.steps=8"] if smoke else []
     run_sweep("scratch", ["pretrain=none", budgets, f"seed={SEEDS}"])
@@ -301,7 +356,7 @@ def pretraining_sweeps(run_sweep: Callable[..., Path], smoke: bool) -> None:
     run_sweep("autoencoder", ["pretrain=autoencoder", "pretrain.finetune=full", budgets, f"seed={SEEDS}", *short])
 
 
-def pretraining_verdict(runs: list[Run]) -> str:
+def pretraining_verdict(runs: list[Run], candidate: str | None = None) -> str:
     acc: dict[tuple[str, str], list[float]] = {}
     budgets = sorted({r.settings["data.n_train"] for r in runs if "data.n_train" in r.settings}, key=int)
     for name, settings in STRATEGIES:
@@ -359,8 +414,9 @@ def pretraining_verdict(runs: list[Run]) -> str:
 @dataclass
 class Study:
     claim: str
-    sweeps: Callable[[Callable[..., Path], bool], None]
-    verdict: Callable[[list[Run]], str]
+    sweeps: Callable[[Callable[..., Path], bool, str | None], None]
+    verdict: Callable[[list[Run], str | None], str]
+    group: str | None  # the config group of a --candidate (None: the study takes none)
 
 
 STUDIES: dict[str, Study] = {
@@ -368,27 +424,62 @@ STUDIES: dict[str, Study] = {
         "Saturating activations starve early layers of gradient; ReLU-family activations fix it.",
         activations_sweeps,
         activations_verdict,
+        "act",
     ),
     "regularization": Study(
         "Regularizers (L1, L2, dropout, batch norm, combined) reduce overfitting.",
         regularization_sweeps,
         regularization_verdict,
+        "regularizer",
     ),
     "optimizers": Study(
-        "Adaptive optimizers (Adam, RMSprop, Adagrad) converge faster than SGD.", optimizers_sweeps, optimizers_verdict
+        "Adaptive optimizers (Adam, RMSprop, Adagrad) converge faster than SGD.",
+        optimizers_sweeps,
+        optimizers_verdict,
+        "optimizer",
     ),
-    "pretraining": Study("Pretraining and transfer help when labels are few.", pretraining_sweeps, pretraining_verdict),
+    "pretraining": Study(
+        "Pretraining and transfer help when labels are few.", pretraining_sweeps, pretraining_verdict, None
+    ),
 }
 
 # --smoke: the same sweeps in miniature, for tests (a few steps on a small MNIST-1D)
 SMOKE = ["trainer.max_steps=8", "trainer.eval_every=4", "trainer.log_every=4", "data.num_samples=1000"]
 
 
+def candidate_problem(study: str, candidate: str, config_dir: Path | None) -> str | None:
+    """Why `--candidate GROUP=OPTION` cannot join this study, as one line; None when it can."""
+    from .cli import check_composition, compose_train
+
+    group, _, option = candidate.partition("=")
+    wanted = STUDIES[study].group
+    if wanted is None:
+        return f"--candidate: study {study} takes no candidate (activations, optimizers and regularization do)"
+    if group != wanted or not option or "," in option:
+        return f"--candidate={candidate} is not valid: study {study} takes one option of '{wanted}', e.g. {wanted}=mine"
+    problem = check_composition(config_dir, [candidate])
+    if problem:
+        return f"--candidate={candidate}: {problem}"
+    if study == "optimizers" and "lr" not in compose_train([candidate], config_dir).optimizer:
+        return f"--candidate={candidate}: its YAML has no lr, which the optimizers study tunes (add lr: 0.001)"
+    return None
+
+
 def run_study(
-    name: str, out: Path, extra: list[str], smoke: bool, report_only: bool = False, launcher: str = "vectorized"
+    name: str,
+    out: Path,
+    extra: list[str],
+    smoke: bool,
+    report_only: bool = False,
+    launcher: str = "vectorized",
+    candidate: str | None = None,
+    config_dir: Path | None = None,
 ) -> Path:
     """Run the study's sweeps into `out` (unless `report_only`), then write its report there.
-    The vectorized launcher trains each setting's seeds as one batched model."""
+    The vectorized launcher trains each setting's seeds as one batched model. `candidate`
+    (GROUP=OPTION, shipped or from `config_dir`) joins the study under its protocol."""
+    import json
+
     from .report import write_report
 
     study = STUDIES[name]
@@ -396,6 +487,14 @@ def run_study(
     commands: list[str] = []
     commands_file = out / "commands.md"
     started = time.time()
+    setup = out / "study.json"  # what --report-only needs to recompute the same verdict
+    if report_only and setup.is_file():
+        saved = json.loads(setup.read_text())
+        candidate = candidate or saved.get("candidate")
+    elif not report_only:
+        setup.write_text(json.dumps({"study": name, "candidate": candidate, "config_dir": str(config_dir or "")}))
+    option = candidate.partition("=")[2] if candidate else None
+    own = ["--config-dir", str(config_dir.resolve())] if config_dir is not None else []
 
     def run_sweep(label: str, overrides: list[str], note: str | None = None) -> Path:
         folder = out / label
@@ -405,6 +504,7 @@ def run_study(
         args = [
             "train",
             "-m",
+            *own,
             f"hydra/launcher={launcher}",
             f"experiment=study_{name}",
             *overrides,
@@ -428,11 +528,12 @@ def run_study(
     if report_only:
         commands = commands_file.read_text().splitlines() if commands_file.is_file() else []
     else:
-        study.sweeps(run_sweep, smoke)
+        study.sweeps(run_sweep, smoke, option)
     runs = find_runs([out])
     wall = "" if report_only else f"\n\nWall time of the sweeps: {time.time() - started:.0f} s."
+    entered = f"**Candidate:** `{candidate}`, under the study's own protocol.\n\n" if candidate else ""
     verdict = (
-        f"**Claim:** {study.claim}\n\n{study.verdict(runs)}\n\n### Sweeps (Hydra multiruns)\n\n"
+        f"**Claim:** {study.claim}\n\n{entered}{study.verdict(runs, option)}\n\n### Sweeps (Hydra multiruns)\n\n"
         + "\n".join(commands)
         + wall
     )
@@ -447,6 +548,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--smoke", action="store_true", help="a miniature of the same sweeps (a few steps each)")
     parser.add_argument("--report-only", action="store_true", help="recompute the report of an existing --out folder")
     parser.add_argument(
+        "--candidate",
+        metavar="GROUP=OPTION",
+        help="an option to put against the study's baselines: act=, optimizer= or regularizer= (yours: --config-dir)",
+    )
+    parser.add_argument("--config-dir", type=Path, help="a folder of your own options (as for train --config-dir)")
+    parser.add_argument(
         "--launcher",
         default="vectorized",
         choices=["vectorized", "basic", "joblib"],
@@ -459,9 +566,25 @@ def main(argv: list[str]) -> int:
     if args.report_only and (args.out is None or not args.out.is_dir()):
         print("error: --report-only needs --out, an existing study folder", file=sys.stderr)
         return 2
+    if args.config_dir is not None and not args.config_dir.is_dir():
+        print(f"error: --config-dir={args.config_dir} is not a folder", file=sys.stderr)
+        return 2
+    problem = candidate_problem(args.name, args.candidate, args.config_dir) if args.candidate else None
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     out = args.out or Path("studies") / args.name / time.strftime("%Y-%m-%d_%H-%M-%S")
     try:
-        report = run_study(args.name, out, args.overrides, args.smoke, args.report_only, args.launcher)
+        report = run_study(
+            args.name,
+            out,
+            args.overrides,
+            args.smoke,
+            args.report_only,
+            args.launcher,
+            args.candidate,
+            args.config_dir,
+        )
     except FileNotFoundError:
         print(f"error: the study's sweeps made no runs; their logs are in {out}", file=sys.stderr)
         return 1
