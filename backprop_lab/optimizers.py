@@ -28,6 +28,7 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "radam": torch.optim.RAdam,
     "adamax": torch.optim.Adamax,
     "adafactor": torch.optim.Adafactor,  # factored second moments (Shazeer & Stern 2018)
+    "muon": torch.optim.Muon,  # on the hidden 2-D weights, AdamW on the rest: MuonWithAdamW
 }
 _FIXED_KWARGS = {"nesterov": {"nesterov": True}}
 _TUPLES = ("betas", "eps")  # YAML lists that torch takes as tuples (Adafactor's eps is a pair)
