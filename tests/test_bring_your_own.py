@@ -27,7 +27,7 @@ from backprop_lab.train import GROUPS, run
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 # A user's module beside their configs: a model that is a Classifier, one that is not, and bad data.
-EXTRA_CODE = '''
+EXTRA_CODE = """
 
 from backprop_lab.models import Classifier
 
@@ -39,7 +39,7 @@ def body_and_head(input_shape, num_classes, act, width=16):
 
 def not_arrays():
     return "x.npy"
-'''
+"""
 
 CONFIGS = {
     "optimizer/torch_sgd.yaml": "_target_: torch.optim.SGD\nlr: 0.05\nmomentum: 0.0\nweight_decay: 0.0\n",
@@ -123,7 +123,10 @@ def test_user_optimizer_activation_and_regularizer_through_config_dir(lab):
 @pytest.mark.parametrize(
     "option,message",
     [
-        ("optimizer=ghost", "optimizer._target_=mylab.Ghost is not valid: is not importable (module mylab has no Ghost)"),
+        (
+            "optimizer=ghost",
+            "optimizer._target_=mylab.Ghost is not valid: is not importable (module mylab has no Ghost)",
+        ),
         ("optimizer=nomodule", "optimizer._target_=nomodule.Opt is not valid: is not importable (ModuleNotFoundError"),
         ("optimizer=wrong_kind", "optimizer._target_=builtins.dict is not valid: made a dict, not a torch.optim.Opt"),
         ("optimizer=bad_args", "optimizer._target_=mylab.SignSGD is not valid: rejected its arguments (got an unexp"),
