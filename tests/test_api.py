@@ -71,7 +71,7 @@ def test_train_and_load_runs_from_python(tmp_path):
         out["columns"]
     )
     records = {Path(r["run_dir"]).name: r for r in out["records"]}
-    assert {"api", "api_sgd", "by_cli", "refused_range"} <= set(records)
+    assert {"api", "api_sgd", "refused_range"} <= set(records)
     assert records["api"]["seed"] == 3 and records["api"]["optimizer"] == "adam"
     assert records["api_sgd"]["optimizer"] == "sgd" and records["refused_range"]["status"] == "failed"
     assert math.isclose(records["api"]["test/acc"], summary["metrics"]["test/acc"])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 from test_cli import EXE
@@ -10,8 +12,9 @@ from test_cli import EXE
 from backprop_lab.compare import find_runs
 from backprop_lab.studies import better
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 EXPECTED = {
-    "activations": ("Saturating activations starve early layers", 36),
+    "activations": ("Saturating activations starve early layers", 36 + 6),  # + the candidate, 2 inits x 3 seeds
     "regularization": ("reduces overfitting", 18),
     "optimizers": ("converges faster than sgd", 14 + 21),
     "pretraining": ("beats scratch", 36),
@@ -21,9 +24,17 @@ EXPECTED = {
 @pytest.mark.parametrize("name", list(EXPECTED))
 def test_study_in_miniature(tmp_path, name):
     out = tmp_path / name
-    r = subprocess.run([EXE, "study", name, "--smoke", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    # the activations study takes a candidate of the user's own: examples/mylab.py's squareplus
+    shutil.copy(EXAMPLES / "mylab.py", tmp_path)
+    candidate = ["--candidate", "act=squareplus", "--config-dir", str(EXAMPLES / "configs")]
+    args = [EXE, "study", name, "--smoke", "--out", str(out), *(candidate if name == "activations" else [])]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     report = (out / "report.md").read_text()
+    if name == "activations":
+        lines = [line for line in report.splitlines() if line.startswith("- candidate squareplus vs ")]
+        assert len(lines) == 6 and all("two-sided Welch p = " in line or "n too small" in line for line in lines)
+        assert "| squareplus | matched |" in report
     phrase, n_runs = EXPECTED[name]
     assert (
         phrase in report
@@ -47,6 +58,24 @@ def test_verdict_statistics_say_no_when_the_data_say_no():
 def test_unknown_study_is_one_line(tmp_path):
     r = subprocess.run([EXE, "study", "dropout"], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.startswith("error: study 'dropout' does not exist; choose one of:")
+
+
+@pytest.mark.parametrize(
+    "study,candidate,message",
+    [
+        (
+            "activations",
+            "optimizer=adam",
+            "error: --candidate=optimizer=adam is not valid: study activations takes one",
+        ),
+        ("optimizers", "optimizer=nope", "error: --candidate=optimizer=nope: In 'train': Could not find 'optimizer/no"),
+        ("pretraining", "act=relu", "error: --candidate: study pretraining takes no candidate"),
+    ],
+)
+def test_a_bad_candidate_is_one_line(tmp_path, study, candidate, message):
+    r = subprocess.run([EXE, "study", study, "--candidate", candidate], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.startswith(message) and r.stderr.count("\n") == 1
+    assert not (tmp_path / "studies").exists()
 
 
 def test_pretraining_study_across_data_sets(tmp_path):
