@@ -39,7 +39,7 @@ def test_study_in_miniature(tmp_path, name):
     assert (
         phrase in report
         and "### Verdict" in report
-        and "backprop-lab train -m hydra/launcher=vectorized experiment=study_" in report
+        and "hydra/launcher=vectorized experiment=study_" in report
     )
     verdicts = [line for line in report.splitlines() if line.startswith("- ") and "hold" in line]
     assert verdicts and all("**holds**" in v or "**does not hold**" in v for v in verdicts)
