@@ -137,6 +137,347 @@ def _tested_weights(best: dict[str, torch.Tensor] | None, result: StageResult) -
     return weights
 
 
+@dataclass
+class LoopState:
+    """What the training loop carries from one step to the next, for K members (a vector entry or a
+    list item each). A checkpoint holds one member's slice of it (`member`), and `restore` puts such a
+    slice back into a one-member state: a field added here is saved and resumed with nothing else to
+    change."""
+
+    loss_sum: torch.Tensor  # [K] the train window's summed losses, on the device
+    correct_sum: torch.Tensor  # [K] and its correct predictions
+    generators: list[torch.Generator]  # each member's data order (and augmentation) stream
+    best_score: list[float]  # the best monitored value so far, higher is better
+    best_state: list[dict[str, torch.Tensor] | None]  # the weights that scored it
+    evals_since_best: list[int]  # for early stopping
+    step: int = 0
+    seen: int = 0  # steps in the current train window
+    order: torch.Tensor | None = None  # [K, n] this epoch's data order
+    batch: int = 0  # the next batch of that order
+    elapsed_before: float = 0.0  # seconds trained before a resume
+
+    @classmethod
+    def fresh(cls, seeds: list[int], device: torch.device) -> LoopState:
+        count = len(seeds)
+        return cls(
+            loss_sum=torch.zeros(count, device=device),
+            correct_sum=torch.zeros(count, device=device),
+            generators=[torch.Generator(device=device).manual_seed(s) for s in seeds],
+            best_score=[-math.inf] * count,
+            best_state=[None] * count,
+            evals_since_best=[0] * count,
+        )
+
+    def member(self, k: int) -> dict[str, Any]:
+        """Member k's slice, as the checkpoint of an ordinary one-member run stores it."""
+        assert self.order is not None, "a checkpoint is taken inside an epoch"
+        return {
+            "step": self.step,
+            "batch": self.batch,
+            "order": self.order[k],
+            "seen": self.seen,
+            "generator": self.generators[k].get_state(),
+            "loss_sum": self.loss_sum[k : k + 1],
+            "correct_sum": self.correct_sum[k : k + 1],
+            "best_score": self.best_score[k],
+            "best_state": self.best_state[k],
+            "evals_since_best": self.evals_since_best[k],
+        }
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Continue a one-member state from a checkpoint's slice."""
+        device = self.loss_sum.device
+        self.step, self.seen, self.batch = saved["step"], saved["seen"], saved["batch"]
+        self.order = saved["order"].to(device)[None]
+        self.generators[0].set_state(saved["generator"])
+        self.loss_sum.copy_(saved["loss_sum"]), self.correct_sum.copy_(saved["correct_sum"])
+        self.best_score[0], self.best_state[0] = saved["best_score"], saved["best_state"]
+        self.evals_since_best[0] = saved["evals_since_best"]
+        self.elapsed_before = saved["elapsed_s"]
+
+
+class Stage:
+    """One stage's training: the settings `fit` was given, what follows from them, the loop state and
+    each member's result. Its methods are the parts of the loop that `fit` runs top to bottom."""
+
+    # what fit was given (see fit)
+    stage: str
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    regularization: Regularization
+    trainer: Any
+    max_steps: int
+    logs: list[Any]
+    progress: Any
+    reconstruct: bool
+    noise: float
+    on_step: Callable[[int], None] | None
+    act_name: str | None
+    act_class: type[nn.Module] | None
+    checkpoint: Any
+    world: World
+    augment: Augment | None
+
+    def __init__(self, model: nn.Module, split: Split, seeds: list[int], **settings: Any):
+        self.model, self.split, self.count = model, split, len(seeds)
+        self.__dict__.update(settings)  # stage, optimizer, scheduler, regularization, trainer, ... (see fit)
+        trainer, world, device = self.trainer, self.world, split.x_train.device
+        self.device = device
+        n = len(split.x_train)
+        batch_size = min(trainer.batch_size, n)
+        self.batch_size = batch_size - batch_size % world.size  # (a small split: still equal slices)
+        self.batches_per_epoch = n // self.batch_size  # drop the ragged last batch: constant shapes
+        # under torchrun this process takes its slice of every global batch (validated: batch_size % size == 0)
+        self.my_slice = slice(
+            world.rank * self.batch_size // world.size, (world.rank + 1) * self.batch_size // world.size
+        )
+        self.monitor = "loss" if self.reconstruct else trainer.monitor.split("/", 1)[1]
+        self.sign = -1.0 if self.monitor == "loss" else 1.0  # internally, higher is better
+        self.plateau = isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+        self.per_step_scheduler = None if self.plateau else self.scheduler
+        self.diagnostics = (
+            Diagnostics(model, self.act_name, self.act_class) if trainer.diagnostics and self.act_name else None
+        )
+        self.measured: dict[str, torch.Tensor] = {}
+        self.forward = torch.compile(model) if trainer.compile else model  # same parameters, compiled graph
+        self.params: list[torch.Tensor] = list(model.parameters())
+        self.state = LoopState.fresh(seeds, device)
+        self.results = [
+            StageResult(stage=self.stage, status="completed", steps=0, epochs=0.0, seconds=0.0) for _ in seeds
+        ]
+        self.running = list(range(self.count))  # members still training: not diverged, not stopped early
+        self.checkpoints = self.checkpoint if isinstance(self.checkpoint, list) else [self.checkpoint]  # one per member
+        self.start = time.perf_counter()
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.trainer.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()  # a disabled torch.autocast still costs time every step
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start + self.state.elapsed_before
+
+    # ------------------------------------------------------------------ resume and checkpoints
+    def restore(self, resume: dict[str, Any]) -> None:
+        """Continue from a checkpoint (a single model): weights, optimizer, schedule, RNG, loop state."""
+        self.model.load_state_dict(resume["model"])
+        self.optimizer.load_state_dict(resume["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(resume["scheduler"])
+        self.state.restore(resume)
+        r = self.results[0]
+        r.last_train, r.best, r.best_step, r.target = (
+            resume["last_train"],
+            resume["best"],
+            resume["best_step"],
+            resume["target"],
+        )
+        torch.set_rng_state(resume["torch_rng"])  # dropout masks and input noise go on as they would have
+        if self.device.type == "cuda":
+            torch.cuda.set_rng_state(resume["cuda_rng"], self.device)
+        if self.on_step is not None:
+            self.on_step(self.state.step)  # e.g. the blocks gradual fine-tuning had unfrozen by then
+        if resume.get("finished") is not None:
+            self.finish(0, **resume["finished"])  # a member that had stopped (early, or diverged) before its group
+
+    def snapshot(self, k: int) -> dict[str, Any]:
+        """Everything member k (a single model: k = 0) needs to continue after this step, as an ordinary
+        run; a member that has stopped keeps its weights and outcome from then."""
+        r, stopped, count = self.results[k], k not in self.running, self.count
+        optimizer_state = self.optimizer.state_dict()
+        return {
+            "stage": self.stage,
+            **self.state.member(k),
+            **({"step": r.steps} if stopped else {}),
+            "torch_rng": torch.get_rng_state(),
+            **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
+            "model": r.last_state if stopped else _state(self.model, k) if count > 1 else self.model.state_dict(),
+            "optimizer": _member_optimizer_state(optimizer_state, k) if count > 1 else optimizer_state,
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "last_train": r.last_train,
+            "best": r.best,
+            "best_step": r.best_step,
+            "target": r.target,
+            "elapsed_s": r.seconds if stopped else self.elapsed(),
+            "finished": {"status": r.status, "stopped_early": r.stopped_early} if stopped else None,
+        }
+
+    def checkpoint_or_stop(self) -> None:
+        """A periodic checkpoint when due; on Ctrl-C / SIGTERM, a checkpoint and KeyboardInterrupt."""
+        interrupted, step = interrupts.requested, self.state.step
+        if self.world.active:  # all processes stop at the same step, or the others would wait forever
+            interrupted = step % distributed.INTERRUPT_CHECK_EVERY == 0 and distributed.any_(interrupted, self.device)
+        periodic = self.checkpoints[0]  # (all members' are due at the same steps)
+        if interrupted or (periodic is not None and periodic.due(step)):
+            if periodic is not None:
+                for k, member_checkpoint in enumerate(self.checkpoints):
+                    member_checkpoint.save(self.snapshot(k))
+            if interrupted:
+                raise KeyboardInterrupt
+
+    def finish(self, k: int, **outcome: Any) -> None:
+        """Member k trains no more: record where it stopped and the weights it stopped with."""
+        r = self.results[k]
+        r.steps, r.epochs, r.seconds = self.state.step, self.state.step / self.batches_per_epoch, self.elapsed()
+        r.last_state = _state(self.model, k)
+        for key, value in outcome.items():
+            setattr(r, key, value)
+        self.running.remove(k)
+
+    # ------------------------------------------------------------------ the parts of a step
+    def epoch_batches(self) -> torch.Tensor:
+        """batches[b]: [K, B] indices (one batch per member; a single model: [B]) of this epoch's order;
+        a resumed run continues the order of its checkpoint."""
+        s = self.state
+        if s.order is None:
+            s.order = torch.stack(
+                [torch.randperm(len(self.split.x_train), device=self.device, generator=g) for g in s.generators]
+            )
+            s.batch = 0
+        used = self.batches_per_epoch * self.batch_size
+        batches = s.order[:, :used].view(self.count, self.batches_per_epoch, self.batch_size).transpose(0, 1)
+        return batches[:, 0] if self.count == 1 else batches
+
+    def train_step(self, idx: torch.Tensor, log_now: bool) -> None:
+        """Batch, forward, backward, optimizer step; the window's sums grow on the device."""
+        s, x, y = self.state, self.split.x_train, self.split.y_train
+        diagnostics = self.diagnostics if log_now else None
+        if diagnostics is not None:
+            diagnostics.arm()
+        xb = x[idx]  # stored inputs (uint8 images stay uint8 until here)
+        if self.augment is not None:
+            xb = self.augment(xb, s.generators, self.batch_size, self.my_slice if self.world.active else None)
+        xb = self.split.prepare(xb)
+        target = xb.flatten(1) if self.reconstruct else y[idx]  # (members never reconstruct)
+        if self.noise > 0:
+            xb = xb + self.noise * torch.randn_like(xb)
+        with self.autocast():  # (the diagnostics' hooks need the eager model: a compiled one would recompile)
+            out = self.model(xb) if diagnostics is not None else self.forward(xb)
+            loss = F.mse_loss(out.float(), target) if self.reconstruct else _losses(out.float(), target)
+        objective = loss if loss.ndim == 0 else loss.sum()  # members: each gets its own gradient
+        if self.regularization.adds_to_loss:
+            objective = objective + self.regularization.penalty()
+        self.optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        if self.world.active:
+            distributed.average_gradients_(self.params, self.world)  # the global batch's mean gradient
+        if diagnostics is not None:
+            diagnostics.after_backward()  # the gradient as backprop made it, before clipping
+        if self.trainer.grad_clip > 0:
+            if isinstance(self.model, Members):
+                clip_grad_norm_per_member_(self.params, self.trainer.grad_clip)
+            else:
+                nn.utils.clip_grad_norm_(self.params, self.trainer.grad_clip, foreach=True)
+        if self.regularization.l2_decay > 0:
+            self.regularization.decay_(self.optimizer.param_groups[0]["lr"])  # before the step, as AdamW does
+        self.optimizer.step()
+        if diagnostics is not None:
+            self.measured = diagnostics.after_step()
+        if self.per_step_scheduler is not None:
+            self.per_step_scheduler.step()
+        s.loss_sum += loss.detach()
+        if not self.reconstruct:
+            s.correct_sum += (out.argmax(-1) == target).sum(-1)
+        s.seen += 1
+        s.step += 1
+        if self.on_step is not None:
+            self.on_step(s.step)
+
+    def log_train(self) -> None:
+        """The train window's metrics (and diagnostics) for every running member: one host sync."""
+        s = self.state
+        if self.world.active:  # every process reads the same pooled window
+            pooled = distributed.sum_(torch.cat([s.loss_sum, s.correct_sum]))
+            s.loss_sum, s.correct_sum = pooled[: self.count] / self.world.size, pooled[self.count :]
+        window = {"loss": s.loss_sum / s.seen}
+        if not self.reconstruct:
+            window["acc"] = s.correct_sum / (s.seen * self.batch_size)
+        train_metrics = _per_member({**window, **self.measured}, self.count)
+        s.loss_sum.zero_(), s.correct_sum.zero_()
+        s.seen = 0
+        elapsed = self.elapsed()
+        for k in list(self.running):
+            self.results[k].last_train = {key: train_metrics[k][key] for key in window}
+            self.logs[k].metrics(
+                stage=self.stage,
+                split="train",
+                step=s.step,
+                epoch=s.step / self.batches_per_epoch,
+                lr=self.optimizer.param_groups[0]["lr"],
+                elapsed_s=elapsed,
+                **train_metrics[k],
+            )
+            if not math.isfinite(train_metrics[k]["loss"]):
+                self.finish(k, status="diverged")
+        self.progress.update(s.step, self.results[0].last_train)
+
+    def validate(self) -> None:
+        """Evaluate on the validation split; keep each member's best weights; stop early or on divergence."""
+        s, split = self.state, self.split
+        val = _per_member(
+            evaluate(
+                self.model, split.x_val, split.y_val, self.reconstruct, self.autocast, self.world, prepare=split.prepare
+            ),
+            self.count,
+        )
+        elapsed = self.elapsed()
+        for k in list(self.running):
+            r = self.results[k]
+            score = self.sign * val[k][self.monitor]
+            if score > s.best_score[k] + self.trainer.min_delta or s.best_state[k] is None:
+                s.best_score[k] = max(score, s.best_score[k])
+                s.best_state[k] = _state(self.model, k)
+                r.best, r.best_step, s.evals_since_best[k] = val[k], s.step, 0
+            else:
+                s.evals_since_best[k] += 1
+            extra = {}
+            if "acc" in val[k] and "acc" in r.last_train:
+                extra["gap/acc"] = r.last_train["acc"] - val[k]["acc"]  # train (last window) - val
+                target_acc = self.trainer.target_acc
+                if target_acc is not None and not r.target and val[k]["acc"] >= target_acc:
+                    r.target = {"target/step": s.step, "target/seconds": elapsed}
+            epoch = s.step / self.batches_per_epoch
+            self.logs[k].metrics(
+                stage=self.stage, split="val", step=s.step, epoch=epoch, elapsed_s=elapsed, **val[k], **extra
+            )
+            if self.plateau:
+                self.scheduler.step(score)  # only ever one member: Members refuses plateau
+            if not all(math.isfinite(v) for v in val[k].values()):
+                self.finish(k, status="diverged")
+            elif self.trainer.early_stopping and s.evals_since_best[k] >= self.trainer.early_stopping:
+                self.finish(k, stopped_early=True)
+        self.progress.update(s.step, {f"val/{key}": v for key, v in val[0].items()})
+
+    def test(self) -> list[StageResult]:
+        """Evaluate the weights that validated best on the test split; the results of every member."""
+        s, split = self.state, self.split
+        tested = [k for k in range(self.count) if self.results[k].status == "completed" and s.best_state[k] is not None]
+        if not tested:
+            return self.results
+        weights = [_tested_weights(s.best_state[k], self.results[k]) for k in range(self.count)]
+        if isinstance(self.model, Members):
+            self.model.load_member_states(weights)
+        else:
+            self.model.load_state_dict(weights[0])
+        test = _per_member(
+            evaluate(
+                self.model,
+                split.x_test,
+                split.y_test,
+                self.reconstruct,
+                self.autocast,
+                self.world,
+                prepare=split.prepare,
+            ),
+            self.count,
+        )
+        for k in tested:
+            r = self.results[k]
+            r.test = test[k]
+            self.logs[k].metrics(stage=self.stage, split="test", step=r.best_step, elapsed_s=r.seconds, **test[k])
+        return self.results
+
+
 def fit(
     model: nn.Module,
     split: Split,
@@ -168,275 +509,34 @@ def fit(
     would have had. A member's checkpoint is an ordinary single-model one (its slice of the stacked
     weights and optimizer state), so an interrupted member resumes as an ordinary run.
     `augment` (augment.Augment) transforms each training batch, drawn from the members' generators."""
-    device = split.x_train.device
-    x, y = split.x_train, split.y_train
-    n = len(x)
-    count = len(seeds)
-    batch_size = min(trainer.batch_size, n)
-    batch_size -= batch_size % world.size  # (a split smaller than the batch: still equal slices)
-    batches_per_epoch = n // batch_size  # drop the ragged last batch: constant shapes, no BN on 1 example
-    # under torchrun this process takes its slice of every global batch (validated: batch_size % size == 0)
-    my_slice = slice(world.rank * batch_size // world.size, (world.rank + 1) * batch_size // world.size)
-    monitor = "loss" if reconstruct else trainer.monitor.split("/", 1)[1]
-    sign = -1.0 if monitor == "loss" else 1.0  # internally, higher is better
-    if trainer.precision == "bf16":
-        autocast: Callable[[], contextlib.AbstractContextManager[Any]] = lambda: torch.autocast(  # noqa: E731
-            device.type, dtype=torch.bfloat16
-        )
-    else:
-        autocast = contextlib.nullcontext  # a disabled torch.autocast still costs time every step
-    plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
-    per_step_scheduler = None if plateau else scheduler
-    penalise, decay = regularization.adds_to_loss, regularization.l2_decay > 0
-    diagnostics = Diagnostics(model, act_name, act_class) if trainer.diagnostics and act_name else None
-    measured: dict[str, torch.Tensor] = {}
-    forward = torch.compile(model) if trainer.compile else model  # same parameters, compiled graph
-    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]  # each member's data order
-    params: list[torch.Tensor] = list(model.parameters())
-    clip = (
-        clip_grad_norm_per_member_
-        if isinstance(model, Members)
-        else lambda ps, norm: nn.utils.clip_grad_norm_(ps, norm, foreach=True)
-    )
-
-    results = [StageResult(stage=stage, status="completed", steps=0, epochs=0.0, seconds=0.0) for _ in seeds]
-    running = list(range(count))  # members still training: not diverged, not stopped early
-    best_score, evals_since_best = [-math.inf] * count, [0] * count
-    best_state: list[dict[str, torch.Tensor] | None] = [None] * count
-    loss_sum = torch.zeros(count, device=device)
-    correct_sum = torch.zeros(count, device=device)
-    seen = 0
-    step, stop = 0, False
-    start = time.perf_counter()
+    run = Stage(
+        model, split, seeds, stage=stage, optimizer=optimizer, scheduler=scheduler, regularization=regularization,
+        trainer=trainer, max_steps=max_steps, logs=logs, progress=progress, reconstruct=reconstruct, noise=noise,
+        on_step=on_step, act_name=act_name, act_class=act_class, checkpoint=checkpoint, world=world, augment=augment,
+    )  # fmt: skip
+    s = run.state
     model.train()
-    resume_order, resume_batch = None, 0
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(resume["scheduler"])
-        step, seen, resume_order, resume_batch = resume["step"], resume["seen"], resume["order"], resume["batch"]
-        generators[0].set_state(resume["generator"])
-        loss_sum.copy_(resume["loss_sum"]), correct_sum.copy_(resume["correct_sum"])
-        best_score[0], best_state[0], evals_since_best[0] = (
-            resume["best_score"],
-            resume["best_state"],
-            resume["evals_since_best"],
-        )
-        r = results[0]
-        r.last_train, r.best, r.best_step, r.target = (
-            resume["last_train"],
-            resume["best"],
-            resume["best_step"],
-            resume["target"],
-        )
-        start -= resume["elapsed_s"]
-        torch.set_rng_state(resume["torch_rng"])  # dropout masks and input noise go on as they would have
-        if device.type == "cuda":
-            torch.cuda.set_rng_state(resume["cuda_rng"], device)
-        if on_step is not None:
-            on_step(step)  # e.g. the blocks gradual fine-tuning had unfrozen by then
-
-    def finish(k: int, **outcome: Any) -> None:
-        """Member k trains no more: record where it stopped and the weights it stopped with."""
-        r = results[k]
-        r.steps, r.epochs, r.seconds = step, step / batches_per_epoch, time.perf_counter() - start
-        r.last_state = _state(model, k)
-        for key, value in outcome.items():
-            setattr(r, key, value)
-        running.remove(k)
-
-    if resume is not None and resume.get("finished") is not None:
-        finish(0, **resume["finished"])  # a member that had stopped (early, or diverged) before its group
-
-    def snapshot(k: int, b_next: int, order: torch.Tensor) -> dict[str, Any]:
-        """Everything member k (a single model: k = 0) needs to continue after this step, as an
-        ordinary run; a member that has stopped keeps its weights and outcome from then."""
-        r = results[k]
-        stopped = k not in running
-        return {
-            "stage": stage,
-            "step": r.steps if stopped else step,
-            "batch": b_next,
-            "order": order[k],
-            "seen": seen,
-            "generator": generators[k].get_state(),
-            "torch_rng": torch.get_rng_state(),
-            **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
-            "model": r.last_state if stopped else _state(model, k) if count > 1 else model.state_dict(),
-            "optimizer": _member_optimizer_state(optimizer.state_dict(), k) if count > 1 else optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "loss_sum": loss_sum[k : k + 1],
-            "correct_sum": correct_sum[k : k + 1],
-            "best_score": best_score[k],
-            "best_state": best_state[k],
-            "evals_since_best": evals_since_best[k],
-            "last_train": r.last_train,
-            "best": r.best,
-            "best_step": r.best_step,
-            "target": r.target,
-            "elapsed_s": r.seconds if stopped else time.perf_counter() - start,
-            "finished": {"status": r.status, "stopped_early": r.stopped_early} if stopped else None,
-        }
-
-    checkpoints = checkpoint if isinstance(checkpoint, list) else [checkpoint]  # one per member
-    periodic = checkpoints[0]  # (all are due at the same steps)
+        run.restore(resume)
     progress.start_stage(stage, max_steps)
-
-    stop = step >= max_steps or not running
     with interrupts.deferred():  # Ctrl-C / SIGTERM: finish the step, checkpoint, then stop
-        while not stop:
-            if resume_order is not None:  # the epoch the checkpoint was in
-                orders, first_batch, resume_order = resume_order.to(device)[None], resume_batch, None
-            else:
-                orders, first_batch = (
-                    torch.stack([torch.randperm(n, device=device, generator=g) for g in generators]),
-                    0,
-                )
-            # batches[b] is [K, B] (one batch per member); a single model takes [B]
-            batches = (
-                orders[:, : batches_per_epoch * batch_size].view(count, batches_per_epoch, batch_size).transpose(0, 1)
-            )
-            if count == 1:
-                batches = batches[:, 0]
-            for b in range(first_batch, batches_per_epoch):
-                idx = batches[b][my_slice] if world.active else batches[b]
+        while s.step < max_steps and run.running:
+            batches = run.epoch_batches()
+            while s.batch < run.batches_per_epoch and s.step < max_steps and run.running:
+                idx = batches[s.batch][run.my_slice] if world.active else batches[s.batch]
+                s.batch += 1
                 # logging points: step 1 (the network at init), every log_every steps, the last step
-                log_now = step == 0 or (step + 1) % trainer.log_every == 0 or step + 1 == max_steps
-                if diagnostics is not None and log_now:
-                    diagnostics.arm()
-                xb = x[idx]  # stored inputs (uint8 images stay uint8 until here)
-                if augment is not None:
-                    xb = augment(xb, generators, batch_size, my_slice if world.active else None)
-                xb = split.prepare(xb)
-                target = xb.flatten(1) if reconstruct else y[idx]  # (members never reconstruct)
-                if noise > 0:
-                    xb = xb + noise * torch.randn_like(xb)
-                with autocast():  # (the diagnostics' hooks need the eager model: a compiled one would recompile)
-                    out = model(xb) if diagnostics is not None and log_now else forward(xb)
-                    loss = F.mse_loss(out.float(), target) if reconstruct else _losses(out.float(), target)
-                objective = loss if loss.ndim == 0 else loss.sum()  # members: each gets its own gradient
-                if penalise:
-                    objective = objective + regularization.penalty()
-                optimizer.zero_grad(set_to_none=True)
-                objective.backward()
-                if world.active:
-                    distributed.average_gradients_(params, world)  # the global batch's mean gradient
-                if diagnostics is not None and log_now:
-                    diagnostics.after_backward()  # the gradient as backprop made it, before clipping
-                if trainer.grad_clip > 0:
-                    clip(params, trainer.grad_clip)
-                if decay:
-                    regularization.decay_(optimizer.param_groups[0]["lr"])  # before the step, as AdamW does
-                optimizer.step()
-                if diagnostics is not None and log_now:
-                    measured = diagnostics.after_step()
-                if per_step_scheduler is not None:
-                    per_step_scheduler.step()
-
-                loss_sum += loss.detach()
-                if not reconstruct:
-                    correct_sum += (out.argmax(-1) == target).sum(-1)
-                seen += 1
-                step += 1
-                if on_step is not None:
-                    on_step(step)
-                stop = step == max_steps
-
+                log_now = s.step == 0 or (s.step + 1) % trainer.log_every == 0 or s.step + 1 == max_steps
+                run.train_step(idx, log_now)
                 if log_now:
-                    if world.active:  # every process reads the same pooled window
-                        pooled = distributed.sum_(torch.cat([loss_sum, correct_sum]))
-                        loss_sum, correct_sum = pooled[:count] / world.size, pooled[count:]
-                    window = (
-                        {"loss": loss_sum / seen}
-                        if reconstruct
-                        else {"loss": loss_sum / seen, "acc": correct_sum / (seen * batch_size)}
-                    )
-                    train_metrics = _per_member({**window, **measured}, count)
-                    loss_sum.zero_(), correct_sum.zero_()
-                    seen = 0
-                    elapsed = time.perf_counter() - start
-                    for k in list(running):
-                        results[k].last_train = {key: train_metrics[k][key] for key in window}
-                        logs[k].metrics(
-                            stage=stage,
-                            split="train",
-                            step=step,
-                            epoch=step / batches_per_epoch,
-                            lr=optimizer.param_groups[0]["lr"],
-                            elapsed_s=elapsed,
-                            **train_metrics[k],
-                        )
-                        if not math.isfinite(train_metrics[k]["loss"]):
-                            finish(k, status="diverged")
-                    progress.update(step, results[0].last_train)
-
-                if (step % trainer.eval_every == 0 or stop) and running:
-                    val = _per_member(
-                        evaluate(model, split.x_val, split.y_val, reconstruct, autocast, world, prepare=split.prepare),
-                        count,
-                    )
-                    elapsed = time.perf_counter() - start
-                    for k in list(running):
-                        r = results[k]
-                        score = sign * val[k][monitor]
-                        if score > best_score[k] + trainer.min_delta or best_state[k] is None:
-                            best_score[k] = max(score, best_score[k])
-                            best_state[k] = _state(model, k)
-                            r.best, r.best_step, evals_since_best[k] = val[k], step, 0
-                        else:
-                            evals_since_best[k] += 1
-                        extra = {}
-                        if "acc" in val[k] and "acc" in r.last_train:
-                            extra["gap/acc"] = r.last_train["acc"] - val[k]["acc"]  # train (last window) - val
-                            if trainer.target_acc is not None and not r.target and val[k]["acc"] >= trainer.target_acc:
-                                r.target = {"target/step": step, "target/seconds": elapsed}
-                        logs[k].metrics(
-                            stage=stage,
-                            split="val",
-                            step=step,
-                            epoch=step / batches_per_epoch,
-                            elapsed_s=elapsed,
-                            **val[k],
-                            **extra,
-                        )
-                        if plateau:
-                            scheduler.step(score)  # only ever one member: Members refuses plateau
-                        if not all(math.isfinite(v) for v in val[k].values()):
-                            finish(k, status="diverged")
-                        elif trainer.early_stopping and evals_since_best[k] >= trainer.early_stopping:
-                            finish(k, stopped_early=True)
-                    progress.update(step, {f"val/{key}": v for key, v in val[0].items()})
-                stop = stop or not running
-                interrupted = interrupts.requested
-                if world.active:  # all processes stop at the same step, or the others would wait forever
-                    interrupted = step % distributed.INTERRUPT_CHECK_EVERY == 0 and distributed.any_(
-                        interrupted, device
-                    )
-                if not stop and (interrupted or (periodic is not None and periodic.due(step))):
-                    if periodic is not None:
-                        for k, member_checkpoint in enumerate(checkpoints):
-                            member_checkpoint.save(snapshot(k, b + 1, orders))
-                    if interrupted:
-                        raise KeyboardInterrupt
-                if stop:
-                    break
-
-    for k in list(running):
-        finish(k)
+                    run.log_train()
+                if (s.step % trainer.eval_every == 0 or s.step == max_steps) and run.running:
+                    run.validate()
+                if s.step < max_steps and run.running:
+                    run.checkpoint_or_stop()
+            if s.batch == run.batches_per_epoch:
+                s.order = None  # the next epoch draws a new order
+    for k in list(run.running):
+        run.finish(k)
     progress.end_stage()
-    tested = [k for k in range(count) if results[k].status == "completed" and best_state[k] is not None]
-    if tested:  # test the weights that validated best
-        if isinstance(model, Members):
-            model.load_member_states([_tested_weights(best_state[k], results[k]) for k in range(count)])
-        else:
-            model.load_state_dict(_tested_weights(best_state[0], results[0]))
-        test = _per_member(
-            evaluate(model, split.x_test, split.y_test, reconstruct, autocast, world, prepare=split.prepare), count
-        )
-        for k in tested:
-            results[k].test = test[k]
-            logs[k].metrics(
-                stage=stage, split="test", step=results[k].best_step, elapsed_s=results[k].seconds, **test[k]
-            )
-    return results
+    return run.test()
