@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .console import StageProgress, err_console, show_choices, show_members, show_results
+from .console import err_console, show_choices, show_members, show_results
 from .errors import ConfigError
 from .runlog import RunLog, versions
 
@@ -230,6 +230,98 @@ def resume(run_dir: Path) -> dict[str, Any]:
     return run_members([job], resume_from=(state, {**previous, "stages": done, "resumed": resumed}))[0]
 
 
+def _first_summary(job: Job, k: int, jobs: list[Job], resume_from: Any) -> dict[str, Any]:
+    """A job's summary.json before it trains (status running); a resumed run keeps its start and history."""
+    count = len(jobs)
+    summary: dict[str, Any] = {
+        "status": "running",
+        "error": None,
+        "metrics": {},
+        "choices": job.choices,
+        "seed": job.cfg.get("seed"),
+        "overrides": job.overrides,
+        "run_dir": str(job.run_dir),
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if count > 1:
+        summary["vectorized"] = {"member": k, "members": count, "seeds": [j.cfg.get("seed") for j in jobs]}
+    if resume_from is not None:  # (a member of a vectorized group resumes alone)
+        summary.update(
+            {key: resume_from[1][key] for key in ("started_at", "resumed", "vectorized") if key in resume_from[1]}
+        )
+    return summary
+
+
+def _prepare(jobs: list[Job], runlogs: list[RunLog]) -> tuple[Any, Any, Any, list[Any]]:
+    """Validate every job, then set up: device, torchrun's world, torch, the data and each member's plan
+    (built under its own seed, as its own run would be). Returns (device, world, arrays, plans)."""
+    from .targets import complete
+    from .validate import validate
+
+    for job in jobs:
+        complete(job.cfg, job.choices)
+        values = OmegaConf.to_container(job.cfg, resolve=True)
+        assert isinstance(values, dict)  # the composed config is a mapping
+        validate(values, registered_names())
+    import torch
+
+    from . import distributed
+    from .data import load_arrays
+    from .pretrain import plan
+
+    cfg = jobs[0].cfg
+    if cfg.logger.name == "tensorboard":
+        for runlog in runlogs:
+            runlog.attach_tensorboard()
+    device = resolve_device(cfg.trainer.device)
+    if distributed.from_environment().active:  # before joining the group: every rank refuses alike
+        check_data_parallel(cfg, distributed.from_environment(), len(jobs))
+    check_one_process_per_job()
+    world, device = distributed.start(device)
+    _setup_torch(cfg.trainer, device)
+    arrays = load_arrays(cfg.data)  # (mnist1d reseeds NumPy's global RNG: seed torch after it)
+    plans = []
+    for job in jobs:
+        torch.manual_seed(job.cfg.seed)
+        plans.append(plan(job.cfg, arrays, device))
+    return device, world, arrays, plans
+
+
+def _train(
+    jobs: list[Job], plans: list[Any], runlogs: list[RunLog], world: Any, resume_from: Any, on_stage_end: Any
+) -> list[list[Any]]:
+    """Every stage of one run, or the one stage of a vectorized group; each job's stage results."""
+    from .checkpoint import Checkpointer
+    from .console import StageProgress
+
+    cfg, p = jobs[0].cfg, plans[0]
+    progress = StageProgress(cfg.trainer.progress)
+    if len(jobs) == 1:
+        from .pretrain import run_stages
+
+        checkpointer = Checkpointer(jobs[0].run_dir, cfg.trainer.checkpoint_every) if world.main else None
+        resume = resume_from[0] if resume_from else None
+        stage_end = lambda r, state: on_stage_end(0, r, state)  # noqa: E731
+        results = run_stages(cfg, p, runlogs[0], progress, stage_end, checkpointer, resume, world)
+        if checkpointer is not None:
+            checkpointer.remove()  # finished (completed or diverged): weights/ holds what is worth keeping
+        return [results]
+    from .members import Members
+    from .pretrain import fit_members, steps_for
+
+    model = Members([q.model for q in plans])
+    steps = steps_for(cfg.trainer, len(p.target.x_train))
+    # each member's checkpoint is an ordinary run's: `backprop-lab resume` continues it alone
+    checkpointers = [Checkpointer(job.run_dir, cfg.trainer.checkpoint_every) for job in jobs]
+    seeds = [job.cfg.seed for job in jobs]
+    per_member = fit_members(cfg, model, p.target, "train", steps, seeds, runlogs, progress, checkpoint=checkpointers)
+    for checkpointer in checkpointers:
+        checkpointer.remove()
+    for k, result in enumerate(per_member):
+        on_stage_end(k, result, model.member_state(k))  # fit left each member's best weights in
+    return [[result] for result in per_member]
+
+
 def run_members(
     jobs: list[Job], resume_from: tuple[dict[str, Any], dict[str, Any]] | None = None
 ) -> list[dict[str, Any]]:
@@ -239,30 +331,9 @@ def run_members(
     started = time.time()
     cfg, count = jobs[0].cfg, len(jobs)
     runlogs = [RunLog(job.run_dir) for job in jobs]
-    summaries: list[dict[str, Any]] = []
-    for k, job in enumerate(jobs):
-        summaries.append(
-            {
-                "status": "running",
-                "error": None,
-                "metrics": {},
-                "choices": job.choices,
-                "seed": job.cfg.get("seed"),
-                "overrides": job.overrides,
-                "run_dir": str(job.run_dir),
-                "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                **(
-                    {"vectorized": {"member": k, "members": count, "seeds": [j.cfg.get("seed") for j in jobs]}}
-                    if count > 1
-                    else {}
-                ),
-            }
-        )
-        if resume_from is not None:
-            summaries[k].update(
-                {key: resume_from[1][key] for key in ("started_at", "resumed", "vectorized") if key in resume_from[1]}
-            )  # (a member of a vectorized group resumes alone)
-        runlogs[k].summary(**summaries[k])
+    summaries = [_first_summary(job, k, jobs, resume_from) for k, job in enumerate(jobs)]
+    for runlog, summary in zip(runlogs, summaries, strict=True):
+        runlog.summary(**summary)
     stages: list[list[dict[str, Any]]] = [[] for _ in jobs]
     if resume_from is not None:
         stages[0] = list(resume_from[1]["stages"])
@@ -271,37 +342,25 @@ def run_members(
         for summary in summaries:
             summary.update(values)
 
-    try:
-        from .targets import complete
-        from .validate import validate
-
-        for job in jobs:
-            complete(job.cfg, job.choices)
-            values = OmegaConf.to_container(job.cfg, resolve=True)
-            assert isinstance(values, dict)  # the composed config is a mapping
-            validate(values, registered_names())
+    def on_stage_end(k: int, result: Any, state: dict[str, Any]) -> None:
         import torch
 
-        from .data import load_arrays
-        from .pretrain import plan, run_stages
+        stages[k].append(_stage_summary(result))
+        summaries[k]["stages"] = stages[k]
+        runlogs[k].summary(**summaries[k])  # a stage's results are on disk before the next stage starts
+        if cfg.trainer.save_weights:
+            if result.stage == "pretrain":
+                torch.save(state, runlogs[k].weights_path("pretrain.pt"))
+            else:
+                torch.save(state, runlogs[k].weights_path("best.pt"))
+                torch.save(result.last_state, runlogs[k].weights_path("last.pt"))
+
+    try:
+        device, world, arrays, plans = _prepare(jobs, runlogs)
+        import torch
+
         from .regularizers import active_regularizers
 
-        if cfg.logger.name == "tensorboard":
-            for runlog in runlogs:
-                runlog.attach_tensorboard()
-        from . import distributed
-
-        device = resolve_device(cfg.trainer.device)
-        if distributed.from_environment().active:  # before joining the group: every rank refuses alike
-            check_data_parallel(cfg, distributed.from_environment(), count)
-        check_one_process_per_job()
-        world, device = distributed.start(device)
-        _setup_torch(cfg.trainer, device)
-        arrays = load_arrays(cfg.data)  # (mnist1d reseeds NumPy's global RNG: seed torch after it)
-        plans = []
-        for job in jobs:  # each member is built under its own seed, as its own run would be
-            torch.manual_seed(job.cfg.seed)
-            plans.append(plan(job.cfg, arrays, device))
         p = plans[0]
         update(
             regularizers_active=active_regularizers(cfg.regularizer),
@@ -326,69 +385,9 @@ def run_members(
                 "run folder": jobs[0].run_dir if count == 1 else jobs[0].run_dir.parent,
             },
         )
-
-        def on_stage_end(k: int, result: Any, state: dict[str, Any]) -> None:
-            stages[k].append(_stage_summary(result))
-            summaries[k]["stages"] = stages[k]
-            runlogs[k].summary(**summaries[k])  # a stage's results are on disk before the next stage starts
-            if not cfg.trainer.save_weights:
-                return
-            if result.stage == "pretrain":
-                torch.save(state, runlogs[k].weights_path("pretrain.pt"))
-            else:
-                torch.save(state, runlogs[k].weights_path("best.pt"))
-                torch.save(result.last_state, runlogs[k].weights_path("last.pt"))
-
-        progress = StageProgress(cfg.trainer.progress)
-        from .checkpoint import Checkpointer
-
-        if count == 1:
-            checkpointer = Checkpointer(jobs[0].run_dir, cfg.trainer.checkpoint_every) if world.main else None
-            results = [
-                run_stages(
-                    cfg,
-                    p,
-                    runlogs[0],
-                    progress,
-                    lambda r, state: on_stage_end(0, r, state),
-                    checkpointer,
-                    resume_from[0] if resume_from else None,
-                    world,
-                )
-            ]
-            if checkpointer is not None:
-                checkpointer.remove()  # finished (completed or diverged): weights/ holds what is worth keeping
-        else:
-            from .members import Members
-            from .pretrain import fit_members, steps_for
-
-            model = Members([q.model for q in plans])
-            steps = steps_for(cfg.trainer, len(p.target.x_train))
-            # each member's checkpoint is an ordinary run's: `backprop-lab resume` continues it alone
-            checkpointers = [Checkpointer(job.run_dir, cfg.trainer.checkpoint_every) for job in jobs]
-            per_member = fit_members(
-                cfg, model, p.target, "train", steps, seeds, runlogs, progress, checkpoint=checkpointers
-            )
-            for checkpointer in checkpointers:
-                checkpointer.remove()
-            results = []
-            for k, result in enumerate(per_member):
-                on_stage_end(k, result, model.member_state(k))  # fit left each member's best weights in
-                results.append([result])
+        results = _train(jobs, plans, runlogs, world, resume_from, on_stage_end)
         for k, summary in enumerate(summaries):
-            final = stages[k][-1]
-            summary.update(
-                status="completed" if all(r.status == "completed" for r in results[k]) else "diverged",
-                metrics=final["metrics"],
-                best_step=final["best_step"],
-                steps=final["steps"],
-            )
-            if summary["status"] == "diverged":
-                summary["error"] = f"non-finite loss in stage {final['stage']} at step {final['steps']}"
-                err_console.print(
-                    f"diverged: {summary['error']}; lower optimizer.lr or set trainer.grad_clip"
-                    + (f" ({summary['run_dir']})" if count > 1 else "")
-                )
+            _conclude(summary, stages[k][-1], results[k], count)
     except ConfigError as err:
         update(status="failed", error=str(err), refused=True)  # bad input, as opposed to a crash
         err_console.print(f"error: {err}", markup=False)
@@ -419,3 +418,19 @@ def run_members(
     elif count > 1 and any(stages):
         show_members(summaries)
     return summaries
+
+
+def _conclude(summary: dict[str, Any], final: dict[str, Any], results: list[Any], count: int) -> None:
+    """A trained job's status and metrics from its last stage; a diverged one says what to try."""
+    summary.update(
+        status="completed" if all(r.status == "completed" for r in results) else "diverged",
+        metrics=final["metrics"],
+        best_step=final["best_step"],
+        steps=final["steps"],
+    )
+    if summary["status"] == "diverged":
+        summary["error"] = f"non-finite loss in stage {final['stage']} at step {final['steps']}"
+        err_console.print(
+            f"diverged: {summary['error']}; lower optimizer.lr or set trainer.grad_clip"
+            + (f" ({summary['run_dir']})" if count > 1 else "")
+        )
