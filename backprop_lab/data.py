@@ -6,6 +6,7 @@ synthetic is made on the spot, npz reads the user's own file.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,13 +39,31 @@ class Arrays:
 
 def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, ...]:
     """A stratified split: (x_keep, y_keep, x_held, y_held); `fraction` (or a count) is held out."""
-    from sklearn.model_selection import train_test_split
+    keep, held = split_indices(y, fraction, seed)
+    return x[keep], y[keep], x[held], y[held]
 
-    try:
-        x_keep, x_held, y_keep, y_held = train_test_split(x, y, test_size=fraction, random_state=seed, stratify=y)
-    except ValueError:  # too few examples of a class to stratify: an unstratified split still works
-        x_keep, x_held, y_keep, y_held = train_test_split(x, y, test_size=fraction, random_state=seed)
-    return x_keep, y_keep, x_held, y_held
+
+def split_indices(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's stratified train_test_split of these labels, as (kept, held-out) indices. They
+    depend only on the labels, the fraction, the seed and scikit-learn's version, so they are cached:
+    a run whose split was made before does not import scikit-learn (about a second)."""
+    from importlib.metadata import version
+
+    digest = hashlib.sha256(np.ascontiguousarray(y).tobytes()).hexdigest()[:20]
+    key = f"splits/sklearn-{version('scikit-learn')}-{digest}-{y.dtype}-{fraction}-seed{seed}"
+
+    def make() -> dict[str, np.ndarray]:
+        from sklearn.model_selection import train_test_split
+
+        index = np.arange(len(y))
+        try:
+            keep, held = train_test_split(index, test_size=fraction, random_state=seed, stratify=y)
+        except ValueError:  # too few examples of a class to stratify: an unstratified split still works
+            keep, held = train_test_split(index, test_size=fraction, random_state=seed)
+        return {"keep": keep, "held": held}
+
+    a = cached_arrays(key, make)
+    return a["keep"], a["held"]
 
 
 def cache_dir() -> Path:

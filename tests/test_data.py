@@ -37,6 +37,29 @@ def test_a_damaged_cache_file_is_regenerated(tmp_path, monkeypatch):
     np.testing.assert_array_equal(again.x, data.generate_mnist1d(500, 42).x)
 
 
+def test_cached_split_is_scikit_learns_split_and_needs_no_scikit_learn_the_second_time(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from sklearn.model_selection import train_test_split
+
+    monkeypatch.setenv("BACKPROP_LAB_CACHE", str(tmp_path))
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(300, 5)), rng.integers(0, 4, 300)
+    got = data._split(x, y, 0.2, 3)
+    x_keep, x_held, y_keep, y_held = train_test_split(x, y, test_size=0.2, random_state=3, stratify=y)
+    for a, b in zip(got, (x_keep, y_keep, x_held, y_held), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert len(list(tmp_path.glob("splits/*.npz"))) == 1
+    probe = (
+        "import sys, numpy as np; from backprop_lab.data import split_indices; rng = np.random.default_rng(0); "
+        "rng.normal(size=(300, 5)); y = rng.integers(0, 4, 300); split_indices(y, 0.2, 3); "
+        "print('sklearn' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"  # the cached split, read without importing scikit-learn
+
+
 def test_class_selection_renumbers_and_subsamples_stratified():
     cfg = make_cfg("data=synthetic", "data.num_classes=4")
     arrays = data.load_arrays(cfg.data)

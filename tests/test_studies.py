@@ -36,11 +36,7 @@ def test_study_in_miniature(tmp_path, name):
         assert len(lines) == 6 and all("two-sided Welch p = " in line or "n too small" in line for line in lines)
         assert "| squareplus | matched |" in report
     phrase, n_runs = EXPECTED[name]
-    assert (
-        phrase in report
-        and "### Verdict" in report
-        and "hydra/launcher=vectorized experiment=study_" in report
-    )
+    assert phrase in report and "### Verdict" in report and "hydra/launcher=vectorized experiment=study_" in report
     verdicts = [line for line in report.splitlines() if line.startswith("- ") and "hold" in line]
     assert verdicts and all("**holds**" in v or "**does not hold**" in v for v in verdicts)
     assert len(find_runs([out])) == n_runs
