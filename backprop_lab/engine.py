@@ -113,14 +113,29 @@ def _per_member(metrics: dict[str, torch.Tensor], count: int) -> list[dict[str, 
     return [dict(zip(metrics, row, strict=True)) for row in values]
 
 
-def _member_optimizer_state(state: dict[str, Any], k: int) -> dict[str, Any]:
+def _member_optimizer_state(state: dict[str, Any], k: int, rate: float = 1.0) -> dict[str, Any]:
     """Member k's part of an optimizer state over stacked parameters: what an optimizer of member k
-    alone would hold (the optimizers are elementwise; scalar entries such as `step` are shared)."""
+    alone would hold (the optimizers are elementwise; scalar entries such as `step` are shared). Members
+    trained at rate factors have their groups' rates scaled by member k's `rate`."""
     sliced = {
         i: {key: v[k].clone() if isinstance(v, torch.Tensor) and v.ndim > 0 else v for key, v in s.items()}
         for i, s in state["state"].items()
     }
-    return {"state": sliced, "param_groups": state["param_groups"]}
+    return {"state": sliced, "param_groups": [_scaled_rates(g, rate) for g in state["param_groups"]]}
+
+
+RATE_KEYS = ("lr", "initial_lr", "max_lr", "min_lr", "base_lrs", "_last_lr")  # (optimizer groups, schedulers)
+
+
+def _scaled_rates(state: dict[str, Any], rate: float) -> dict[str, Any]:
+    """A param group's or a scheduler's state with every learning rate in it times `rate`."""
+    if rate == 1.0:
+        return state
+
+    def scale(v: Any) -> Any:
+        return [x * rate for x in v] if isinstance(v, list) else v * rate
+
+    return {key: scale(v) if key in RATE_KEYS else v for key, v in state.items()}
 
 
 def _state(model: nn.Module, k: int) -> dict[str, torch.Tensor]:
@@ -217,6 +232,7 @@ class Stage:
     checkpoint: Any
     world: World
     augment: Augment | None
+    member_lr: torch.Tensor | None  # [K] each member's rate, when the optimizer steps at factor f(t)
 
     def __init__(self, model: nn.Module, split: Split, seeds: list[int], **settings: Any):
         self.model, self.split, self.count = model, split, len(seeds)
@@ -285,6 +301,7 @@ class Stage:
         run; a member that has stopped keeps its weights and outcome from then."""
         r, stopped, count = self.results[k], k not in self.running, self.count
         optimizer_state = self.optimizer.state_dict()
+        rate = 1.0 if self.member_lr is None else float(self.member_lr[k])  # rates saved as its own run's
         return {
             "stage": self.stage,
             **self.state.member(k),
@@ -292,8 +309,8 @@ class Stage:
             "torch_rng": torch.get_rng_state(),
             **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
             "model": r.last_state if stopped else _state(self.model, k) if count > 1 else self.model.state_dict(),
-            "optimizer": _member_optimizer_state(optimizer_state, k) if count > 1 else optimizer_state,
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "optimizer": _member_optimizer_state(optimizer_state, k, rate) if count > 1 else optimizer_state,
+            "scheduler": _scaled_rates(self.scheduler.state_dict(), rate) if self.scheduler is not None else None,
             "last_train": r.last_train,
             "best": r.best,
             "best_step": r.best_step,
@@ -369,8 +386,8 @@ class Stage:
             else:
                 nn.utils.clip_grad_norm_(self.params, self.trainer.grad_clip, foreach=True)
         if self.regularization.l2_decay > 0:
-            self.regularization.decay_(self.optimizer.param_groups[0]["lr"])  # before the step, as AdamW does
-        self.optimizer.step()
+            self.regularization.decay_(self.lr())  # before the step, as AdamW does
+        self.step_optimizer()
         if diagnostics is not None:
             self.measured = diagnostics.after_step()
         if self.per_step_scheduler is not None:
@@ -383,6 +400,23 @@ class Stage:
         if self.on_step is not None:
             self.on_step(s.step)
 
+    def lr(self) -> float | torch.Tensor:
+        """The learning rate now: the optimizer's, or each member's (a [K] tensor) under member_lr."""
+        factor = self.optimizer.param_groups[0]["lr"]
+        return factor if self.member_lr is None else self.member_lr * factor
+
+    def step_optimizer(self) -> None:
+        """The optimizer's step; with member_lr, the optimizer stepped at factor f(t) and each member's
+        update is scaled by its own rate (the update is linear in the rate: members.lr_batchable)."""
+        if self.member_lr is None:
+            self.optimizer.step()
+            return
+        with torch.no_grad():
+            before = [p.detach().clone() for p in self.params]
+            self.optimizer.step()
+            for p, b in zip(self.params, before, strict=True):
+                p.sub_(b).mul_(self.member_lr.view(-1, *[1] * (p.ndim - 1))).add_(b)
+
     def log_train(self) -> None:
         """The train window's metrics (and diagnostics) for every running member: one host sync."""
         s = self.state
@@ -392,7 +426,10 @@ class Stage:
         window = {"loss": s.loss_sum / s.seen}
         if not self.reconstruct:
             window["acc"] = s.correct_sum / (s.seen * self.batch_size)
-        train_metrics = _per_member({**window, **self.measured}, self.count)
+        lr = self.lr()
+        train_metrics = _per_member(
+            {**window, **self.measured, **({"lr": lr} if isinstance(lr, torch.Tensor) else {})}, self.count
+        )
         s.loss_sum.zero_(), s.correct_sum.zero_()
         s.seen = 0
         elapsed = self.elapsed()
@@ -403,7 +440,7 @@ class Stage:
                 split="train",
                 step=s.step,
                 epoch=s.step / self.batches_per_epoch,
-                lr=self.optimizer.param_groups[0]["lr"],
+                **({"lr": lr} if not isinstance(lr, torch.Tensor) else {}),
                 elapsed_s=elapsed,
                 **train_metrics[k],
             )
@@ -500,6 +537,7 @@ def fit(
     resume: dict[str, Any] | None = None,
     world: World = SINGLE,
     augment: Augment | None = None,
+    member_lr: torch.Tensor | None = None,
 ) -> list[StageResult]:
     """Train `model` on `split` for `max_steps` steps; validate every `trainer.eval_every` steps,
     keep the best weights by `trainer.monitor`, stop early or on a non-finite loss, then test the best.
@@ -508,11 +546,13 @@ def fit(
     when interrupted; a single model continues from `resume` (such a checkpoint) to the numbers it
     would have had. A member's checkpoint is an ordinary single-model one (its slice of the stacked
     weights and optimizer state), so an interrupted member resumes as an ordinary run.
-    `augment` (augment.Augment) transforms each training batch, drawn from the members' generators."""
+    `augment` (augment.Augment) transforms each training batch, drawn from the members' generators.
+    `member_lr` ([K]): the members' own learning rates, for an optimizer built at rate 1 (see Stage.lr)."""
     run = Stage(
         model, split, seeds, stage=stage, optimizer=optimizer, scheduler=scheduler, regularization=regularization,
         trainer=trainer, max_steps=max_steps, logs=logs, progress=progress, reconstruct=reconstruct, noise=noise,
         on_step=on_step, act_name=act_name, act_class=act_class, checkpoint=checkpoint, world=world, augment=augment,
+        member_lr=member_lr,
     )  # fmt: skip
     s = run.state
     model.train()

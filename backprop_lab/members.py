@@ -107,6 +107,37 @@ def why_not_batched(cfg: Any) -> str | None:
     return why_not_elementwise(cfg)
 
 
+# Shipped optimizers whose step is linear in the learning rate (the update u does not depend on it:
+# w <- w - lr * u, decoupled decay included), so members may train at different rates: see lr_batchable.
+LR_LINEAR = (
+    "sgd",
+    "momentum",
+    "nesterov",
+    "adam",
+    "adamw",
+    "rmsprop",
+    "adagrad",
+    "adadelta",
+    "nadam",
+    "radam",
+    "adamax",
+)
+LR_PROPORTIONAL_SCHEDULES = ("constant", "step", "multistep", "onecycle", "cosine", "warmup_cosine")
+
+
+def lr_batchable(cfg: Any) -> bool:
+    """May jobs of `cfg` that differ in optimizer.lr train as one Members model? Yes when the optimizer
+    steps linearly in the rate and the schedule scales every member's rate by the same factor (a
+    cosine's min_lr must be 0): the engine then steps with rate factor f(t) and scales each member's
+    update by its own rate, which is what each member's own run computes."""
+    opt, sched = cfg.optimizer, cfg.scheduler
+    if opt.get("_target_") is not None or opt.get("name") not in LR_LINEAR or opt.get("lr_decay", 0):
+        return False
+    if sched.get("_target_") is not None or sched.get("name") not in LR_PROPORTIONAL_SCHEDULES:
+        return False
+    return not sched.get("min_lr", 0) and why_not_batched(cfg) is None
+
+
 def why_not_elementwise(cfg: Any) -> str | None:
     """Options of the user's own are batched only where that is known to give each member's own
     numbers: an optimizer that declares `elementwise: true`, any activation (vmap runs it per member)."""

@@ -250,10 +250,19 @@ def fit_members(
     seeds: list[int],
     logs: list[Any],
     progress: Any,
+    lrs: list[float] | None = None,
     **kwargs: Any,
 ) -> list[StageResult]:
-    """fit_stage for K members at once (`module` is a members.Members when K > 1)."""
-    optimizer = build_optimizer(module, cfg.optimizer, cfg.regularizer.decay_bias_and_norm)
+    """fit_stage for K members at once (`module` is a members.Members when K > 1). `lrs`: the members'
+    own learning rates when they differ (members.lr_batchable): the optimizer and its schedule are then
+    built at rate 1 and the engine scales each member's update by its rate."""
+    opt_cfg, member_lr = cfg.optimizer, None
+    if lrs is not None and len(set(lrs)) > 1:
+        from omegaconf import OmegaConf
+
+        opt_cfg = OmegaConf.merge(cfg.optimizer, {"lr": 1.0})
+        member_lr = torch.tensor(lrs, dtype=torch.float32, device=split.x_train.device)
+    optimizer = build_optimizer(module, opt_cfg, cfg.regularizer.decay_bias_and_norm)
     scheduler = build_scheduler(optimizer, cfg.scheduler, steps)
     augment = Augment(cfg.data.augment, cfg.data.crop_padding) if cfg.data.get("augment") else None
     return fit(
@@ -271,6 +280,7 @@ def fit_members(
         act_name=cfg.act.name if has_blocks(_network(module)) else None,
         act_class=activation_class(cfg.act),
         augment=augment,
+        member_lr=member_lr,
         **kwargs,
     )
 

@@ -84,7 +84,13 @@ class Regularization:
         return value
 
     @torch.no_grad()
-    def decay_(self, lr: float) -> None:
-        """Decoupled weight decay (Loshchilov & Hutter 2019): w <- w - lr * l2 * w, for any optimizer."""
-        if self.l2_decay > 0:
+    def decay_(self, lr: float | torch.Tensor) -> None:
+        """Decoupled weight decay (Loshchilov & Hutter 2019): w <- w - lr * l2 * w, for any optimizer.
+        `lr` may be one rate per member (a [K] tensor, for members.Members trained at several rates)."""
+        if self.l2_decay <= 0:
+            return
+        if isinstance(lr, torch.Tensor):
+            for p in self._params():
+                p.mul_((1.0 - lr * self.l2_decay).view(-1, *[1] * (p.ndim - 1)))
+        else:
             torch._foreach_mul_(self._params(), 1.0 - lr * self.l2_decay)

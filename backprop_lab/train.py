@@ -245,6 +245,9 @@ def _first_summary(job: Job, k: int, jobs: list[Job], resume_from: Any) -> dict[
     }
     if count > 1:
         summary["vectorized"] = {"member": k, "members": count, "seeds": [j.cfg.get("seed") for j in jobs]}
+        lrs = [j.cfg.optimizer.get("lr") for j in jobs]
+        if len(set(lrs)) > 1:
+            summary["vectorized"]["lrs"] = lrs
     if resume_from is not None:  # (a member of a vectorized group resumes alone)
         summary.update(
             {key: resume_from[1][key] for key in ("started_at", "resumed", "vectorized") if key in resume_from[1]}
@@ -314,7 +317,10 @@ def _train(
     # each member's checkpoint is an ordinary run's: `backprop-lab resume` continues it alone
     checkpointers = [Checkpointer(job.run_dir, cfg.trainer.checkpoint_every) for job in jobs]
     seeds = [job.cfg.seed for job in jobs]
-    per_member = fit_members(cfg, model, p.target, "train", steps, seeds, runlogs, progress, checkpoint=checkpointers)
+    lrs = [float(job.cfg.optimizer.lr) for job in jobs]  # (they may differ: members.lr_batchable)
+    per_member = fit_members(
+        cfg, model, p.target, "train", steps, seeds, runlogs, progress, lrs=lrs, checkpoint=checkpointers
+    )
     for checkpointer in checkpointers:
         checkpointer.remove()
     for k, result in enumerate(per_member):
@@ -325,7 +331,8 @@ def _train(
 def run_members(
     jobs: list[Job], resume_from: tuple[dict[str, Any], dict[str, Any]] | None = None
 ) -> list[dict[str, Any]]:
-    """Train jobs whose configs differ only in `seed` as one batched model (members.Members), each
+    """Train jobs whose configs differ only in `seed` (and `optimizer.lr`, members.lr_batchable) as one
+    batched model (members.Members), each
     into its own run folder; one job is an ordinary run, which `resume_from` (a checkpoint and the
     summary it belongs to) continues. Returns each job's summary."""
     started = time.time()
@@ -379,6 +386,7 @@ def run_members(
             jobs[0].choices,
             {
                 "seed": seeds[0] if count == 1 else f"{seeds} (vectorized)",
+                **({"lr": [job.cfg.optimizer.get("lr") for job in jobs]} if count > 1 else {}),
                 "device": device,
                 "data sizes": p.target.sizes(),
                 "parameters": summaries[0]["num_params"],
@@ -410,7 +418,7 @@ def run_members(
             summary.update(stages=stages[k], wall_time_s=round(time.time() - started, 3), finished_at=finished)
             runlog.summary(**summary)
             runlog.hparams(
-                {**job.choices, "seed": job.cfg.get("seed"), "lr": cfg.optimizer.get("lr")}, summary["metrics"]
+                {**job.choices, "seed": job.cfg.get("seed"), "lr": job.cfg.optimizer.get("lr")}, summary["metrics"]
             )
             runlog.close()
     if count == 1 and stages[0]:

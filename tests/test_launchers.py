@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import FAST, Quiet, Rows, make_cfg, run_cfg
 
@@ -78,6 +79,25 @@ def test_vectorized_members_match_separate_runs(tmp_path):
     assert len(a) == len(b) == 1 and a[0]["test/acc n"] == b[0]["test/acc n"] == 3
     assert a[0]["status"] == b[0]["status"] == "3 completed"
     assert math.isclose(a[0]["test/acc mean"], b[0]["test/acc mean"], rel_tol=1e-4)
+
+
+def test_a_learning_rate_grid_trains_as_one_batched_model_with_each_runs_numbers(tmp_path):
+    """optimizer.lr x seed, under a warmup-cosine schedule and decoupled weight decay: one group of 4
+    whose members end where separate runs with their values end; a member's checkpoint holds its own rates."""
+    grid = ["optimizer.lr=0.003,0.02", "seed=0,1", "scheduler=warmup_cosine", "scheduler.warmup_steps=2",
+            "scheduler.min_lr=0", "regularizer.l2=0.01", "regularizer.l2_mode=decoupled", "trainer.checkpoint_every=4"]  # fmt: skip
+    vec, out = sweep(tmp_path, "vec", "hydra/launcher=vectorized", *grid)
+    basic, _ = sweep(tmp_path, "basic", *grid)
+    assert "one batched model: #0 #1 #2 #3" in out and "optimizer.lr=[0.003, 0.003, 0.02, 0.02]" in out
+    for job in ("0", "1", "2", "3"):
+        assert_same_rows(rows(vec / job), rows(basic / job), rtol=1e-4)
+        summary = json.loads((vec / job / "summary.json").read_text())
+        assert summary["vectorized"]["lrs"] == [0.003, 0.003, 0.02, 0.02]
+    lrs = [r["lr"] for r in rows(vec / "2") if r["split"] == "train"]
+    assert max(lrs) == pytest.approx(0.02, rel=1e-6)  # its own rate, as its own run logs it
+    _, out = sweep(tmp_path, "cosine_floor", "hydra/launcher=vectorized", "optimizer.lr=0.003,0.02",
+                   "scheduler=cosine", "scheduler.min_lr=0.001")  # fmt: skip
+    assert "one batched model" not in out  # a floor that is not proportional to the rate: one by one
 
 
 def test_vectorized_groups_by_setting_and_says_what_runs_one_by_one(tmp_path):

@@ -1,6 +1,8 @@
-"""hydra/launcher=vectorized: the jobs of a sweep that differ only in `seed` train as one batched model.
+"""hydra/launcher=vectorized: the jobs of a sweep that differ only in `seed` (and in `optimizer.lr`,
+where the optimizer steps linearly in it: backprop_lab.members.lr_batchable) train as one batched model.
 
     backprop-lab train -m hydra/launcher=vectorized 'seed=range(8)' act=relu,tanh
+    backprop-lab train -m hydra/launcher=vectorized optimizer.lr=0.001,0.003,0.01,0.03 seed=0,1   # one group of 8
 
 groups the jobs by their config without the seed (here: relu x 8 seeds, tanh x 8 seeds), trains each
 group in one process as backprop_lab.members.Members, and gives every job its own ordinary run folder
@@ -28,7 +30,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class VectorizedLauncherConf:
     _target_: str = "hydra_plugins.backprop_lab_launchers.vectorized_launcher.VectorizedLauncher"
-    max_members: int | None = None  # at most this many seeds in one batched model (null: all of a group)
+    max_members: int | None = None  # at most this many jobs in one batched model (null: all of a group)
 
 
 ConfigStore.instance().store(
@@ -52,9 +54,16 @@ def _task_config(config: DictConfig) -> DictConfig:
 
 
 def _all_but_seed(config: DictConfig) -> str:
-    task = OmegaConf.to_container(_task_config(config), resolve=False)
+    """The group a job belongs to: its config without the seed, and without optimizer.lr where members
+    may train at different rates (backprop_lab.members.lr_batchable)."""
+    from backprop_lab.members import lr_batchable
+
+    task_config = _task_config(config)
+    task = OmegaConf.to_container(task_config, resolve=False)
     assert isinstance(task, dict)
     task.pop("seed", None)
+    if lr_batchable(task_config):
+        task["optimizer"].pop("lr", None)
     return json.dumps(task, sort_keys=True, default=str)
 
 
@@ -118,8 +127,11 @@ class VectorizedLauncher(Launcher):
                 for i in batch:
                     returns[i] = self._run(configs[i], self.task_function)
                 continue
-            shared = " ".join(o for o in filter_overrides(job_overrides[batch[0]]) if not o.startswith("seed="))
-            log.info(f"\tone batched model: {names} : {shared} seed={[configs[i].seed for i in batch]}")
+            varying = ("seed=", "optimizer.lr=")
+            shared = " ".join(o for o in filter_overrides(job_overrides[batch[0]]) if not o.startswith(varying))
+            lrs = [configs[i].optimizer.get("lr") for i in batch]
+            rates = f" optimizer.lr={lrs}" if len(set(lrs)) > 1 else ""
+            log.info(f"\tone batched model: {names} : {shared} seed={[configs[i].seed for i in batch]}{rates}")
             jobs: list[Any] = []
             prepared = {i: self._run(configs[i], _collect_into(jobs)) for i in batch}
             # run_job made each folder and its .hydra/; now train them together
