@@ -83,9 +83,9 @@ def test_vectorized_members_match_separate_runs(tmp_path):
 
 def test_a_learning_rate_grid_trains_as_one_batched_model_with_each_runs_numbers(tmp_path):
     """optimizer.lr x seed, under a warmup-cosine schedule and decoupled weight decay: one group of 4
-    whose members end where separate runs with their values end; a member's checkpoint holds its own rates."""
+    whose members end where separate runs with their values end."""
     grid = ["optimizer.lr=0.003,0.02", "seed=0,1", "scheduler=warmup_cosine", "scheduler.warmup_steps=2",
-            "scheduler.min_lr=0", "regularizer.l2=0.01", "regularizer.l2_mode=decoupled", "trainer.checkpoint_every=4"]  # fmt: skip
+            "scheduler.min_lr=0", "regularizer.l2=0.01", "regularizer.l2_mode=decoupled"]  # fmt: skip
     vec, out = sweep(tmp_path, "vec", "hydra/launcher=vectorized", *grid)
     basic, _ = sweep(tmp_path, "basic", *grid)
     assert "one batched model: #0 #1 #2 #3" in out and "optimizer.lr=[0.003, 0.003, 0.02, 0.02]" in out
@@ -100,13 +100,38 @@ def test_a_learning_rate_grid_trains_as_one_batched_model_with_each_runs_numbers
     assert "one batched model" not in out  # a floor that is not proportional to the rate: one by one
 
 
+def test_a_member_checkpoint_holds_the_rates_of_its_own_run():
+    """A member trained at rate factor f(t) is saved with its own rates: the optimizer's and the
+    schedule's state equal those of an optimizer and schedule built at its rate."""
+    from backprop_lab.engine import _member_optimizer_state, _scaled_rates
+    from backprop_lab.optimizers import build_scheduler
+
+    states = []
+    for lr in (1.0, 0.02):
+        param = torch.nn.Parameter(torch.ones(2, 3))  # two members of 3 weights
+        opt = torch.optim.Adam([param], lr=lr)
+        sched = build_scheduler(opt, make_cfg("scheduler=warmup_cosine", "scheduler.min_lr=0").scheduler, 10)
+        for _ in range(3):
+            param.grad = torch.ones_like(param)
+            opt.step(), sched.step()
+        states.append((opt.state_dict(), sched.state_dict()))
+    (opt_1, sched_1), (opt_k, sched_k) = states
+    member = _member_optimizer_state(opt_1, 1, rate=0.02)
+    for key in ("lr", "initial_lr"):
+        assert member["param_groups"][0][key] == pytest.approx(opt_k["param_groups"][0][key], rel=1e-12)
+    scaled = _scaled_rates(sched_1, 0.02)
+    assert scaled["base_lrs"] == pytest.approx(sched_k["base_lrs"]) and scaled["_last_lr"] == pytest.approx(
+        sched_k["_last_lr"]
+    )
+
+
 def test_vectorized_groups_by_setting_and_says_what_runs_one_by_one(tmp_path):
     folder, out = sweep(tmp_path, "groups", "hydra/launcher=vectorized", "act=relu,tanh", "seed=0,1")
     assert out.count("one batched model: #") == 2  # relu x 2 seeds, tanh x 2 seeds
     assert len(list(folder.glob("*/summary.json"))) == 4
     _, out = sweep(tmp_path, "plateau", "hydra/launcher=vectorized", "scheduler=plateau", "seed=0,1")
     assert "one by one (scheduler=plateau" in out
-    _, out = sweep(tmp_path, "lrs", "hydra/launcher=vectorized", "optimizer.lr=0.01,0.02")
+    _, out = sweep(tmp_path, "widths", "hydra/launcher=vectorized", "model.width=16,32")
     assert "one by one (no other job differs from it only in the seed)" in out
 
 

@@ -112,7 +112,7 @@ class VectorizedLauncher(Launcher):
             groups.setdefault(_all_but_seed(config), []).append(i)
         size = self.max_members or len(configs)
         batches = [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
-        log.info(f"Vectorized launcher: {len(configs)} jobs in {len(batches)} group(s) that differ only in the seed")
+        log.info(f"Vectorized launcher: {len(configs)} jobs in {len(batches)} group(s) (seeds and rates batched)")
 
         returns: list[JobReturn | None] = [None] * len(configs)
         for batch in batches:
