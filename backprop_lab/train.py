@@ -258,14 +258,17 @@ def _first_summary(job: Job, k: int, jobs: list[Job], resume_from: Any) -> dict[
 def _prepare(jobs: list[Job], runlogs: list[RunLog]) -> tuple[Any, Any, Any, list[Any]]:
     """Validate every job, then set up: device, torchrun's world, torch, the data and each member's plan
     (built under its own seed, as its own run would be). Returns (device, world, arrays, plans)."""
-    from .targets import complete
+    from . import targets
     from .validate import validate
 
     for job in jobs:
-        complete(job.cfg, job.choices)
+        targets.complete(job.cfg, job.choices)
         values = OmegaConf.to_container(job.cfg, resolve=True)
         assert isinstance(values, dict)  # the composed config is a mapping
         validate(values, registered_names())
+        for group in targets.GROUPS:  # a target that does not import is refused before any data loads
+            if targets.is_target(job.cfg[group]):
+                targets.resolve(group, job.cfg[group])
     import torch
 
     from . import distributed
