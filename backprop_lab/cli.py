@@ -395,14 +395,22 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         sys.exit(2)
+    sys.exit(train_main(rest))
+
+
+def train_main(rest: list[str]) -> int:
+    """`backprop-lab train REST`: one run or a sweep, in this process; returns the exit status."""
+    global _refused
+    _unfinished.clear()
+    _refused = False
     problem = precheck(rest)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
-        sys.exit(2)
+        return 2
     scratch = _scratch_for_other_ranks()
     if scratch is not None:
         rest = [*rest, f"hydra.run.dir={scratch}/run", f"hydra.sweep.dir={scratch}/sweep"]
-    sys.argv = [sys.argv[0], *rest]
+    saved_argv, sys.argv = sys.argv, [sys.argv[0], *rest]
     from .plugin_configs import register
 
     register()
@@ -414,16 +422,18 @@ def main(argv: list[str] | None = None) -> None:
         train_app()
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        return 130
     finally:
+        sys.argv = saved_argv
         _finish_ranks(scratch)
     if scratch is not None and _refused:
         # torchrun's other ranks: rank 0 refuses the same settings and says so; exiting non-zero first
         # would have torchrun kill rank 0 before it could
-        sys.exit(0)
+        return 0
     if _unfinished:
         if len(_unfinished) > 1 or "-m" in rest or "--multirun" in rest:
             print(f"{len(_unfinished)} run(s) did not complete:", file=sys.stderr)
             for run_dir, status in _unfinished:
                 print(f"  {status:<11} {run_dir}", file=sys.stderr)
-        sys.exit(1)
+        return 1
+    return 0

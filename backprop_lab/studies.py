@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -447,6 +446,24 @@ STUDIES: dict[str, Study] = {
 SMOKE = ["trainer.max_steps=8", "trainer.eval_every=4", "trainer.log_every=4", "data.num_samples=1000"]
 
 
+def _sweep_in_process(train_args: list[str], log_path: Path) -> int:
+    """`backprop-lab train TRAIN_ARGS` in this process (no interpreter and torch start per sweep), its
+    output into `log_path`; returns its exit status."""
+    import contextlib
+    import logging.config
+
+    from .cli import train_main
+
+    with open(log_path, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        try:
+            code = train_main(train_args)
+        except SystemExit as exit:  # Hydra's own errors end in sys.exit
+            code = exit.code if isinstance(exit.code, int) else 1
+        finally:  # Hydra's log handlers write to this file: close them with it
+            logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})
+    return code
+
+
 def candidate_problem(study: str, candidate: str, config_dir: Path | None) -> str | None:
     """Why `--candidate GROUP=OPTION` cannot join this study, as one line; None when it can."""
     from .cli import check_composition, compose_train
@@ -515,12 +532,7 @@ def run_study(
         commands.append(f"- `{shown}`" + (f" ({note})" if note else ""))
         commands_file.write_text("\n".join(commands) + "\n")
         print(f"[{name}] {label}: {shown}", flush=True)
-        with open(out / f"{label}.log", "w") as log:
-            code = subprocess.call(
-                [sys.executable, "-m", "backprop_lab", *args, f"hydra.sweep.dir={folder}"],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        code = _sweep_in_process([*args[1:], f"hydra.sweep.dir={folder}"], out / f"{label}.log")
         if code != 0:
             print(f"[{name}] {label}: some runs did not complete (see {out / (label + '.log')})", flush=True)
         return folder
