@@ -533,6 +533,8 @@ def run_study(
         commands_file.write_text("\n".join(commands) + "\n")
         print(f"[{name}] {label}: {shown}", flush=True)
         code = _sweep_in_process([*args[1:], f"hydra.sweep.dir={folder}"], out / f"{label}.log")
+        if code == 130:  # Ctrl-C / SIGTERM: the runs checkpointed and stopped; so does the study
+            raise KeyboardInterrupt
         if code != 0:
             print(f"[{name}] {label}: some runs did not complete (see {out / (label + '.log')})", flush=True)
         return folder
@@ -600,6 +602,12 @@ def main(argv: list[str]) -> int:
     except FileNotFoundError:
         print(f"error: the study's sweeps made no runs; their logs are in {out}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(
+            f"interrupted: the sweeps so far are in {out} (backprop-lab resume RUN_DIR continues a run)",
+            file=sys.stderr,
+        )
+        return 130
     print(f"wrote {report}")
     print(report.read_text().split("### Sweeps")[0])
     return 0
