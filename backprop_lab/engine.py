@@ -385,7 +385,7 @@ class Stage:
                 clip_grad_norm_per_member_(self.params, self.trainer.grad_clip)
             else:
                 nn.utils.clip_grad_norm_(self.params, self.trainer.grad_clip, foreach=True)
-        if self.regularization.l2_decay > 0:
+        if self.regularization.decays:
             self.regularization.decay_(self.lr())  # before the step, as AdamW does
         self.step_optimizer()
         if diagnostics is not None:

@@ -125,6 +125,15 @@ LR_LINEAR = (
 LR_PROPORTIONAL_SCHEDULES = ("constant", "step", "multistep", "onecycle", "cosine", "warmup_cosine")
 
 
+def batched_keys(cfg: Any) -> list[str]:
+    """The keys in which jobs of `cfg` may differ and still train as one Members model, besides the seed:
+    regularizer.l1 and regularizer.l2 (each member's penalty or decay with its own coefficient), and
+    optimizer.lr where lr_batchable."""
+    if why_not_batched(cfg) is not None:
+        return []
+    return ["regularizer.l1", "regularizer.l2", *(["optimizer.lr"] if lr_batchable(cfg) else [])]
+
+
 def lr_batchable(cfg: Any) -> bool:
     """May jobs of `cfg` that differ in optimizer.lr train as one Members model? Yes when the optimizer
     steps linearly in the rate and the schedule scales every member's rate by the same factor (a

@@ -251,11 +251,13 @@ def fit_members(
     logs: list[Any],
     progress: Any,
     lrs: list[float] | None = None,
+    regs: list[Any] | None = None,
     **kwargs: Any,
 ) -> list[StageResult]:
     """fit_stage for K members at once (`module` is a members.Members when K > 1). `lrs`: the members'
     own learning rates when they differ (members.lr_batchable): the optimizer and its schedule are then
-    built at rate 1 and the engine scales each member's update by its rate."""
+    built at rate 1 and the engine scales each member's update by its rate. `regs`: the members'
+    `regularizer` nodes, whose l1 / l2 may differ."""
     opt_cfg, member_lr = cfg.optimizer, None
     if lrs is not None and len(set(lrs)) > 1:
         from omegaconf import OmegaConf
@@ -271,7 +273,7 @@ def fit_members(
         stage=stage,
         optimizer=optimizer,
         scheduler=scheduler,
-        regularization=Regularization(module, cfg.regularizer),
+        regularization=Regularization(module, cfg.regularizer, regs),
         trainer=cfg.trainer,
         max_steps=steps,
         seeds=seeds,

@@ -5,6 +5,8 @@ Dropout and batch norm are layers (models.py); this module holds what acts on th
 
 from __future__ import annotations
 
+import operator
+from functools import reduce
 from typing import Any
 
 import torch
@@ -36,11 +38,22 @@ def active_regularizers(reg: Any) -> list[str]:
 class Regularization:
     """The L1 / L2 terms of `regularizer` for one model: `penalty()` for the loss, `decay_()` after a step."""
 
-    def __init__(self, model: nn.Module, reg: Any):
+    def __init__(self, model: nn.Module, reg: Any, member_regs: list[Any] | None = None):
+        """`member_regs`: each member's `regularizer` node, for members.Members whose l1 / l2 differ
+        (the coefficients then are [K] tensors, each member's own)."""
         self.model = model
-        self.l1 = float(reg.l1)
-        self.l2_penalty = float(reg.l2) if reg.l2_mode == "penalty" else 0.0
-        self.l2_decay = float(reg.l2) if reg.l2_mode == "decoupled" else 0.0
+        self.l1: float | torch.Tensor = float(reg.l1)
+        self.l2_penalty: float | torch.Tensor = float(reg.l2) if reg.l2_mode == "penalty" else 0.0
+        self.l2_decay: float | torch.Tensor = float(reg.l2) if reg.l2_mode == "decoupled" else 0.0
+        if member_regs is not None:
+            device = next(model.parameters()).device
+            l1s, l2s = [float(r.l1) for r in member_regs], [float(r.l2) for r in member_regs]
+            if len(set(l1s)) > 1:
+                self.l1 = torch.tensor(l1s, device=device)
+            if len(set(l2s)) > 1 and reg.l2_mode == "penalty":
+                self.l2_penalty = torch.tensor(l2s, device=device)
+            elif len(set(l2s)) > 1:
+                self.l2_decay = torch.tensor(l2s, device=device)
         self.decay_all = bool(reg.decay_bias_and_norm)
         # a penalty of the user's own: regularizer._target_ (model, **its keys) -> scalar, times its weight
         self.custom = targets.resolve("regularizer", reg) if targets.is_target(reg) else None
@@ -49,6 +62,9 @@ class Regularization:
         self.custom_name = str(reg.get("_target_"))
         if self.custom is not None and not callable(self.custom):
             raise ConfigError("regularizer._target_", self.custom_name, "is not a function (model) -> scalar tensor")
+        # what the loop asks every step, decided once (a [K] coefficient would otherwise sync each time)
+        self._adds_to_loss = _on(self.l1) or _on(self.l2_penalty) or self.custom is not None
+        self._decays = _on(self.l2_decay)
 
     def _params(self) -> list[torch.Tensor]:
         # Re-read each time: fine-tuning replaces the head and unfreezes blocks as it goes.
@@ -56,16 +72,21 @@ class Regularization:
 
     @property
     def adds_to_loss(self) -> bool:
-        return self.l1 > 0 or self.l2_penalty > 0 or self.custom is not None
+        return self._adds_to_loss
+
+    @property
+    def decays(self) -> bool:
+        return self._decays
 
     def penalty(self) -> torch.Tensor:
-        """l1 * sum|w| + 0.5 * l2 * sum w^2 over the regularised parameters."""
+        """l1 * sum|w| + 0.5 * l2 * sum w^2 over the regularised parameters (per-member coefficients:
+        each member's sum times its own)."""
         params = self._params()
         total = params[0].new_zeros(())
-        if self.l1 > 0:
-            total = total + self.l1 * sum(p.abs().sum() for p in params)
-        if self.l2_penalty > 0:
-            total = total + 0.5 * self.l2_penalty * sum(p.pow(2).sum() for p in params)
+        if isinstance(self.l1, torch.Tensor) or self.l1 > 0:
+            total = total + _weighted(self.l1, [p.abs() for p in params])
+        if isinstance(self.l2_penalty, torch.Tensor) or self.l2_penalty > 0:
+            total = total + 0.5 * _weighted(self.l2_penalty, [p.pow(2) for p in params])
         if self.custom is not None:
             total = total + self.custom_weight * self._custom_penalty()
         return total
@@ -87,10 +108,23 @@ class Regularization:
     def decay_(self, lr: float | torch.Tensor) -> None:
         """Decoupled weight decay (Loshchilov & Hutter 2019): w <- w - lr * l2 * w, for any optimizer.
         `lr` may be one rate per member (a [K] tensor, for members.Members trained at several rates)."""
-        if self.l2_decay <= 0:
+        if not self.decays:
             return
-        if isinstance(lr, torch.Tensor):
+        factor = 1.0 - lr * self.l2_decay
+        if isinstance(factor, torch.Tensor):
             for p in self._params():
-                p.mul_((1.0 - lr * self.l2_decay).view(-1, *[1] * (p.ndim - 1)))
+                p.mul_(factor.view(-1, *[1] * (p.ndim - 1)))
         else:
-            torch._foreach_mul_(self._params(), 1.0 - lr * self.l2_decay)
+            torch._foreach_mul_(self._params(), factor)
+
+
+def _on(coefficient: float | torch.Tensor) -> bool:
+    """Is a coefficient (or any member's) positive?"""
+    return bool((coefficient > 0).any()) if isinstance(coefficient, torch.Tensor) else coefficient > 0
+
+
+def _weighted(coefficient: float | torch.Tensor, terms: list[torch.Tensor]) -> torch.Tensor:
+    """coefficient * the sum of all terms; a [K] coefficient weighs each member's own sum."""
+    if isinstance(coefficient, torch.Tensor):
+        return (coefficient * reduce(operator.add, (t.flatten(1).sum(1) for t in terms))).sum()
+    return coefficient * reduce(operator.add, (t.sum() for t in terms))

@@ -322,7 +322,17 @@ def _train(
     seeds = [job.cfg.seed for job in jobs]
     lrs = [float(job.cfg.optimizer.lr) for job in jobs]  # (they may differ: members.lr_batchable)
     per_member = fit_members(
-        cfg, model, p.target, "train", steps, seeds, runlogs, progress, lrs=lrs, checkpoint=checkpointers
+        cfg,
+        model,
+        p.target,
+        "train",
+        steps,
+        seeds,
+        runlogs,
+        progress,
+        lrs=lrs,
+        regs=[job.cfg.regularizer for job in jobs],  # (l1 and l2 may differ: members.batched_keys)
+        checkpoint=checkpointers,
     )
     for checkpointer in checkpointers:
         checkpointer.remove()
@@ -384,6 +394,8 @@ def run_members(
             world_size=world.size,
             **({"batch_per_process": cfg.trainer.batch_size // world.size} if world.active else {}),
         )
+        for job, summary in zip(jobs, summaries, strict=True):  # (members may differ in l1 / l2)
+            summary["regularizers_active"] = active_regularizers(job.cfg.regularizer)
         seeds = [job.cfg.seed for job in jobs]
         show_choices(
             jobs[0].choices,

@@ -100,6 +100,25 @@ def test_a_learning_rate_grid_trains_as_one_batched_model_with_each_runs_numbers
     assert "one batched model" not in out  # a floor that is not proportional to the rate: one by one
 
 
+def test_penalty_grids_train_as_one_batched_model_with_each_runs_numbers(tmp_path):
+    """regularizer.l1 x regularizer.l2 (penalty) x seed, and l2 in decoupled mode: one group each, every
+    member with its own coefficients, ending where its own run ends."""
+    grid = ["regularizer.l1=0,0.003", "regularizer.l2=0,0.05", "seed=0"]
+    vec, out = sweep(tmp_path, "vec", "hydra/launcher=vectorized", *grid)
+    basic, _ = sweep(tmp_path, "basic", *grid)
+    assert "one batched model: #0 #1 #2 #3" in out and "regularizer.l1=[0, 0, 0.003, 0.003]" in out
+    for job in ("0", "1", "2", "3"):
+        assert_same_rows(rows(vec / job), rows(basic / job), rtol=1e-4)
+    summaries = [json.loads((vec / job / "summary.json").read_text()) for job in "03"]
+    assert [s["regularizers_active"] for s in summaries] == [["none"], ["elastic_net"]]
+    grid = ["regularizer.l2=0.01,0.2", "regularizer.l2_mode=decoupled", "optimizer=sgd"]
+    vec, out = sweep(tmp_path, "vec_decay", "hydra/launcher=vectorized", *grid)
+    basic, _ = sweep(tmp_path, "basic_decay", *grid)
+    assert "one batched model: #0 #1" in out
+    for job in ("0", "1"):
+        assert_same_rows(rows(vec / job), rows(basic / job), rtol=1e-4)
+
+
 def test_a_member_checkpoint_holds_the_rates_of_its_own_run():
     """A member trained at rate factor f(t) is saved with its own rates: the optimizer's and the
     schedule's state equal those of an optimizer and schedule built at its rate."""

@@ -1,5 +1,6 @@
-"""hydra/launcher=vectorized: the jobs of a sweep that differ only in `seed` (and in `optimizer.lr`,
-where the optimizer steps linearly in it: backprop_lab.members.lr_batchable) train as one batched model.
+"""hydra/launcher=vectorized: the jobs of a sweep that differ only in `seed`, `regularizer.l1`,
+`regularizer.l2` and `optimizer.lr` (where the optimizer steps linearly in it: backprop_lab.members)
+train as one batched model.
 
     backprop-lab train -m hydra/launcher=vectorized 'seed=range(8)' act=relu,tanh
     backprop-lab train -m hydra/launcher=vectorized optimizer.lr=0.001,0.003,0.01,0.03 seed=0,1   # one group of 8
@@ -54,16 +55,17 @@ def _task_config(config: DictConfig) -> DictConfig:
 
 
 def _all_but_seed(config: DictConfig) -> str:
-    """The group a job belongs to: its config without the seed, and without optimizer.lr where members
-    may train at different rates (backprop_lab.members.lr_batchable)."""
-    from backprop_lab.members import lr_batchable
+    """The group a job belongs to: its config without the seed, and without the values members may
+    hold each their own (backprop_lab.members.batched_keys: the learning rate, l1 and l2)."""
+    from backprop_lab.members import batched_keys
 
     task_config = _task_config(config)
     task = OmegaConf.to_container(task_config, resolve=False)
     assert isinstance(task, dict)
     task.pop("seed", None)
-    if lr_batchable(task_config):
-        task["optimizer"].pop("lr", None)
+    for key in batched_keys(task_config):
+        group, name = key.split(".")
+        task[group].pop(name, None)
     return json.dumps(task, sort_keys=True, default=str)
 
 
@@ -127,11 +129,13 @@ class VectorizedLauncher(Launcher):
                 for i in batch:
                     returns[i] = self._run(configs[i], self.task_function)
                 continue
-            varying = ("seed=", "optimizer.lr=")
+            varying = ("seed=", "optimizer.lr=", "regularizer.l1=", "regularizer.l2=")
             shared = " ".join(o for o in filter_overrides(job_overrides[batch[0]]) if not o.startswith(varying))
-            lrs = [configs[i].optimizer.get("lr") for i in batch]
-            rates = f" optimizer.lr={lrs}" if len(set(lrs)) > 1 else ""
-            log.info(f"\tone batched model: {names} : {shared} seed={[configs[i].seed for i in batch]}{rates}")
+            values = ""
+            for key in ("optimizer.lr", "regularizer.l1", "regularizer.l2"):
+                each = [OmegaConf.select(configs[i], key) for i in batch]
+                values += f" {key}={each}" if len(set(each)) > 1 else ""
+            log.info(f"\tone batched model: {names} : {shared} seed={[configs[i].seed for i in batch]}{values}")
             jobs: list[Any] = []
             prepared = {i: self._run(configs[i], _collect_into(jobs)) for i in batch}
             # run_job made each folder and its .hydra/; now train them together
