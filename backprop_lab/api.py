@@ -29,7 +29,7 @@ def train(*overrides: str, config_dir: str | Path | None = None, run_dir: str | 
     from . import cli
     from .plugin_configs import register
 
-    if any(o in ("-m", "--multirun") or o.startswith("-") for o in overrides):
+    if any(o.startswith("-") for o in overrides):  # -m, --config-dir, ...: not overrides
         raise RefusedError("train() takes overrides only (one run); for a sweep call it in a loop, or use the CLI's -m")
     args = [*(["--config-dir", str(Path(config_dir).resolve())] if config_dir is not None else []), *overrides]
     problem = cli.precheck(args)

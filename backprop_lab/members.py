@@ -138,13 +138,14 @@ def lr_batchable(cfg: Any) -> bool:
     """May jobs of `cfg` that differ in optimizer.lr train as one Members model? Yes when the optimizer
     steps linearly in the rate and the schedule scales every member's rate by the same factor (a
     cosine's min_lr must be 0): the engine then steps with rate factor f(t) and scales each member's
-    update by its own rate, which is what each member's own run computes."""
+    update by its own rate, which is what each member's own run computes. (Asked by batched_keys, once
+    the jobs are known to batch at all.)"""
     opt, sched = cfg.optimizer, cfg.scheduler
     if opt.get("_target_") is not None or opt.get("name") not in LR_LINEAR or opt.get("lr_decay", 0):
         return False
     if sched.get("_target_") is not None or sched.get("name") not in LR_PROPORTIONAL_SCHEDULES:
         return False
-    return not sched.get("min_lr", 0) and why_not_batched(cfg) is None
+    return not sched.get("min_lr", 0)
 
 
 def why_not_elementwise(cfg: Any) -> str | None:
