@@ -30,6 +30,7 @@ from .augment import Augment
 from .data import Split
 from .diagnostics import Diagnostics
 from .distributed import SINGLE, World
+from .member_optimizers import MemberOptimizers, MemberSchedulers
 from .members import Members, clip_grad_norm_per_member_
 from .regularizers import Regularization
 
@@ -300,8 +301,6 @@ class Stage:
         """Everything member k (a single model: k = 0) needs to continue after this step, as an ordinary
         run; a member that has stopped keeps its weights and outcome from then."""
         r, stopped, count = self.results[k], k not in self.running, self.count
-        optimizer_state = self.optimizer.state_dict()
-        rate = 1.0 if self.member_lr is None else float(self.member_lr[k])  # rates saved as its own run's
         return {
             "stage": self.stage,
             **self.state.member(k),
@@ -309,14 +308,24 @@ class Stage:
             "torch_rng": torch.get_rng_state(),
             **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
             "model": r.last_state if stopped else _state(self.model, k) if count > 1 else self.model.state_dict(),
-            "optimizer": _member_optimizer_state(optimizer_state, k, rate) if count > 1 else optimizer_state,
-            "scheduler": _scaled_rates(self.scheduler.state_dict(), rate) if self.scheduler is not None else None,
+            **self.optimizer_states(k),
             "last_train": r.last_train,
             "best": r.best,
             "best_step": r.best_step,
             "target": r.target,
             "elapsed_s": r.seconds if stopped else self.elapsed(),
             "finished": {"status": r.status, "stopped_early": r.stopped_early} if stopped else None,
+        }
+
+    def optimizer_states(self, k: int) -> dict[str, Any]:
+        """Member k's optimizer and schedule states, as its own run would hold them."""
+        if isinstance(self.optimizer, MemberOptimizers):  # each member has its own already
+            return {"optimizer": self.optimizer.member_state(k), "scheduler": self.scheduler.member_state(k)}
+        optimizer_state = self.optimizer.state_dict()
+        rate = 1.0 if self.member_lr is None else float(self.member_lr[k])  # rates saved as its own run's
+        return {
+            "optimizer": _member_optimizer_state(optimizer_state, k, rate) if self.count > 1 else optimizer_state,
+            "scheduler": _scaled_rates(self.scheduler.state_dict(), rate) if self.scheduler is not None else None,
         }
 
     def checkpoint_or_stop(self) -> None:
@@ -402,6 +411,8 @@ class Stage:
 
     def lr(self) -> float | torch.Tensor:
         """The learning rate now: the optimizer's, or each member's (a [K] tensor) under member_lr."""
+        if isinstance(self.optimizer, MemberOptimizers):
+            return self.optimizer.rates()
         factor = self.optimizer.param_groups[0]["lr"]
         return factor if self.member_lr is None else self.member_lr * factor
 
@@ -477,8 +488,10 @@ class Stage:
             self.logs[k].metrics(
                 stage=self.stage, split="val", step=s.step, epoch=epoch, elapsed_s=elapsed, **val[k], **extra
             )
-            if self.plateau:
-                self.scheduler.step(score)  # only ever one member: Members refuses plateau
+            if isinstance(self.scheduler, MemberSchedulers):
+                self.scheduler.validated(k, score)  # (a member's plateau schedule)
+            elif self.plateau:
+                self.scheduler.step(score)
             if not all(math.isfinite(v) for v in val[k].values()):
                 self.finish(k, status="diverged")
             elif self.trainer.early_stopping and s.evals_since_best[k] >= self.trainer.early_stopping:

@@ -1,12 +1,13 @@
-"""Several runs that differ only in their seed, trained as one batched model (hydra/launcher=vectorized).
+"""Several runs trained as one batched model (hydra/launcher=vectorized): runs that differ in their
+seed and in the values of members.BATCHED_KEYS (optimizer, schedule, l1, l2).
 
 `Members` stacks the K members' parameters along a new first dimension and runs the forward pass
 with `torch.func.vmap` over `functional_call`, so a linear layer becomes one batched matmul for all K.
 Each member keeps its own init (built under its own seed), its own data order (the engine draws a
 permutation per member) and its own dropout masks (vmap's randomness="different"). The loss is the
-sum of the members' losses, so every member gets exactly its own gradient, and the optimizers we
-register are elementwise (SGD, Adam, RMSprop, ...), so one optimizer over stacked tensors steps each
-member as its own optimizer would.
+sum of the members' losses, so every member gets exactly its own gradient. Members that share one
+elementwise optimizer (SGD, Adam, RMSprop, ...) step as one optimizer over the stacked tensors, which
+steps each member as its own optimizer would; otherwise each member has its own (member_optimizers).
 """
 
 from __future__ import annotations
@@ -32,10 +33,17 @@ class Members(nn.Module):
         self.stacked = nn.ParameterList(nn.Parameter(p) for p in params.values())
         for p in self.stacked:
             p.member_dim = True  # optimizers.is_decayed looks at the shape of one member
+        template = copy.deepcopy(models[0])
+        # dropout layers whose rate differs between members read each member's rate from a buffer
+        self.rate_names = []
+        for path, rates in _differing_dropout_rates(models).items():
+            owner, _, leaf = path.rpartition(".")
+            template.get_submodule(owner)._modules[leaf] = MemberDropout()
+            buffers[f"{path}.rate"] = torch.tensor(rates, device=self.stacked[0].device)
+            self.rate_names.append(f"{path}.rate")
         self.buffer_names = list(buffers)
         for i, b in enumerate(buffers.values()):
             self.register_buffer(f"buffer_{i}", b)
-        template = copy.deepcopy(models[0])
         self.template = [template.to("meta")]  # a list hides it from .parameters() and .to()
         self.capture: dict[str, torch.Tensor] | None = None  # set by Diagnostics.arm for one forward pass
         self._forward = vmap(self._one, in_dims=(0, 0, 0), randomness="different")
@@ -72,8 +80,10 @@ class Members(nn.Module):
         return list(zip(self.names, self.stacked, strict=True))
 
     def state(self) -> dict[str, torch.Tensor]:
-        """The stacked state, keyed like a single model's state_dict."""
-        return {**self.params(), **self.buffers_by_name()}
+        """The stacked state, keyed like a single model's state_dict (the members' dropout rates are not
+        state: each member's own model holds its rate in its config)."""
+        buffers = {n: b for n, b in self.buffers_by_name().items() if n not in self.rate_names}
+        return {**self.params(), **buffers}
 
     def member_state(self, k: int) -> dict[str, torch.Tensor]:
         """Member k's weights as a single model's state_dict: loads into an ordinary model."""
@@ -84,6 +94,28 @@ class Members(nn.Module):
         with torch.no_grad():
             for name, t in self.state().items():
                 t.copy_(torch.stack([s[name] for s in states]))
+
+
+class MemberDropout(nn.Module):
+    """nn.Dropout whose rate is a buffer, so that under vmap each member drops with its own rate: each
+    element is kept with probability 1 - rate and scaled by 1 / (1 - rate), as torch's dropout does."""
+
+    rate: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("rate", torch.zeros(()), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        return x * (torch.rand_like(x) >= self.rate) / (1 - self.rate)
+
+
+def _differing_dropout_rates(models: Sequence[nn.Module]) -> dict[str, list[float]]:
+    """{module path: each member's rate} for the dropout layers whose rate differs between the models."""
+    layers = [{n: m.p for n, m in model.named_modules() if isinstance(m, nn.Dropout)} for model in models]
+    return {n: [float(each[n]) for each in layers] for n in layers[0] if len({each[n] for each in layers}) > 1}
 
 
 @torch.no_grad()
@@ -102,9 +134,11 @@ def why_not_batched(cfg: Any) -> str | None:
     """Why runs of `cfg` that differ only in their seed cannot train as one Members model, or None."""
     if cfg.pretrain.name != "none":
         return f"pretrain={cfg.pretrain.name} trains in stages, with a new head and frozen blocks"
-    if cfg.scheduler.get("name") == "plateau":
-        return "scheduler=plateau follows each run's own validation score"
-    return why_not_elementwise(cfg)
+    if cfg.model.get("_target_") is not None:
+        return f"model {cfg.model['_target_']} is the user's own: not known to stack with torch.func"
+    if cfg.regularizer.get("_target_") is not None:
+        return f"regularizer {cfg.regularizer['_target_']} takes the model, which is one model per run"
+    return None
 
 
 # Shipped optimizers whose step is linear in the learning rate (the update u does not depend on it:
@@ -125,44 +159,42 @@ LR_LINEAR = (
 LR_PROPORTIONAL_SCHEDULES = ("constant", "step", "multistep", "onecycle", "cosine", "warmup_cosine")
 
 
-def batched_keys(cfg: Any) -> list[str]:
-    """The keys in which jobs of `cfg` may differ and still train as one Members model, besides the seed:
-    regularizer.l1 and regularizer.l2 (each member's penalty or decay with its own coefficient), and
-    optimizer.lr where lr_batchable."""
-    if why_not_batched(cfg) is not None:
-        return []
-    return ["regularizer.l1", "regularizer.l2", *(["optimizer.lr"] if lr_batchable(cfg) else [])]
+# What members of one group may each hold their own of, besides the seed: the whole optimizer and
+# schedule (each member steps with its own where they differ: member_optimizers), l1 and l2 (each
+# member's penalty or decoupled decay with its own coefficient), the dropout rate (MemberDropout; a
+# rate of 0 builds no dropout layers, so members with and without dropout form separate groups).
+BATCHED_KEYS = ("optimizer", "scheduler", "regularizer.l1", "regularizer.l2", "regularizer.dropout")
+
+
+def batched_keys(cfg: Any) -> tuple[str, ...]:
+    """The keys in which jobs of `cfg` may differ and still train as one Members model, besides the seed."""
+    return () if why_not_batched(cfg) is not None else BATCHED_KEYS
+
+
+def differing_values(cfgs: Sequence[Any]) -> dict[str, list[Any]]:
+    """{key: each member's value} for the batched values in which these members' configs differ."""
+    from omegaconf import OmegaConf
+
+    def leaves(cfg: Any) -> dict[str, Any]:
+        values = OmegaConf.to_container(cfg, resolve=True)
+        assert isinstance(values, dict)
+        flat = {f"{group}.{k}": v for group in ("optimizer", "scheduler") for k, v in values[group].items()}
+        return {**flat, **{f"regularizer.{k}": values["regularizer"][k] for k in ("l1", "l2", "dropout")}}
+
+    each = [leaves(c) for c in cfgs]
+    keys = dict.fromkeys(k for e in each for k in e)  # (in order)
+    return {k: [e.get(k) for e in each] for k in keys if len({repr(e.get(k)) for e in each}) > 1}
 
 
 def lr_batchable(cfg: Any) -> bool:
-    """May jobs of `cfg` that differ in optimizer.lr train as one Members model? Yes when the optimizer
-    steps linearly in the rate and the schedule scales every member's rate by the same factor (a
-    cosine's min_lr must be 0): the engine then steps with rate factor f(t) and scales each member's
-    update by its own rate, which is what each member's own run computes. (Asked by batched_keys, once
-    the jobs are known to batch at all.)"""
+    """May members of `cfg` that differ only in optimizer.lr share one optimizer over the stacked tensors?
+    Yes when the optimizer steps linearly in the rate and the schedule scales every member's rate by the
+    same factor (a cosine's min_lr must be 0): the engine then steps with rate factor f(t) and scales
+    each member's update by its own rate, which is what each member's own run computes. Otherwise each
+    member steps with an optimizer of its own (member_optimizers.needs_own_optimizers)."""
     opt, sched = cfg.optimizer, cfg.scheduler
     if opt.get("_target_") is not None or opt.get("name") not in LR_LINEAR or opt.get("lr_decay", 0):
         return False
     if sched.get("_target_") is not None or sched.get("name") not in LR_PROPORTIONAL_SCHEDULES:
         return False
     return not sched.get("min_lr", 0)
-
-
-def why_not_elementwise(cfg: Any) -> str | None:
-    """Options of the user's own are batched only where that is known to give each member's own
-    numbers: an optimizer that declares `elementwise: true`, any activation (vmap runs it per member)."""
-    from .optimizers import NOT_ELEMENTWISE
-
-    opt = cfg.optimizer
-    if opt.get("_target_") is not None and not opt.get("elementwise", False):
-        return (
-            f"optimizer {opt['_target_']} is not declared elementwise (its YAML may say `elementwise: true` when "
-            "each element's update depends on that element alone)"
-        )
-    if opt.get("_target_") is None and opt.get("name") in NOT_ELEMENTWISE:
-        return f"optimizer={opt.name} is not elementwise: a stacked tensor would not step as each member's own"
-    if cfg.model.get("_target_") is not None:
-        return f"model {cfg.model['_target_']} is the user's own: not known to stack with torch.func"
-    if cfg.regularizer.get("_target_") is not None:
-        return f"regularizer {cfg.regularizer['_target_']} takes the model, which is one model per run"
-    return None

@@ -250,22 +250,30 @@ def fit_members(
     seeds: list[int],
     logs: list[Any],
     progress: Any,
-    lrs: list[float] | None = None,
-    regs: list[Any] | None = None,
+    members: list[Any] | None = None,
     **kwargs: Any,
 ) -> list[StageResult]:
-    """fit_stage for K members at once (`module` is a members.Members when K > 1). `lrs`: the members'
-    own learning rates when they differ (members.lr_batchable): the optimizer and its schedule are then
-    built at rate 1 and the engine scales each member's update by its rate. `regs`: the members'
-    `regularizer` nodes, whose l1 / l2 may differ."""
-    opt_cfg, member_lr = cfg.optimizer, None
-    if lrs is not None and len(set(lrs)) > 1:
-        from omegaconf import OmegaConf
+    """fit_stage for K members at once (`module` is a members.Members when K > 1). `members`: the
+    members' own configs, whose optimizer, schedule, l1 and l2 may differ (members.batched_keys). Each
+    member then steps with an optimizer of its own (member_optimizers), or, where they share one
+    elementwise optimizer and differ at most in the rate, the optimizer and its schedule are built at
+    rate 1 and the engine scales each member's update by its rate (members.lr_batchable)."""
+    from .member_optimizers import MemberOptimizers, MemberSchedulers, needs_own_optimizers
 
-        opt_cfg = OmegaConf.merge(cfg.optimizer, {"lr": 1.0})
-        member_lr = torch.tensor(lrs, dtype=torch.float32, device=split.x_train.device)
-    optimizer = build_optimizer(module, opt_cfg, cfg.regularizer.decay_bias_and_norm)
-    scheduler = build_scheduler(optimizer, cfg.scheduler, steps)
+    opt_cfg, member_lr, decay_all = cfg.optimizer, None, cfg.regularizer.decay_bias_and_norm
+    optimizers, schedulers = [c.optimizer for c in members or [cfg]], [c.scheduler for c in members or [cfg]]
+    lrs = [float(o.lr) for o in optimizers]
+    if len(optimizers) > 1 and needs_own_optimizers(optimizers, schedulers):
+        optimizer: Any = MemberOptimizers(module, optimizers, decay_all)  # type: ignore[arg-type]
+        scheduler: Any = MemberSchedulers(optimizer, schedulers, steps)
+    else:
+        if len(set(lrs)) > 1:
+            from omegaconf import OmegaConf
+
+            opt_cfg = OmegaConf.merge(cfg.optimizer, {"lr": 1.0})
+            member_lr = torch.tensor(lrs, dtype=torch.float32, device=split.x_train.device)
+        optimizer = build_optimizer(module, opt_cfg, decay_all)
+        scheduler = build_scheduler(optimizer, cfg.scheduler, steps)
     augment = Augment(cfg.data.augment, cfg.data.crop_padding) if cfg.data.get("augment") else None
     return fit(
         module,
@@ -273,7 +281,7 @@ def fit_members(
         stage=stage,
         optimizer=optimizer,
         scheduler=scheduler,
-        regularization=Regularization(module, cfg.regularizer, regs),
+        regularization=Regularization(module, cfg.regularizer, [c.regularizer for c in members] if members else None),
         trainer=cfg.trainer,
         max_steps=steps,
         seeds=seeds,

@@ -244,10 +244,12 @@ def _first_summary(job: Job, k: int, jobs: list[Job], resume_from: Any) -> dict[
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if count > 1:
+        from .members import differing_values
+
         summary["vectorized"] = {"member": k, "members": count, "seeds": [j.cfg.get("seed") for j in jobs]}
-        lrs = [j.cfg.optimizer.get("lr") for j in jobs]
-        if len(set(lrs)) > 1:
-            summary["vectorized"]["lrs"] = lrs
+        differing = differing_values([j.cfg for j in jobs])
+        if differing:
+            summary["vectorized"]["differing"] = differing
     if resume_from is not None:  # (a member of a vectorized group resumes alone)
         summary.update(
             {key: resume_from[1][key] for key in ("started_at", "resumed", "vectorized") if key in resume_from[1]}
@@ -320,7 +322,6 @@ def _train(
     # each member's checkpoint is an ordinary run's: `backprop-lab resume` continues it alone
     checkpointers = [Checkpointer(job.run_dir, cfg.trainer.checkpoint_every) for job in jobs]
     seeds = [job.cfg.seed for job in jobs]
-    lrs = [float(job.cfg.optimizer.lr) for job in jobs]  # (they may differ: members.lr_batchable)
     per_member = fit_members(
         cfg,
         model,
@@ -330,8 +331,7 @@ def _train(
         seeds,
         runlogs,
         progress,
-        lrs=lrs,
-        regs=[job.cfg.regularizer for job in jobs],  # (l1 and l2 may differ: members.batched_keys)
+        members=[job.cfg for job in jobs],  # (optimizers, schedules, l1 and l2 may differ: members.batched_keys)
         checkpoint=checkpointers,
     )
     for checkpointer in checkpointers:

@@ -3,6 +3,7 @@ batched model) and the joblib launcher (parallel processes) against Hydra's basi
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -92,12 +93,12 @@ def test_a_learning_rate_grid_trains_as_one_batched_model_with_each_runs_numbers
     for job in ("0", "1", "2", "3"):
         assert_same_rows(rows(vec / job), rows(basic / job), rtol=1e-4)
         summary = json.loads((vec / job / "summary.json").read_text())
-        assert summary["vectorized"]["lrs"] == [0.003, 0.003, 0.02, 0.02]
+        assert summary["vectorized"]["differing"] == {"optimizer.lr": [0.003, 0.003, 0.02, 0.02]}
     lrs = [r["lr"] for r in rows(vec / "2") if r["split"] == "train"]
     assert max(lrs) == pytest.approx(0.02, rel=1e-6)  # its own rate, as its own run logs it
     _, out = sweep(tmp_path, "cosine_floor", "hydra/launcher=vectorized", "optimizer.lr=0.003,0.02",
                    "scheduler=cosine", "scheduler.min_lr=0.001")  # fmt: skip
-    assert "one batched model" not in out  # a floor that is not proportional to the rate: one by one
+    assert "one batched model: #0 #1" in out  # a floor not proportional to the rate: each its own optimizer
 
 
 def test_penalty_grids_train_as_one_batched_model_with_each_runs_numbers(tmp_path):
@@ -148,10 +149,13 @@ def test_vectorized_groups_by_setting_and_says_what_runs_one_by_one(tmp_path):
     folder, out = sweep(tmp_path, "groups", "hydra/launcher=vectorized", "act=relu,tanh", "seed=0,1")
     assert out.count("one batched model: #") == 2  # relu x 2 seeds, tanh x 2 seeds
     assert len(list(folder.glob("*/summary.json"))) == 4
-    _, out = sweep(tmp_path, "plateau", "hydra/launcher=vectorized", "scheduler=plateau", "seed=0,1")
-    assert "one by one (scheduler=plateau" in out
-    _, out = sweep(tmp_path, "widths", "hydra/launcher=vectorized", "model.width=16,32")
-    assert "one by one (no other job differs from it only in the seed)" in out
+    _, out = sweep(tmp_path, "pretrain", "hydra/launcher=vectorized", "pretrain=autoencoder", "seed=0,1")
+    assert "one by one (pretrain=autoencoder" in out
+    _, out = sweep(
+        tmp_path, "dropout", "hydra/launcher=vectorized", "regularizer=dropout", "regularizer.dropout=0,0.2,0.5"
+    )
+    assert "one by one (no other job differs from it only in seed, optimizer" in out  # #0: no dropout layers
+    assert "one batched model: #1 #2 :" in out and "regularizer.dropout=[0.2, 0.5]" in out
 
 
 def test_joblib_sweep_matches_basic_and_shares_out_the_cores(tmp_path):
@@ -171,6 +175,72 @@ def _jobs(tmp_path: Path, *overrides: str, seeds=(0, 1)) -> list[Job]:
     return jobs
 
 
+def test_each_members_own_optimizer_steps_as_a_separate_one():
+    """member_optimizers against torch on separate models: the same gradients, the same updates and the
+    same optimizer states (momentum 0.5 and 0.9 with weight decay; Adam with betas of its own)."""
+    from backprop_lab.member_optimizers import MemberOptimizers, needs_own_optimizers
+
+    cfgs = [
+        make_cfg(*FAST, "optimizer=momentum", "optimizer.momentum=0.5"),
+        make_cfg(*FAST, "optimizer=momentum", "optimizer.momentum=0.9", "optimizer.weight_decay=0.01"),
+        make_cfg(*FAST, "optimizer=adam", "optimizer.betas=[0.8,0.99]"),
+    ]
+    assert needs_own_optimizers([c.optimizer for c in cfgs], [c.scheduler for c in cfgs])
+    assert not needs_own_optimizers([cfgs[0].optimizer] * 2, [cfgs[0].scheduler] * 2)
+    arrays = load_arrays(cfgs[0].data)
+    models = []
+    for k, cfg in enumerate(cfgs):
+        torch.manual_seed(k)
+        models.append(plan(cfg, arrays, torch.device("cpu")).model)
+    members = Members(models)  # (stacks copies: `models` stay as they were)
+    together = MemberOptimizers(members, [c.optimizer for c in cfgs], decay_all=False)
+    alone = [build_optimizer(m, c.optimizer, False) for m, c in zip(models, cfgs, strict=True)]
+    for step in range(3):
+        torch.manual_seed(100 + step)
+        grads = [torch.randn_like(p) for p in members.stacked]
+        together.zero_grad()
+        for p, g in zip(members.stacked, grads, strict=True):
+            p.grad = g.clone()
+        together.step()
+        for k, (model, opt) in enumerate(zip(models, alone, strict=True)):
+            for p, g in zip(model.parameters(), grads, strict=True):
+                p.grad = g[k].clone()
+            opt.step()
+    for k, (model, opt) in enumerate(zip(models, alone, strict=True)):
+        for name, value in model.state_dict().items():
+            torch.testing.assert_close(members.member_state(k)[name], value, rtol=1e-6, atol=1e-7)
+        mine, theirs = together.member_state(k), opt.state_dict()
+        assert mine["param_groups"] == theirs["param_groups"]
+        for i, state in theirs["state"].items():
+            for key, value in state.items():
+                torch.testing.assert_close(mine["state"][i][key], value, rtol=1e-6, atol=1e-7)
+
+
+def test_members_with_their_own_optimizers_and_schedules_end_where_their_own_runs_end(tmp_path):
+    """One group whose members differ in momentum, betas, weight decay, the optimizer itself (Muon is not
+    elementwise) and the schedule (a plateau reads each member's own score): each ends as its own run."""
+    members = [
+        ("optimizer=momentum", "optimizer.momentum=0.5", "seed=0"),
+        ("optimizer=momentum", "optimizer.weight_decay=0.01", "scheduler=cosine", "seed=1"),
+        ("optimizer=adam", "optimizer.betas=[0.8,0.99]", "scheduler=plateau", "scheduler.patience=0", "seed=0"),
+        ("optimizer=muon", "seed=0"),
+    ]
+    jobs = []
+    for k, overrides in enumerate(members):
+        cfg = make_cfg(*FAST, *overrides)
+        choices = {g: str(cfg[g].get("name", "")) for g in GROUPS if g in cfg}
+        jobs.append(Job(cfg, tmp_path / f"member{k}", choices, list(overrides)))
+    summaries = run_members(jobs)
+    assert summaries[1]["vectorized"]["differing"]["optimizer.weight_decay"] == [0.0, 0.01, 0.0, 0.0]
+    for k, overrides in enumerate(members):
+        run_cfg(tmp_path / f"alone{k}", *FAST, *overrides)
+        assert_same_rows(rows(tmp_path / f"member{k}"), rows(tmp_path / f"alone{k}"), rtol=1e-4)
+        together = torch.load(tmp_path / f"member{k}" / "weights" / "last.pt", weights_only=True)
+        alone = torch.load(tmp_path / f"alone{k}" / "weights" / "last.pt", weights_only=True)
+        for key in alone:
+            torch.testing.assert_close(together[key], alone[key], rtol=1e-4, atol=1e-5)
+
+
 def test_batch_norm_statistics_and_weights_are_each_members_own(tmp_path):
     # SGD: the bias before batch norm has a gradient of ~0 that is float noise, which Adam would
     # normalise into full-size steps, different between any two summation orders
@@ -183,6 +253,24 @@ def test_batch_norm_statistics_and_weights_are_each_members_own(tmp_path):
         assert "blocks.0.1.running_mean" in together
         for key in alone:
             torch.testing.assert_close(together[key], alone[key], rtol=1e-4, atol=1e-5)
+
+
+def test_members_drop_out_at_their_own_rates():
+    """Dropout layers whose rate differs between members keep each element with probability 1 - rate
+    and scale it by 1 / (1 - rate); the rates are not part of a member's weights."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(8, 8)
+    models = [torch.nn.Sequential(copy.deepcopy(linear), torch.nn.Dropout(p)) for p in (0.2, 0.5)]
+    members = Members(models)
+    x = torch.randn(4000, 8)
+    clean = linear(x).detach()
+    out = members.train()(x, shared=True).detach()
+    for k, p in enumerate((0.2, 0.5)):
+        kept = out[k] != 0
+        assert abs(1 - kept.float().mean().item() - p) < 0.01  # 32000 draws: 4 standard deviations
+        torch.testing.assert_close(out[k][kept], clean[kept] / (1 - p))
+    torch.testing.assert_close(members.eval()(x, shared=True)[1], clean)
+    assert set(members.member_state(1)) == set(models[1].state_dict())
 
 
 def test_dropout_masks_differ_between_members():

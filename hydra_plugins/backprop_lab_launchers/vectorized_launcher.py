@@ -56,7 +56,7 @@ def _task_config(config: DictConfig) -> DictConfig:
 
 def _all_but_seed(config: DictConfig) -> str:
     """The group a job belongs to: its config without the seed, and without the values members may
-    hold each their own (backprop_lab.members.batched_keys: the learning rate, l1 and l2)."""
+    hold each their own (backprop_lab.members.batched_keys: optimizer, schedule, l1, l2, dropout)."""
     from backprop_lab.members import batched_keys
 
     task_config = _task_config(config)
@@ -64,8 +64,13 @@ def _all_but_seed(config: DictConfig) -> str:
     assert isinstance(task, dict)
     task.pop("seed", None)
     for key in batched_keys(task_config):
-        group, name = key.split(".")
-        task[group].pop(name, None)
+        group, _, name = key.partition(".")
+        if not name:
+            task.pop(group, None)
+        elif key == "regularizer.dropout":  # members share the architecture: dropout layers or none
+            task[group][name] = float(OmegaConf.select(task_config, key) or 0) > 0
+        else:
+            task[group].pop(name, None)
     return json.dumps(task, sort_keys=True, default=str)
 
 
@@ -94,7 +99,7 @@ class VectorizedLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from backprop_lab.cli import job_outcome
-        from backprop_lab.members import why_not_batched
+        from backprop_lab.members import BATCHED_KEYS, differing_values, why_not_batched
         from backprop_lab.train import run_members
 
         setup_globals()
@@ -114,13 +119,13 @@ class VectorizedLauncher(Launcher):
             groups.setdefault(_all_but_seed(config), []).append(i)
         size = self.max_members or len(configs)
         batches = [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
-        log.info(f"Vectorized launcher: {len(configs)} jobs in {len(batches)} group(s) (seeds and rates batched)")
+        log.info(f"Vectorized launcher: {len(configs)} jobs in {len(batches)} group(s)")
 
         returns: list[JobReturn | None] = [None] * len(configs)
         for batch in batches:
             names = " ".join(f"#{initial_job_idx + i}" for i in batch)
             reason = (
-                "no other job differs from it only in the seed"
+                "no other job differs from it only in seed, optimizer, schedule, l1, l2 or dropout rate"
                 if len(batch) == 1
                 else why_not_batched(_task_config(configs[batch[0]]))
             )
@@ -129,12 +134,10 @@ class VectorizedLauncher(Launcher):
                 for i in batch:
                     returns[i] = self._run(configs[i], self.task_function)
                 continue
-            varying = ("seed=", "optimizer.lr=", "regularizer.l1=", "regularizer.l2=")
+            varying = ("seed=", *(f"{key}{sep}" for key in BATCHED_KEYS for sep in "=."))
             shared = " ".join(o for o in filter_overrides(job_overrides[batch[0]]) if not o.startswith(varying))
-            values = ""
-            for key in ("optimizer.lr", "regularizer.l1", "regularizer.l2"):
-                each = [OmegaConf.select(configs[i], key) for i in batch]
-                values += f" {key}={each}" if len(set(each)) > 1 else ""
+            differing = differing_values([_task_config(configs[i]) for i in batch])
+            values = "".join(f" {key}={each}" for key, each in differing.items())
             log.info(f"\tone batched model: {names} : {shared} seed={[configs[i].seed for i in batch]}{values}")
             jobs: list[Any] = []
             prepared = {i: self._run(configs[i], _collect_into(jobs)) for i in batch}
