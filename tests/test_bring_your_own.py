@@ -230,14 +230,23 @@ def test_third_party_lion_by_target(lab):
 
 
 def test_vectorized_batches_every_optimizer_with_each_members_own_numbers(lab):
-    """signsgd (elementwise: true) steps its members as one optimizer over the stacked tensors; the same
-    optimizer undeclared, and adafactor (not elementwise), give each member an optimizer of its own.
-    All three are one batched model each, and members end where their own runs end."""
+    """signsgd (elementwise: true) may step its members as one optimizer over the stacked tensors; the same
+    optimizer undeclared, adafactor (not elementwise), or a group of several optimizers gives each member
+    an optimizer of its own. All six jobs are one batched model; members end where their own runs end."""
+    from omegaconf import OmegaConf
+
+    from backprop_lab.member_optimizers import needs_own_optimizers
+
+    declared = OmegaConf.create({"_target_": "mylab.SignSGD", "lr": 0.001, "elementwise": True})
+    undeclared = OmegaConf.create({"_target_": "mylab.SignSGD", "lr": 0.001})
+    schedules = [OmegaConf.create({"name": "constant"})] * 2
+    assert not needs_own_optimizers([declared, declared], schedules)
+    assert needs_own_optimizers([undeclared, undeclared], schedules)
     folder, out = sweep(
         lab, "vec", "--config-dir", "configs", "hydra/launcher=vectorized",
         "optimizer=signsgd,signsgd_plain,adafactor", "seed=0,1",
     )  # fmt: skip
-    assert out.count("one batched model: #") == 3 and "one by one" not in out
+    assert "one batched model: #0 #1 #2 #3 #4 #5 :" in out and "one by one" not in out
     alone, _ = sweep(lab, "alone", "--config-dir", "configs", "optimizer=signsgd,adafactor", "seed=1")
     assert_same_rows(rows(folder / "1"), rows(alone / "0"), rtol=1e-4)
     assert_same_rows(rows(folder / "5"), rows(alone / "1"), rtol=1e-4)
