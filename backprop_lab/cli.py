@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -205,6 +206,9 @@ def precheck(args: list[str]) -> str | None:
         return None
     if parsed.config_path or parsed.config_name:
         return None
+    folder_problem = check_output_folder(parsed.overrides, parsed.multirun)
+    if folder_problem:
+        return folder_problem
     if parsed.config_dir:
         return check_plugins(parsed.overrides) or (
             None if parsed.multirun else check_composition(parsed.config_dir, parsed.overrides)
@@ -214,6 +218,27 @@ def precheck(args: list[str]) -> str | None:
         or check_group_choices(parsed.overrides)
         or (None if parsed.multirun else check_keys(parsed.overrides))
     )
+
+
+def check_output_folder(overrides: list[str], multirun: bool) -> str | None:
+    """The run's (or the sweep's) folder must be one this process can make and write: a folder under a
+    file, without permission or on a read-only disk is refused in one line, before Hydra tries."""
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    given = [o.split("=", 1)[1] for o in overrides if o.startswith(f"{key}=")]
+    folder = Path(given[-1].split("${", 1)[0] or ".") if given else Path("multirun" if multirun else "outputs")
+    folder = folder.expanduser().absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        return f"{key}={given[-1] if given else folder} is not valid: {existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{key}={given[-1] if given else folder} is not valid: {existing} is not writable here"
+    # a run into a folder another process trains: refused before Hydra writes (under torchrun, rank 0
+    # takes the lock when it starts; a probe here would collide with the other ranks' probes)
+    if given and not multirun and "WORLD_SIZE" not in os.environ:
+        from .folder_lock import holder_problem
+
+        return holder_problem(folder)
+    return None
 
 
 def current_job(cfg: DictConfig) -> Any:
@@ -332,26 +357,34 @@ def resume_main(args: list[str]) -> int:
         return 2
     import logging
 
-    from .errors import ConfigError
+    from .errors import RefusedError
     from .train import resume
 
     run_dir = Path(args[0])
     if not run_dir.is_dir():
         print(f"error: RUN_DIR={run_dir} is not a folder; give the run folder of an interrupted run", file=sys.stderr)
         return 2
+    from .folder_lock import hold
+
+    scratch = _scratch_for_other_ranks()
+    try:
+        if scratch is None:  # (rank 0 alone holds the folder under torchrun)
+            hold(run_dir)  # before the log is opened: a folder another process trains is left untouched
+    except RefusedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     handler = logging.FileHandler(run_dir / "train.log")
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
     logging.getLogger().addHandler(handler)
     logging.getLogger().setLevel(logging.INFO)
     _on_signals()
-    scratch = _scratch_for_other_ranks()
     if scratch is not None:  # torchrun's other ranks continue from a copy; rank 0 owns the folder
         import shutil
 
         run_dir = Path(shutil.copytree(run_dir, scratch / "run", ignore=shutil.ignore_patterns("weights", "*.tmp")))
     try:
         summary = resume(run_dir)
-    except ConfigError as err:
+    except RefusedError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

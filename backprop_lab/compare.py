@@ -38,6 +38,18 @@ class Run:
     overrides: list[str] = field(default_factory=list)  # as the user wrote them
 
 
+def canonical(value: str) -> str:
+    """A setting's value as the number it is, where it is one: 0, 0.0 and 0e0 all read "0", and 1e-2
+    and 0.01 both "0.01", so runs of one setting written two ways pool into one row."""
+    try:
+        number = float(value.replace("_", "") if value.strip() else "nan")
+    except ValueError:
+        return value
+    if not math.isfinite(number):
+        return value
+    return str(int(number)) if number.is_integer() and abs(number) < 2**53 else repr(number)
+
+
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(node, dict):
         out: dict[str, Any] = {}
@@ -55,13 +67,13 @@ def read_run(path: Path) -> Run:
     settings = {}
     for item in overrides:
         key, _, value = str(item).lstrip("+~").partition("=")
-        settings[key] = value
+        settings[key] = canonical(value)
     try:
         summary = json.loads((path / "summary.json").read_text())
     except (OSError, json.JSONDecodeError):
         return Run(path, "unfinished", settings, overrides=[str(o) for o in overrides])
     for group, option in (summary.get("choices") or {}).items():
-        settings.setdefault(group, str(option))
+        settings.setdefault(group, canonical(str(option)))
     metrics = {k: v for k, v in (summary.get("metrics") or {}).items() if isinstance(v, (int, float))}
     seed = summary.get("seed")
     return Run(
@@ -108,7 +120,7 @@ def _fill_defaults(runs: list[Run]) -> None:
             flat = {}
         for key in missing:
             value = flat.get(key, flat.get(f"{key}.name"))  # a group's choice is its node's name
-            run.settings[key] = "" if value is None else str(value)
+            run.settings[key] = "" if value is None else canonical(str(value))
 
 
 def varying_keys(runs: list[Run]) -> list[str]:
@@ -166,7 +178,7 @@ def compare(
     _fill_defaults(runs)
     for f in filters or []:
         key, _, value = f.partition("=")
-        runs = [r for r in runs if r.settings.get(key) == value]
+        runs = [r for r in runs if r.settings.get(key) == canonical(value)]
     columns = by or varying_keys(runs)
     groups: dict[tuple[str, ...], list[Run]] = {}
     for run in runs:

@@ -17,14 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .compare import Run, find_runs, metrics_rows, pooled
+from .compare import Run, canonical, find_runs, metrics_rows, pooled
 
 SEEDS = "0,1,2"
 
 
 # ------------------------------------------------------------------ reading the measurements
 def completed(runs: list[Run], **settings: str) -> list[Run]:
-    return [r for r in runs if r.status == "completed" and all(r.settings.get(k) == v for k, v in settings.items())]
+    wanted = {k: canonical(v) for k, v in settings.items()}
+    return [r for r in runs if r.status == "completed" and all(r.settings.get(k) == v for k, v in wanted.items())]
 
 
 def values(runs: list[Run], metric: str) -> list[float]:

@@ -180,10 +180,21 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list
 
 def resume(run_dir: Path) -> dict[str, Any]:
     """Continue an interrupted or killed run in its own folder from its last checkpoint."""
+    from .folder_lock import hold, release
+
+    run_dir = Path(run_dir)
+    taken = hold(run_dir)  # before anything is read or rewritten: another process may be training it
+    try:
+        return _resume(run_dir)
+    finally:
+        if taken:
+            release(run_dir)
+
+
+def _resume(run_dir: Path) -> dict[str, Any]:
     from .checkpoint import load_checkpoint
     from .runlog import read_metrics, rewrite_metrics
 
-    run_dir = Path(run_dir)
     try:
         previous = json.loads((run_dir / "summary.json").read_text())
         if previous.get("status") in ("completed", "diverged"):
@@ -344,10 +355,29 @@ def _train(
 def run_members(
     jobs: list[Job], resume_from: tuple[dict[str, Any], dict[str, Any]] | None = None
 ) -> list[dict[str, Any]]:
-    """Train jobs whose configs differ only in `seed` (and `optimizer.lr`, members.lr_batchable) as one
-    batched model (members.Members), each
-    into its own run folder; one job is an ordinary run, which `resume_from` (a checkpoint and the
-    summary it belongs to) continues. Returns each job's summary."""
+    """Train jobs whose configs differ only in the seed and members.BATCHED_KEYS as one batched model
+    (members.Members), each into its own run folder; one job is an ordinary run, which `resume_from`
+    (a checkpoint and the summary it belongs to) continues. Returns each job's summary. Each folder is
+    locked while it trains (folder_lock): a folder another process holds is refused, untouched."""
+    from .folder_lock import FolderInUse, hold, release
+
+    taken: list[Path] = []
+    try:
+        for job in jobs:
+            if hold(job.run_dir):
+                taken.append(job.run_dir)
+        return _run_members(jobs, resume_from)
+    except FolderInUse as err:
+        err_console.print(f"error: {err}", markup=False)
+        return [{"status": "failed", "error": str(err), "refused": True, "run_dir": str(j.run_dir)} for j in jobs]
+    finally:
+        for run_dir in taken:
+            release(run_dir)
+
+
+def _run_members(
+    jobs: list[Job], resume_from: tuple[dict[str, Any], dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
     started = time.time()
     cfg, count = jobs[0].cfg, len(jobs)
     runlogs = [RunLog(job.run_dir) for job in jobs]

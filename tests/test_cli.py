@@ -108,6 +108,8 @@ BAD = [
         1,
         "pretrain.path=/nonexistent is not valid: no weights there",
     ),
+    ([f"hydra.run.dir={REPO / 'pyproject.toml'}/run"], 2, "pyproject.toml is a file, not a folder"),
+    (["-m", f"hydra.sweep.dir={REPO / 'README.md'}/sweep/${{now:%H}}", "seed=0,1"], 2, "README.md is a file, not"),
     (["data=npz", "data.path=/nonexistent.npz"], 1, "data.path=/nonexistent.npz is not valid: no such file"),
     (["data=npz", f"data.path={REPO / 'pyproject.toml'}"], 1, "pyproject.toml is not valid: is not an .npz file"),
     (["data=mnist", "data.root=nowhere"], 1, "data.root=nowhere is not valid: has no mnist files: looked in nowhere"),

@@ -115,3 +115,21 @@ def test_compare_reads_real_runs(tmp_path):
         ).stdout
     )
     assert sorted(r["act"] for r in recs) == ["relu", "tanh"] and all(r["test/acc n"] == 2 for r in recs)
+
+
+def test_values_written_two_ways_pool_into_one_setting(tmp_path):
+    """0 / 0.0 / 0e0 and 1e-2 / 0.01 (one of them the config's default) are one setting each: their seeds
+    pool into one row, `--filter` matches them however it is written, and the CLI agrees."""
+    written = [("0", "1e-2"), ("0.0", "0.01"), ("0e0", None), ("0.05", "1e-2")]
+    for seed, (decay, lr) in enumerate(written):
+        overrides = [f"optimizer.weight_decay={decay}", f"seed={seed}", *([f"optimizer.lr={lr}"] if lr else [])]
+        config = f"optimizer:\n  name: adam\n  lr: 0.01\n  weight_decay: {decay}\nseed: {seed}\n"
+        fake_run(tmp_path / str(seed), overrides, acc=0.5 + seed / 10, config=config)
+    columns, rows = compare(find_runs([tmp_path]), ["test/acc"])
+    assert columns == ["optimizer.weight_decay"]  # the rate is one value, written two ways: not a column
+    by_decay = {r.setting["optimizer.weight_decay"]: r.stats["test/acc"].n for r in rows}
+    assert by_decay == {"0": 3, "0.05": 1}
+    _, rows = compare(find_runs([tmp_path]), ["test/acc"], filters=["optimizer.weight_decay=0.000"])
+    assert [r.stats["test/acc"].n for r in rows] == [3]
+    out = subprocess.run([EXE, "compare", str(tmp_path), "--format", "json"], capture_output=True, text=True)
+    assert [row["test/acc n"] for row in json.loads(out.stdout)] == [3, 1]

@@ -234,3 +234,34 @@ def read_rows(path: Path) -> list[dict]:
         return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
     except (OSError, ValueError):
         return []
+
+
+def test_a_run_folder_takes_one_process_at_a_time(tmp_path):
+    """While a run trains, a second `resume` or `train` into its folder is refused in one line naming the
+    process that holds it, and changes nothing: the first run ends with the numbers it would have had.
+    (A killed run's lock goes with its process: the SIGKILL test above resumes its folder.)"""
+    overrides = [*LONG, "trainer.max_steps=400"]
+    reference = run_cfg(tmp_path / "reference", *overrides)
+    run_dir = tmp_path / "busy"
+    first = subprocess.Popen(
+        [*CLI, "train", *overrides, f"hydra.run.dir={run_dir}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run_dir / "metrics.jsonl").is_file():
+        time.sleep(0.01)
+    first.send_signal(signal.SIGSTOP)  # holds its lock, mid-run, while the others try
+    try:
+        before = {p.name: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+        for argv in (["resume", str(run_dir)], ["train", *overrides, f"hydra.run.dir={run_dir}"]):
+            r = subprocess.run([*CLI, *argv], capture_output=True, text=True, timeout=120)
+            assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+            assert r.stderr.startswith(f"error: {run_dir} is in use by process {first.pid} on ")
+            assert len(r.stderr.strip().splitlines()) == 1
+            assert "(nothing was changed)" in r.stderr
+        assert {p.name: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == before
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert first.wait(timeout=300) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["metrics"] == reference["metrics"]
+    assert comparable(run_dir) == comparable(tmp_path / "reference")
