@@ -19,7 +19,7 @@ from typing import Any
 
 from .compare import Run, canonical, find_runs, metrics_rows, pooled
 
-SEEDS = "0,1,2"
+SEEDS = 3  # seeds per setting (--seeds); --smoke: 2
 
 
 # ------------------------------------------------------------------ reading the measurements
@@ -139,9 +139,9 @@ ACTS = ["sigmoid", "tanh", "relu", "leaky_relu", "gelu", "selu"]
 RELU_FAMILY = ["relu", "leaky_relu", "gelu", "selu"]
 
 
-def activations_sweeps(run_sweep: Callable[..., Path], smoke: bool, candidate: str | None = None) -> None:
+def activations_sweeps(run_sweep: Callable[..., Path], smoke: bool, candidate: str | None, seeds: str) -> None:
     acts = [*ACTS, *([candidate] if candidate else [])]  # model.init=null: each activation's own init
-    run_sweep("grid", [f"act={','.join(acts)}", "model.init=null,torch", f"seed={SEEDS}"])
+    run_sweep("grid", [f"act={','.join(acts)}", "model.init=null,torch", f"seed={seeds}"])
 
 
 def activations_verdict(runs: list[Run], candidate: str | None = None) -> str:
@@ -204,10 +204,10 @@ REGULARIZERS = {
 }
 
 
-def regularization_sweeps(run_sweep: Callable[..., Path], smoke: bool, candidate: str | None = None) -> None:
+def regularization_sweeps(run_sweep: Callable[..., Path], smoke: bool, candidate: str | None, seeds: str) -> None:
     for reg, strengths in _regularizers(candidate).items():
         label = reg.strip("[]").replace(",", "+")
-        run_sweep(label, [f"regularizer={reg}", *strengths, f"seed={SEEDS}"])
+        run_sweep(label, [f"regularizer={reg}", *strengths, f"seed={seeds}"])
 
 
 def _regularizers(candidate: str | None) -> dict[str, list[str]]:
@@ -267,7 +267,7 @@ LR_GRID = ["0.0003", "0.001", "0.003", "0.01", "0.03", "0.1", "0.3"]
 ADAPTIVE = ["adam", "rmsprop", "adagrad"]
 
 
-def optimizers_sweeps(run_sweep: Callable[..., Path], smoke: bool, candidate: str | None = None) -> None:
+def optimizers_sweeps(run_sweep: Callable[..., Path], smoke: bool, candidate: str | None, seeds: str) -> None:
     grid = LR_GRID[2:4] if smoke else LR_GRID
     optimizers = [*OPTIMIZERS, *([candidate] if candidate else [])]  # the candidate's lr: the same search
     search = run_sweep(
@@ -286,7 +286,7 @@ def optimizers_sweeps(run_sweep: Callable[..., Path], smoke: bool, candidate: st
             (r.metrics.get("val/acc", -1.0), r.settings.get("optimizer.lr")) for r in completed(runs, optimizer=opt)
         ]
         lr = max(tried)[1] if tried else "0.001"
-        run_sweep(f"final_{opt}", [f"optimizer={opt}", f"optimizer.lr={lr}", f"seed={SEEDS}"])
+        run_sweep(f"final_{opt}", [f"optimizer={opt}", f"optimizer.lr={lr}", f"seed={seeds}"])
 
 
 def optimizers_verdict(runs: list[Run], candidate: str | None = None) -> str:
@@ -314,7 +314,8 @@ def optimizers_verdict(runs: list[Run], candidate: str | None = None) -> str:
         "### Protocol",
         "",
         f"Each optimizer's learning rate was picked from the log grid {', '.join(LR_GRID)} by the best validation "
-        "accuracy of a 1000-step run with seed 100. The comparison then runs seeds 0, 1 and 2 at that rate.",
+        "accuracy of a 1000-step run with seed 100. The comparison then runs seeds "
+        f"{', '.join(str(seed) for seed in sorted({r.seed for r in final if r.seed is not None}))} at that rate.",
         "",
         "### Measurements",
         "",
@@ -348,12 +349,12 @@ STRATEGIES = [
 ]
 
 
-def pretraining_sweeps(run_sweep: Callable[..., Path], smoke: bool, candidate: str | None = None) -> None:
+def pretraining_sweeps(run_sweep: Callable[..., Path], smoke: bool, candidate: str | None, seeds: str) -> None:
     budgets = f"data.n_train={','.join(SMOKE_BUDGETS if smoke else BUDGETS)}"
     short = ["pretrain.steps=8"] if smoke else []
-    run_sweep("scratch", ["pretrain=none", budgets, f"seed={SEEDS}"])
-    run_sweep("supervised", ["pretrain=supervised", "pretrain.finetune=freeze,full", budgets, f"seed={SEEDS}", *short])
-    run_sweep("autoencoder", ["pretrain=autoencoder", "pretrain.finetune=full", budgets, f"seed={SEEDS}", *short])
+    run_sweep("scratch", ["pretrain=none", budgets, f"seed={seeds}"])
+    run_sweep("supervised", ["pretrain=supervised", "pretrain.finetune=freeze,full", budgets, f"seed={seeds}", *short])
+    run_sweep("autoencoder", ["pretrain=autoencoder", "pretrain.finetune=full", budgets, f"seed={seeds}", *short])
 
 
 def pretraining_verdict(runs: list[Run], candidate: str | None = None) -> str:
@@ -414,7 +415,7 @@ def pretraining_verdict(runs: list[Run], candidate: str | None = None) -> str:
 @dataclass
 class Study:
     claim: str
-    sweeps: Callable[[Callable[..., Path], bool, str | None], None]
+    sweeps: Callable[[Callable[..., Path], bool, str | None, str], None]  # (run_sweep, smoke, candidate, seeds)
     verdict: Callable[[list[Run], str | None], str]
     group: str | None  # the config group of a --candidate (None: the study takes none)
 
@@ -492,10 +493,12 @@ def run_study(
     launcher: str = "vectorized",
     candidate: str | None = None,
     config_dir: Path | None = None,
+    seeds: int | None = None,
 ) -> Path:
     """Run the study's sweeps into `out` (unless `report_only`), then write its report there.
     The vectorized launcher trains each setting's seeds as one batched model. `candidate`
-    (GROUP=OPTION, shipped or from `config_dir`) joins the study under its protocol."""
+    (GROUP=OPTION, shipped or from `config_dir`) joins the study under its protocol. `seeds`: per
+    setting (default SEEDS, 2 with `smoke`)."""
     import json
 
     from .report import write_report
@@ -543,7 +546,8 @@ def run_study(
     if report_only:
         commands = commands_file.read_text().splitlines() if commands_file.is_file() else []
     else:
-        study.sweeps(run_sweep, smoke, option)
+        count = seeds or (2 if smoke else SEEDS)
+        study.sweeps(run_sweep, smoke, option, ",".join(str(seed) for seed in range(count)))
     runs = find_runs([out])
     wall = "" if report_only else f"\n\nWall time of the sweeps: {time.time() - started:.0f} s."
     entered = f"**Candidate:** `{candidate}`, under the study's own protocol.\n\n" if candidate else ""
@@ -561,6 +565,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("overrides", nargs="*", help="extra overrides for every run (e.g. trainer.device=cuda)")
     parser.add_argument("--out", type=Path, help="folder (default: studies/NAME/DATE_TIME)")
     parser.add_argument("--smoke", action="store_true", help="a miniature of the same sweeps (a few steps each)")
+    parser.add_argument(
+        "--seeds", type=int, help=f"seeds per setting, at least 2 (default {SEEDS}; --smoke: 2)", metavar="N"
+    )
     parser.add_argument("--report-only", action="store_true", help="recompute the report of an existing --out folder")
     parser.add_argument(
         "--candidate",
@@ -581,6 +588,9 @@ def main(argv: list[str]) -> int:
     if args.report_only and (args.out is None or not args.out.is_dir()):
         print("error: --report-only needs --out, an existing study folder", file=sys.stderr)
         return 2
+    if args.seeds is not None and args.seeds < 2:
+        print(f"error: --seeds={args.seeds} is not valid: a confidence interval needs at least 2", file=sys.stderr)
+        return 2
     if args.config_dir is not None and not args.config_dir.is_dir():
         print(f"error: --config-dir={args.config_dir} is not a folder", file=sys.stderr)
         return 2
@@ -599,6 +609,7 @@ def main(argv: list[str]) -> int:
             args.launcher,
             args.candidate,
             args.config_dir,
+            args.seeds,
         )
     except FileNotFoundError:
         print(f"error: the study's sweeps made no runs; their logs are in {out}", file=sys.stderr)
