@@ -89,9 +89,8 @@ def test_a_learning_rate_grid_trains_as_one_batched_model_with_each_runs_numbers
     grid = ["optimizer.lr=0.003,0.02", "seed=0,1", "scheduler=warmup_cosine", "scheduler.warmup_steps=2",
             "scheduler.min_lr=0", "regularizer.l2=0.01", "regularizer.l2_mode=decoupled"]  # fmt: skip
     vec, out = sweep(tmp_path, "vec", "hydra/launcher=vectorized", *grid)
-    basic = separate_runs(
-        tmp_path / "basic", ["optimizer.lr=0.003", "optimizer.lr=0.02"], ["seed=0", "seed=1"], grid[2:]
-    )
+    rates = ["optimizer.lr=0.003", "optimizer.lr=0.02"]
+    basic = separate_runs(tmp_path / "basic", grid[2:], rates, ["seed=0", "seed=1"])
     assert "one batched model: #0 #1 #2 #3" in out and "optimizer.lr=[0.003, 0.003, 0.02, 0.02]" in out
     for job in ("0", "1", "2", "3"):
         assert_same_rows(rows(vec / job), rows(basic / job), rtol=1e-4)
