@@ -302,10 +302,12 @@ class SweepOutcomes(Callback):
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
 def train_app(cfg: DictConfig) -> float | None:
     """The Hydra task function: one run into Hydra's output folder; returns the best validation value."""
+    from .sweep_resume import finish_job, resuming
     from .train import run_members
 
     global last_summary
-    last_summary = run_members([current_job(cfg)])[0]
+    job = current_job(cfg)
+    last_summary = finish_job(job) if resuming() else run_members([job])[0]
     return job_outcome(last_summary)
 
 
@@ -349,12 +351,20 @@ def _finish_ranks(scratch: Path | None) -> None:
 
 
 def resume_main(args: list[str]) -> int:
+    retry_failed = "--retry-failed" in args
+    args = [a for a in args if a != "--retry-failed"]
     if len(args) != 1 or args[0].startswith("-"):
         print(
-            "usage: backprop-lab resume RUN_DIR   (continue an interrupted run from its last checkpoint)",
+            "usage: backprop-lab resume RUN_DIR   (continue an interrupted run from its last checkpoint)\n"
+            "       backprop-lab resume [--retry-failed] SWEEP_DIR   (finish a sweep: keep what completed, resume\n"
+            "       what was interrupted, start what never ran; --retry-failed: failed and diverged jobs too)",
             file=sys.stderr,
         )
         return 2
+    from .sweep_resume import is_sweep
+
+    if is_sweep(Path(args[0])):
+        return resume_sweep(Path(args[0]), retry_failed)
     import logging
 
     from .errors import RefusedError
@@ -393,6 +403,34 @@ def resume_main(args: list[str]) -> int:
     finally:
         _finish_ranks(scratch)
     return 0 if summary["status"] == "completed" else 1
+
+
+def resume_sweep(sweep_dir: Path, retry_failed: bool) -> int:
+    """`backprop-lab resume SWEEP_DIR`: the recorded sweep launched again into its folder, where each job
+    keeps, resumes or starts (sweep_resume). Prints what it will do, then how the sweep stands."""
+    import os
+
+    from .errors import RefusedError
+    from .sweep_resume import RESUME_ENV, outcome, plan, sweep_argv
+
+    try:
+        argv = sweep_argv(sweep_dir)
+    except RefusedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    before = plan(sweep_dir)
+    shown = {"keep": "keeping", "resume": "resuming", "start": "starting again"}
+    for todo, jobs in before.items():
+        if jobs:
+            print(f"{shown[todo]}: {' '.join('#' + j for j in jobs)}")
+    print("starting: every job of the sweep without a folder yet")
+    os.environ[RESUME_ENV] = "retry-failed" if retry_failed else "keep-failed"
+    try:
+        code = train_main(argv)
+    finally:
+        del os.environ[RESUME_ENV]
+    print(outcome(sweep_dir, before))
+    return code
 
 
 def main(argv: list[str] | None = None) -> None:

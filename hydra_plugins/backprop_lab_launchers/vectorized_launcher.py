@@ -74,6 +74,11 @@ def _all_but_seed(config: DictConfig) -> str:
     return json.dumps(task, sort_keys=True, default=str)
 
 
+def _job_dir(config: DictConfig) -> Path:
+    """The folder Hydra will give this job of the sweep."""
+    return Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
+
+
 class VectorizedLauncher(Launcher):
     def __init__(self, max_members: int | None = None) -> None:
         super().__init__()
@@ -100,6 +105,7 @@ class VectorizedLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from backprop_lab.cli import job_outcome
         from backprop_lab.members import BATCHED_KEYS, differing_values, why_not_batched
+        from backprop_lab.sweep_resume import action, clear, resuming
         from backprop_lab.train import run_members
 
         setup_globals()
@@ -114,14 +120,19 @@ class VectorizedLauncher(Launcher):
                 config.hydra.job.num = idx
             configs.append(config)
 
+        returns: list[JobReturn | None] = [None] * len(configs)
         groups: dict[str, list[int]] = {}
         for i, config in enumerate(configs):
+            if resuming() and action(_job_dir(config)) != "start":  # a resumed sweep: kept or resumed alone
+                returns[i] = self._run(config, self.task_function)
+                continue
+            if resuming():
+                clear(_job_dir(config))
             groups.setdefault(_all_but_seed(config), []).append(i)
         size = self.max_members or len(configs)
         batches = [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
         log.info(f"Vectorized launcher: {len(configs)} jobs in {len(batches)} group(s)")
 
-        returns: list[JobReturn | None] = [None] * len(configs)
         for batch in batches:
             names = " ".join(f"#{initial_job_idx + i}" for i in batch)
             reason = (
