@@ -423,7 +423,7 @@ def resume_sweep(sweep_dir: Path, retry_failed: bool) -> int:
     for todo, jobs in before.items():
         if jobs:
             print(f"{shown[todo]}: {' '.join('#' + j for j in jobs)}")
-    print("starting: every job of the sweep without a folder yet")
+    print("starting: the jobs that have no folder yet")
     os.environ[RESUME_ENV] = "retry-failed" if retry_failed else "keep-failed"
     try:
         code = train_main(argv)
