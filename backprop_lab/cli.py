@@ -302,12 +302,19 @@ class SweepOutcomes(Callback):
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
 def train_app(cfg: DictConfig) -> float | None:
     """The Hydra task function: one run into Hydra's output folder; returns the best validation value."""
+    from .preemption import run_job as run_submitit_job
+    from .preemption import under_submitit
     from .sweep_resume import finish_job, resuming
     from .train import run_members
 
     global last_summary
     job = current_job(cfg)
-    last_summary = finish_job(job) if resuming() else run_members([job])[0]
+    if resuming():  # backprop-lab resume SWEEP_DIR
+        last_summary = finish_job(job)
+    elif under_submitit():  # a cluster job, perhaps requeued after a preemption
+        last_summary = run_submitit_job(job)
+    else:
+        last_summary = run_members([job])[0]
     return job_outcome(last_summary)
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 CLI = [sys.executable, "-m", "backprop_lab", "train", "-m"]
@@ -110,3 +111,46 @@ def test_a_study_where_every_trial_fails_ends_in_one_line_not_a_traceback(tmp_pa
     assert done.returncode == 1 and "Traceback" not in done.stderr + done.stdout
     assert "no trial completed: every run diverged or failed" in done.stdout + done.stderr
     assert "2 run(s) did not complete" in done.stderr
+
+
+def test_a_preempted_submitit_job_checkpoints_requeues_and_resumes_in_its_folder(tmp_path):
+    """SIGUSR2 (what SLURM sends before a preemption or the time limit, as submitit asks) to a running
+    submitit_local job: the step finishes and checkpoints (checkpoint_every=0: only that one), submitit
+    requeues the job, and the requeued job continues from the checkpoint in the same folder."""
+    import os
+    import signal
+    import time
+
+    from conftest import run_cfg
+
+    overrides = ["data=synthetic", "regularizer=dropout", "scheduler=cosine", "trainer.max_steps=1500",
+                 "trainer.log_every=50", "trainer.eval_every=200", "trainer.checkpoint_every=0",
+                 "trainer.progress=off", "seed=0"]  # fmt: skip
+    sweep = subprocess.Popen(
+        [*CLI, "hydra/launcher=submitit_local", *overrides, f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    run_dir, deadline = tmp_path / "sweep" / "0", time.time() + 120
+    while time.time() < deadline and _rows(run_dir) < 8:
+        time.sleep(0.02)
+    os.kill(int((run_dir / ".lock").read_text().split()[1]), signal.SIGUSR2)  # the job's own process
+    _, err = sweep.communicate(timeout=300)
+    assert sweep.returncode == 0, err[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and len(summary["resumed"]) == 1
+    assert 0 < summary["resumed"][0]["step"] < 1500  # from the signal's checkpoint, not from step 0
+    logs = "".join(p.read_text() for p in (tmp_path / "sweep" / ".submitit").rglob("*.err"))
+    assert "Caught signal SIGUSR2" in logs and "this job is preempted" in logs  # submitit requeued it
+    reference = run_cfg(tmp_path / "reference", *overrides)  # (torch threads may differ: float tolerance)
+    steps = [[(r["split"], r["step"]) for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())]
+             for d in (run_dir, tmp_path / "reference")]  # fmt: skip
+    assert steps[0] == steps[1]  # every row once: those after the checkpoint were not written twice
+    for key, value in reference["metrics"].items():
+        assert summary["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+def _rows(run_dir: Path) -> int:
+    try:
+        return (run_dir / "metrics.jsonl").read_text().count("\n")
+    except OSError:
+        return 0
