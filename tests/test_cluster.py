@@ -67,6 +67,7 @@ def test_submitit_slurm_config_has_our_values_and_the_plugins_keys(tmp_path):
         60,
         2,
     )
+    assert (launcher["signal_delay_s"], launcher["max_num_timeout"]) == (120, 3)  # checkpoint, then requeue
 
 
 def _study(folder: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict, dict[str, dict]]:
