@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# Under pytest-xdist (the README's test command runs `pytest -n auto`), the workers share the cores:
+# Under pytest-xdist (pyproject's addopts: `-n auto`), the workers share the cores:
 # each worker, and every process it starts, gets its share of torch threads instead of all of them.
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
