@@ -415,8 +415,6 @@ def resume_main(args: list[str]) -> int:
 def resume_sweep(sweep_dir: Path, retry_failed: bool) -> int:
     """`backprop-lab resume SWEEP_DIR`: the recorded sweep launched again into its folder, where each job
     keeps, resumes or starts (sweep_resume). Prints what it will do, then how the sweep stands."""
-    import os
-
     from .errors import RefusedError
     from .sweep_resume import RESUME_ENV, outcome, plan, sweep_argv
 

@@ -71,7 +71,6 @@ class MemberOptimizers:
         self.models = [member_module(members, k) for k in range(members.count)]
         self.optimizers = [build_optimizer(m, o, decay_all) for m, o in zip(self.models, optimizers, strict=True)]
         self.views = [list(m.parameters()) for m in self.models]  # member k's views, in stacked order
-        self.param_groups = self.optimizers[0].param_groups  # (member 0's, for what reads one rate)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.members.zero_grad(set_to_none)

@@ -1,5 +1,5 @@
 """Several runs trained as one batched model (hydra/launcher=vectorized): runs that differ in their
-seed and in the values of members.BATCHED_KEYS (optimizer, schedule, l1, l2).
+seed and in the values of members.BATCHED_KEYS (optimizer, schedule, l1, l2, dropout rate).
 
 `Members` stacks the K members' parameters along a new first dimension and runs the forward pass
 with `torch.func.vmap` over `functional_call`, so a linear layer becomes one batched matmul for all K.

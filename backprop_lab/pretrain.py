@@ -250,10 +250,10 @@ def fit_members(
     seeds: list[int],
     logs: list[Any],
     progress: Any,
-    members: list[Any] | None = None,
+    member_cfgs: list[Any] | None = None,
     **kwargs: Any,
 ) -> list[StageResult]:
-    """fit_stage for K members at once (`module` is a members.Members when K > 1). `members`: the
+    """fit_stage for K members at once (`module` is a members.Members when K > 1). `member_cfgs`: the
     members' own configs, whose optimizer, schedule, l1 and l2 may differ (members.batched_keys). Each
     member then steps with an optimizer of its own (member_optimizers), or, where they share one
     elementwise optimizer and differ at most in the rate, the optimizer and its schedule are built at
@@ -261,7 +261,8 @@ def fit_members(
     from .member_optimizers import MemberOptimizers, MemberSchedulers, needs_own_optimizers
 
     opt_cfg, member_lr, decay_all = cfg.optimizer, None, cfg.regularizer.decay_bias_and_norm
-    optimizers, schedulers = [c.optimizer for c in members or [cfg]], [c.scheduler for c in members or [cfg]]
+    cfgs = member_cfgs or [cfg]
+    optimizers, schedulers = [c.optimizer for c in cfgs], [c.scheduler for c in cfgs]
     lrs = [float(o.lr) for o in optimizers]
     if len(optimizers) > 1 and needs_own_optimizers(optimizers, schedulers):
         optimizer: Any = MemberOptimizers(module, optimizers, decay_all)  # type: ignore[arg-type]
@@ -281,7 +282,7 @@ def fit_members(
         stage=stage,
         optimizer=optimizer,
         scheduler=scheduler,
-        regularization=Regularization(module, cfg.regularizer, [c.regularizer for c in members] if members else None),
+        regularization=Regularization(module, cfg.regularizer, [c.regularizer for c in cfgs] if member_cfgs else None),
         trainer=cfg.trainer,
         max_steps=steps,
         seeds=seeds,

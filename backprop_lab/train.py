@@ -342,7 +342,7 @@ def _train(
         seeds,
         runlogs,
         progress,
-        members=[job.cfg for job in jobs],  # (optimizers, schedules, l1 and l2 may differ: members.batched_keys)
+        member_cfgs=[job.cfg for job in jobs],  # (optimizers, schedules, l1, l2, dropout may differ: BATCHED_KEYS)
         checkpoint=checkpointers,
     )
     for checkpointer in checkpointers:
@@ -366,10 +366,13 @@ def run_members(
         for job in jobs:
             if hold(job.run_dir):
                 taken.append(job.run_dir)
-        return _run_members(jobs, resume_from)
     except FolderInUse as err:
+        for run_dir in taken:
+            release(run_dir)
         err_console.print(f"error: {err}", markup=False)
         return [{"status": "failed", "error": str(err), "refused": True, "run_dir": str(j.run_dir)} for j in jobs]
+    try:
+        return _run_members(jobs, resume_from)
     finally:
         for run_dir in taken:
             release(run_dir)
