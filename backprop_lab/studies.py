@@ -588,6 +588,14 @@ def main(argv: list[str]) -> int:
     if args.report_only and (args.out is None or not args.out.is_dir()):
         print("error: --report-only needs --out, an existing study folder", file=sys.stderr)
         return 2
+    folders = [o for o in args.overrides if o.lstrip("+~").startswith(("hydra.run.dir=", "hydra.sweep."))]
+    if folders:
+        print(
+            f"error: {folders[0]} is not valid for a study: its sweeps go under --out "
+            f"(backprop-lab study {args.name} --out DIR)",
+            file=sys.stderr,
+        )
+        return 2
     if args.seeds is not None and args.seeds < 2:
         print(f"error: --seeds={args.seeds} is not valid: a confidence interval needs at least 2", file=sys.stderr)
         return 2

@@ -106,3 +106,16 @@ def test_pretraining_study_across_data_sets(tmp_path):
     runs = find_runs([out])
     assert len(runs) == 24 and all(run.status == "completed" for run in runs)
     assert "pretrain.data=fashion_mnist" not in (out / "commands.md").read_text().splitlines()[0]  # scratch: no stage
+
+
+@pytest.mark.parametrize("override", ["hydra.sweep.dir=elsewhere", "hydra.run.dir=x", "hydra.sweep.subdir=y"])
+def test_a_study_refuses_hydras_folders_and_points_to_out(tmp_path, monkeypatch, capsys, override):
+    from backprop_lab.studies import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["optimizers", "--smoke", override]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {override} is not valid for a study: its sweeps go under --out " + (
+        "(backprop-lab study optimizers --out DIR)\n"
+    )
+    assert not any(tmp_path.iterdir())  # nothing ran, nothing was written
