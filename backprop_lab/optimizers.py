@@ -8,7 +8,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.optim.optimizer import _device_dtype_check_for_fused
+
+try:  # torch's own check of a fused kernel's device and dtype: private, so a later torch may move it
+    from torch.optim.optimizer import _device_dtype_check_for_fused
+except ImportError:  # then the foreach kernels, which every torch >= 2.0 has (see _fastest)
+    _device_dtype_check_for_fused = None  # type: ignore[assignment]
 
 from . import targets
 from .errors import ConfigError
@@ -169,7 +173,7 @@ def _fastest(
 ) -> torch.optim.Optimizer:
     """The fused kernel where torch has one for this class and device (one kernel for all parameters,
     ~25% faster steps for a small MLP on CPU), else the foreach kernels; never the per-tensor loop."""
-    if "fused" in inspect.signature(cls).parameters:
+    if "fused" in inspect.signature(cls).parameters and _device_dtype_check_for_fused is not None:
         try:  # torch's own check, which it would otherwise make only at the first step
             for p in (p for g in groups for p in g["params"]):
                 _device_dtype_check_for_fused(p, cuda_unsupported=cls is torch.optim.Adagrad)

@@ -131,3 +131,27 @@ def test_option_trains(group, name, train, tmp_path):
     if group == "experiment" and name == "transfer_mnist1d":
         expected = ["pretrain", "finetune"]
     assert stages == expected
+
+
+def test_without_torchs_private_fused_check_the_foreach_kernels_are_used(monkeypatch):
+    """optimizers.py imports torch's private `_device_dtype_check_for_fused`; a torch without it gets the
+    foreach kernels, which give the same steps (compared with the fused ones on the same gradients)."""
+    from conftest import make_cfg
+
+    from backprop_lab import optimizers
+
+    cfg = make_cfg("optimizer=adam", "optimizer.lr=0.01")
+    models = [torch.nn.Linear(4, 3) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    fused = optimizers.build_optimizer(models[0], cfg.optimizer, False)
+    monkeypatch.setattr(optimizers, "_device_dtype_check_for_fused", None)
+    fallback = optimizers.build_optimizer(models[1], cfg.optimizer, False)
+    assert fused.defaults["fused"] and fallback.defaults["foreach"] and not fallback.defaults["fused"]
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in models[0].parameters()]
+        for model, opt in zip(models, (fused, fallback), strict=True):
+            for p, g in zip(model.parameters(), grads, strict=True):
+                p.grad = g.clone()
+            opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
