@@ -41,7 +41,8 @@ def sweep_argv(sweep_dir: Path) -> list[str]:
         sources = list(recorded.hydra.runtime.config_sources)
         sweeper = str(recorded.hydra.sweeper.get("_target_", ""))
     except Exception as err:
-        raise RefusedError(f"SWEEP_DIR={sweep_dir} is not valid: its multirun.yaml cannot be read ({err})") from None
+        reason = " ".join(str(err).split())  # (a YAML error spans lines: one line here)
+        raise RefusedError(f"SWEEP_DIR={sweep_dir} is not valid: its multirun.yaml cannot be read ({reason})") from None
     if "BasicSweeper" not in sweeper:
         raise RefusedError(
             f"SWEEP_DIR={sweep_dir} is not valid: its sweeper ({sweeper.rpartition('.')[2]}) chooses its jobs as it "

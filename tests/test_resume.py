@@ -307,3 +307,13 @@ def test_an_interrupted_sweep_is_finished_by_one_resume(tmp_path, launcher):
         else:  # batched members: a separate run's numbers to float precision, as the vectorized tests hold them
             for key, value in reference["metrics"].items():
                 assert summary["metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-5), (k, key)
+
+
+def test_a_sweep_folder_that_cannot_be_read_is_one_line(tmp_path, capsys):
+    from backprop_lab.cli import resume_main
+
+    (tmp_path / "multirun.yaml").write_text("{")  # a sweep folder whose record was cut off
+    assert resume_main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: SWEEP_DIR={tmp_path} is not valid: its multirun.yaml cannot be read (")
+    assert len(err.strip().splitlines()) == 1
