@@ -228,10 +228,11 @@ def check_output_folder(overrides: list[str], multirun: bool) -> str | None:
     folder = Path(given[-1].split("${", 1)[0] or ".") if given else Path("multirun" if multirun else "outputs")
     folder = folder.expanduser().absolute()
     existing = next(p for p in (folder, *folder.parents) if p.exists())
+    setting = f"{key}={given[-1] if given else folder} is not valid: {existing}"
     if not existing.is_dir():
-        return f"{key}={given[-1] if given else folder} is not valid: {existing} is a file, not a folder"
+        return f"{setting} is a file, not a folder"
     if not os.access(existing, os.W_OK | os.X_OK):
-        return f"{key}={given[-1] if given else folder} is not valid: {existing} is not writable here"
+        return f"{setting} is not writable here"
     # a run into a folder another process trains: refused before Hydra writes (under torchrun, rank 0
     # takes the lock when it starts; a probe here would collide with the other ranks' probes)
     if given and not multirun and "WORLD_SIZE" not in os.environ:
