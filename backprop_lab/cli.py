@@ -152,7 +152,7 @@ def check_keys(overrides: list[str]) -> str | None:
 
 PLUGINS = {  # Hydra options whose plugin may be missing: (module, how to install it)
     "hydra/sweeper=optuna": (
-        "hydra_plugins.hydra_optuna_sweeper",
+        "optuna",
         "pip install 'backprop-lab[search]' (in a clone: pip install '.[search]')",
     ),
     "hydra/launcher=submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "pip install hydra-submitit-launcher"),
@@ -250,32 +250,38 @@ def current_job(cfg: DictConfig) -> Any:
 
     hc = HydraConfig.get()
     choices = {g: str(hc.runtime.choices.get(g)) for g in GROUPS if hc.runtime.choices.get(g) is not None}
-    if "regularizer" not in choices:  # Hydra records no list choice such as regularizer=[l2,dropout]
-        picked = [o.split("=", 1)[1] for o in hc.overrides.task if o.startswith("regularizer=")]
-        choices["regularizer"] = picked[-1] if picked else "none"
-    return Job(cfg, Path(hc.runtime.output_dir), choices, list(hc.overrides.task))
+    for group in ("regularizer", "logger"):  # Hydra records no list choice such as regularizer=[l2,dropout]
+        if group not in choices:
+            picked = [o.split("=", 1)[1] for o in hc.overrides.task if o.startswith(f"{group}=")]
+            choices[group] = picked[-1] if picked else "none"
+    from hydra.types import RunMode
+
+    from .search import trial_of_job
+
+    sweep_dir = str(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None
+    return Job(cfg, Path(hc.runtime.output_dir), choices, list(hc.overrides.task), sweep_dir, trial_of_job(hc))
 
 
-class RunNotCompleted(Exception):
-    """Raised to a searching sweeper (Optuna) for a run that diverged or failed: a failed trial."""
+def run_value(summary: dict[str, Any]) -> float | None:
+    """A run's best validation value by trainer.monitor, what a sweeper optimises (None: unfinished)."""
+    if summary["status"] != "completed":
+        return None
+    return summary["metrics"].get(summary.get("monitor", "val/acc"))
 
 
 def job_outcome(summary: dict[str, Any]) -> float | None:
-    """What a job returns to Hydra (a sweeper optimises it): the best validation value. An unfinished
-    single run is remembered for the exit status (a sweep's, by SweepOutcomes); to a sweeper other
-    than the basic one (Optuna), an unfinished run is an exception, which it records as a failed trial."""
+    """What a job returns to Hydra (a sweeper optimises it): the best validation value, or None for a
+    run that did not complete (the Optuna sweeper reads its status from summary.json). An unfinished
+    single run is remembered for the exit status (a sweep's, by SweepOutcomes)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     if summary["status"] == "completed":
-        return summary["metrics"].get(summary.get("monitor", "val/acc"))
-    hydra_config = HydraConfig.get()
-    if hydra_config.mode == RunMode.RUN:
+        return run_value(summary)
+    if HydraConfig.get().mode == RunMode.RUN:
         global _refused
         _unfinished.append((summary["run_dir"], summary["status"]))
         _refused = bool(summary.get("refused"))
-    elif "BasicSweeper" not in str(hydra_config.sweeper.get("_target_", "")):
-        raise RunNotCompleted(f"{summary['status']}: {summary['error']} ({summary['run_dir']})")
     return None
 
 
@@ -296,7 +302,7 @@ class SweepOutcomes(Callback):
                 started = datetime.fromisoformat(summary["started_at"]).timestamp()
             except (OSError, ValueError, KeyError):
                 continue
-            if started >= int(self.started) and summary.get("status") != "completed":
+            if started >= int(self.started) and summary.get("status") not in ("completed", "pruned"):
                 _unfinished.append((str(path.parent), summary.get("status", "unknown")))
 
 
@@ -493,7 +499,7 @@ def train_main(rest: list[str]) -> int:
     register()
     import logging
 
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # (imported by Optuna: a line per plugin it sets up)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # (Optuna's and MLflow's SQL stores: a line per migration)
     _on_signals()
     try:
         train_app()

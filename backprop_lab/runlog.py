@@ -76,34 +76,17 @@ class RunLog:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._metrics = open(self.dir / "metrics.jsonl", "a")  # noqa: SIM115 (open for the run's life; close() closes it)
         self.started = time.time()
-        self._tensorboard: Any = None
-
-    def attach_tensorboard(self) -> None:
-        """Also write TensorBoard event files (scalars, and hparams at the end) into the run folder."""
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            from .errors import ConfigError
-
-            raise ConfigError(
-                "logger", "tensorboard", "needs the tensorboard package: pip install 'backprop-lab[tensorboard]'"
-            ) from None
-        self._tensorboard = SummaryWriter(log_dir=str(self.dir))
+        self.trackers: list[Any] = []  # trackers.attach: TensorBoard, MLflow, an Optuna trial; each gets every row
 
     def metrics(self, **row: Any) -> None:
         self._metrics.write(json.dumps(_clean(row)) + "\n")
         self._metrics.flush()
-        if self._tensorboard is not None and row.get("step") is not None:
-            for key, value in row.items():
-                if key not in ("step", "stage", "split") and isinstance(value, (int, float)) and math.isfinite(value):
-                    self._tensorboard.add_scalar(f"{row['stage']}/{row['split']}/{key}", value, row["step"])
+        for tracker in self.trackers:
+            tracker.metrics(row)
 
-    def hparams(self, params: dict[str, Any], metrics: dict[str, Any]) -> None:
-        if self._tensorboard is None:
-            return
-        clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in params.items()}
-        finite = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
-        self._tensorboard.add_hparams(clean, finite, run_name="hparams")
+    def stop_requested(self) -> str | None:
+        """Why a tracker asks the run to stop now (an Optuna pruner: 'pruned'), or None."""
+        return next((t.stop for t in self.trackers if getattr(t, "stop", None)), None)
 
     def summary(self, **fields: Any) -> None:
         write_json_atomic(self.dir / "summary.json", fields)
@@ -112,7 +95,8 @@ class RunLog:
         (self.dir / "weights").mkdir(exist_ok=True)
         return self.dir / "weights" / name
 
-    def close(self) -> None:
+    def close(self, summary: dict[str, Any], params: dict[str, Any]) -> None:
+        """The run has ended: its trackers get the summary (and `params`, TensorBoard's hparams)."""
         self._metrics.close()
-        if self._tensorboard is not None:
-            self._tensorboard.close()
+        for tracker in self.trackers:
+            tracker.finish(summary, params)

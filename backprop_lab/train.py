@@ -43,7 +43,6 @@ def registered_names() -> dict[str, tuple[str, ...]]:
         "model": tuple(MODELS),
         "data": tuple(DATASETS),
         "pretrain": PRETRAIN_STRATEGIES,
-        "logger": ("none", "tensorboard"),
     }
 
 
@@ -171,6 +170,8 @@ class Job:
     run_dir: Path
     choices: dict[str, str]
     overrides: list[str]
+    sweep_dir: str | None = None  # the sweep's folder, for a job of a sweep (MLflow's experiment)
+    trial: dict[str, Any] | None = None  # the Optuna trial this job is (search.trial_of_job)
 
 
 def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list[str]) -> dict[str, Any]:
@@ -197,7 +198,7 @@ def _resume(run_dir: Path) -> dict[str, Any]:
 
     try:
         previous = json.loads((run_dir / "summary.json").read_text())
-        if previous.get("status") in ("completed", "diverged"):
+        if previous.get("status") in ("completed", "diverged", "pruned"):
             raise ConfigError(
                 "RUN_DIR", str(run_dir), f"has already finished ({previous['status']}); nothing to resume"
             )
@@ -268,9 +269,12 @@ def _first_summary(job: Job, k: int, jobs: list[Job], resume_from: Any) -> dict[
     return summary
 
 
-def _prepare(jobs: list[Job], runlogs: list[RunLog]) -> tuple[Any, Any, Any, list[Any]]:
-    """Validate every job, then set up: device, torchrun's world, torch, the data and each member's plan
-    (built under its own seed, as its own run would be). Returns (device, world, arrays, plans)."""
+def _prepare(
+    jobs: list[Job], runlogs: list[RunLog], summaries: list[dict[str, Any]], previous: dict[str, Any] | None
+) -> tuple[Any, Any, Any, list[Any]]:
+    """Validate every job, then set up: device, torchrun's world, the trackers (a resumed run's
+    `previous` summary names its MLflow run), torch, the data and each member's plan (built under its
+    own seed, as its own run would be). Returns (device, world, arrays, plans)."""
     from . import targets
     from .validate import validate
 
@@ -289,14 +293,16 @@ def _prepare(jobs: list[Job], runlogs: list[RunLog]) -> tuple[Any, Any, Any, lis
     from .pretrain import plan
 
     cfg = jobs[0].cfg
-    if cfg.logger.name == "tensorboard":
-        for runlog in runlogs:
-            runlog.attach_tensorboard()
     device = resolve_device(cfg.trainer.device)
     if distributed.from_environment().active:  # before joining the group: every rank refuses alike
         check_data_parallel(cfg, distributed.from_environment(), len(jobs))
     check_one_process_per_job()
     world, device = distributed.start(device)
+    if world.main:
+        from .trackers import attach
+
+        for job, runlog, summary in zip(jobs, runlogs, summaries, strict=True):
+            summary.update(attach(runlog, job, previous))
     _setup_torch(cfg.trainer, device)
     arrays = load_arrays(cfg.data)  # (mnist1d reseeds NumPy's global RNG: seed torch after it)
     plans = []
@@ -409,7 +415,8 @@ def _run_members(
                 torch.save(result.last_state, runlogs[k].weights_path("last.pt"))
 
     try:
-        device, world, arrays, plans = _prepare(jobs, runlogs)
+        previous = resume_from[1] if resume_from is not None else None
+        device, world, arrays, plans = _prepare(jobs, runlogs, summaries, previous)
         import torch
 
         from .regularizers import active_regularizers
@@ -465,10 +472,7 @@ def _run_members(
         for k, (job, summary, runlog) in enumerate(zip(jobs, summaries, runlogs, strict=True)):
             summary.update(stages=stages[k], wall_time_s=round(time.time() - started, 3), finished_at=finished)
             runlog.summary(**summary)
-            runlog.hparams(
-                {**job.choices, "seed": job.cfg.get("seed"), "lr": job.cfg.optimizer.get("lr")}, summary["metrics"]
-            )
-            runlog.close()
+            runlog.close(summary, {**job.choices, "seed": job.cfg.get("seed"), "lr": job.cfg.optimizer.get("lr")})
     if count == 1 and stages[0]:
         show_results(summaries[0]["status"], stages[0], str(jobs[0].run_dir))
     elif count > 1 and any(stages):
@@ -478,12 +482,15 @@ def _run_members(
 
 def _conclude(summary: dict[str, Any], final: dict[str, Any], results: list[Any], count: int) -> None:
     """A trained job's status and metrics from its last stage; a diverged one says what to try."""
+    statuses = {r.status for r in results}
     summary.update(
-        status="completed" if all(r.status == "completed" for r in results) else "diverged",
+        status="completed" if statuses == {"completed"} else "pruned" if "pruned" in statuses else "diverged",
         metrics=final["metrics"],
         best_step=final["best_step"],
         steps=final["steps"],
     )
+    if summary["status"] == "pruned":  # (the Optuna sweeper's pruner stopped it: search.TrialReporter)
+        summary["error"] = f"pruned by the search's pruner at step {final['steps']} of stage {final['stage']}"
     if summary["status"] == "diverged":
         summary["error"] = f"non-finite loss in stage {final['stage']} at step {final['steps']}"
         err_console.print(

@@ -162,6 +162,14 @@ RULES: dict[str, Rule] = {
     "data.source_classes": int_list(0, nullable=True),
     "data.target_classes": int_list(0, nullable=True),
     "data.split_seed": integer(0),
+    "logger.tensorboard": boolean,
+    "logger.mlflow": boolean,
+    "logger.tracking_uri": lambda v: (
+        None
+        if isinstance(v, str) and v
+        else "must be an MLflow tracking URI, e.g. sqlite:///mlflow.db or http://HOST:5000"
+    ),
+    "logger.experiment": lambda v: None if v is None or (isinstance(v, str) and v) else "must be a name (or null)",
 }
 
 # Keys that only some options of a group have, checked wherever they appear.

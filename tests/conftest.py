@@ -73,3 +73,6 @@ class Rows:
 
     def metrics(self, **row):
         self.rows.append(row)
+
+    def stop_requested(self):
+        return None

@@ -3,12 +3,12 @@
 `hydra/launcher=submitit_slurm`, `hydra/launcher=submitit_local` and `hydra/sweeper=optuna` select
 the plugins' configs as in any Hydra app; `register()` stores each again with the plugin's schema
 as its base (every key of the plugin stays, typed, overridable: hydra.launcher.qos=high) and our
-values on top, from NAME.yaml in this folder.
+values on top, from NAME.yaml in this folder. The Optuna sweeper is our own (its schema beside it).
 
 Two things Hydra rules out make it a function the CLI calls after Hydra's plugin scan: a YAML file
-of the plugin's name in the config folder gets validated against the plugin's schema (refused for
-the Optuna sweeper), and a plugin module of ours would be overwritten, since the scan executes
-every plugin module, the plugins' after ours.
+of the plugin's name in the config folder gets validated against the plugin's schema, and a config
+stored by a plugin module of ours would be overwritten by another plugin of the same name (the old
+hydra-optuna-sweeper, if installed), since the scan executes every plugin module.
 """
 
 from __future__ import annotations
@@ -19,13 +19,12 @@ from typing import Any
 PLUGINS = {  # name: (group, where the plugin's schema is, its class, group defaults after ours, our class)
     "submitit_slurm": ("hydra/launcher", "hydra_plugins.hydra_submitit_launcher.config", "SlurmQueueConf", [], None),
     "submitit_local": ("hydra/launcher", "hydra_plugins.hydra_submitit_launcher.config", "LocalQueueConf", [], None),
-    "optuna": (
+    "optuna": (  # ours (Optuna >= 4, ask-and-tell, pruning): hydra_plugins/backprop_lab_launchers/optuna_search.py
         "hydra/sweeper",
-        "hydra_plugins.hydra_optuna_sweeper.config",
+        "hydra_plugins.backprop_lab_launchers.optuna_search",
         "OptunaSweeperConf",
         [{"params": "lr_decay_dropout"}],  # the search space: hydra/sweeper/params=...
-        # ours ends a study in which no trial completed in one line, not a traceback
-        "hydra_plugins.backprop_lab_launchers.optuna_search.OptunaSweeper",
+        None,
     ),
 }
 

@@ -103,7 +103,7 @@ class VectorizedLauncher(Launcher):
         return ret
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from backprop_lab.cli import job_outcome
+        from backprop_lab.cli import run_value
         from backprop_lab.members import BATCHED_KEYS, differing_values, why_not_batched
         from backprop_lab.sweep_resume import action, clear, resuming
         from backprop_lab.train import run_members
@@ -155,6 +155,6 @@ class VectorizedLauncher(Launcher):
             # run_job made each folder and its .hydra/; now train them together
             summaries = run_members(jobs)
             for i, summary in zip(batch, summaries, strict=True):
-                prepared[i].return_value = job_outcome(summary)
+                prepared[i].return_value = run_value(summary)  # (SweepOutcomes counts the unfinished)
                 returns[i] = prepared[i]
         return [r for r in returns if r is not None]
