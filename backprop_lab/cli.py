@@ -486,7 +486,18 @@ def train_main(rest: list[str]) -> int:
     global _refused
     _unfinished.clear()
     _refused = False
-    problem = precheck(rest)
+    if rest[:1] in (["-sc"], ["--shell-completion"]):  # tab completion: backprop_lab.completion
+        from .completion import handle
+
+        try:
+            text, rest = handle(rest[1] if len(rest) > 1 else "")
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        if text is not None:
+            print(text, end="")
+            return 0
+    problem = None if rest[:1] == ["-sc"] else precheck(rest)  # (a completion query: Hydra answers it)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
