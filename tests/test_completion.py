@@ -37,7 +37,8 @@ def test_bash_completes_subcommands_groups_options_and_keys(tmp_path):
     (tmp_path / "completion.sh").write_text(script.stdout)
     (tmp_path / "call.sh").write_text(CALL)
     lines = ["backprop-lab ", "backprop-lab tr", "backprop-lab train act=re", "backprop-lab train optim",
-             "backprop-lab train trainer.max_", "backprop-lab train -m seed=0,1 logger=ml", "backprop-lab study reg"]  # fmt: skip
+             "backprop-lab train trainer.max_", "backprop-lab train -m seed=0,1 logger=ml",
+             "backprop-lab study reg"]  # fmt: skip
     done = subprocess.run(
         ["bash", str(tmp_path / "call.sh"), str(tmp_path / "completion.sh"), *lines],
         capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=120,

@@ -40,7 +40,8 @@ def test_the_search_space_in_hydras_grammar_becomes_optunas_distributions():
 
     space, fixed = search_space(
         ["optimizer.lr=tag(log, interval(1e-4, 1e-1))", "model.width=range(32,160,32)", "act=choice(relu,tanh)",
-         "regularizer.dropout=interval(0.0, 0.5)", "model.depth=int(interval(1, 4))", "optimizer=sgd", "act=choice(gelu,elu)"]
+         "regularizer.dropout=interval(0.0, 0.5)", "model.depth=int(interval(1, 4))", "optimizer=sgd",
+         "act=choice(gelu,elu)"]
     )  # fmt: skip
     assert space == {
         "optimizer.lr": FloatDistribution(1e-4, 1e-1, log=True),
