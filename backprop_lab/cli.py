@@ -490,13 +490,14 @@ def train_main(rest: list[str]) -> int:
         from .completion import handle
 
         try:
-            text, rest = handle(rest[1] if len(rest) > 1 else "")
+            text, query = handle(rest[1] if len(rest) > 1 else "")
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        if text is not None:
+        if query is None:
             print(text, end="")
             return 0
+        rest = query
     problem = None if rest[:1] == ["-sc"] else precheck(rest)  # (a completion query: Hydra answers it)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
