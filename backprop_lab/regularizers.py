@@ -114,8 +114,15 @@ class Regularization:
         if isinstance(factor, torch.Tensor):
             for p in self._params():
                 p.mul_(factor.view(-1, *[1] * (p.ndim - 1)))
+        elif _foreach_mul_ is not None:
+            _foreach_mul_(self._params(), factor)
         else:
-            torch._foreach_mul_(self._params(), factor)
+            for p in self._params():
+                p.mul_(factor)
+
+
+# torch's multi-tensor kernel, what torch.optim's foreach paths call: private, so a later torch may drop it
+_foreach_mul_ = getattr(torch, "_foreach_mul_", None)
 
 
 def _on(coefficient: float | torch.Tensor) -> bool:
