@@ -100,6 +100,9 @@ def test_option_trains(group, name, train, tmp_path):
         extra.append(f"data.path={tmp_path / 'mine.npz'}")
     if group == "data" and name in IMAGE_SETS:
         extra += IMAGE_SETS[name](tmp_path)
+    if (group, name) == ("logger", "mlflow"):
+        pytest.importorskip("mlflow")
+        extra.append(f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}")  # (not the working directory)
     if (group, name) == ("pretrain", "checkpoint"):
         first, first_dir = train()
         assert first["status"] == "completed"
