@@ -44,7 +44,8 @@ def register() -> None:
             node: Any = getattr(importlib.import_module(module), schema)
         except ImportError:  # not installed: the CLI says how to install it when it is chosen
             continue
-        store.store(group=group, name=f"{name}_schema", node=node, provider="backprop-lab")
+        # (in a group of its own: it is not an option users should see in --help or tab completion)
+        store.store(group=f"backprop_lab_schemas/{group}", name=name, node=node, provider="backprop-lab")
         values = OmegaConf.load(str(resources.files(__name__) / f"{name}.yaml"))
         assert isinstance(values, DictConfig)  # our YAML files are mappings
         if target is not None:
@@ -52,6 +53,8 @@ def register() -> None:
         store.store(
             group=group,
             name=name,
-            node=OmegaConf.merge({"defaults": [f"{name}_schema", "_self_", *after_self]}, values),
+            node=OmegaConf.merge(
+                {"defaults": [{f"/backprop_lab_schemas/{group}@_here_": name}, "_self_", *after_self]}, values
+            ),
             provider="backprop-lab",
         )
