@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 try:  # torch's own check of a fused kernel's device and dtype: private, so a later torch may move it
@@ -63,8 +64,12 @@ def param_groups(model: nn.Module, weight_decay: float, decay_all: bool) -> list
 def build_optimizer(model: nn.Module, opt_cfg: Any, decay_all: bool) -> torch.optim.Optimizer:
     if targets.is_target(opt_cfg):
         return _target_optimizer(model, opt_cfg, decay_all)
+    # plain values only: an OmegaConf list kept in the optimizer's state would make its checkpoint
+    # unloadable with torch.load(weights_only=True) wherever torch keeps it as given (torch 2.9)
+    values = OmegaConf.to_container(opt_cfg, resolve=True) if OmegaConf.is_config(opt_cfg) else dict(opt_cfg)
+    assert isinstance(values, dict)  # an option node is a mapping
     kwargs: dict[str, Any] = {
-        k: (tuple(v) if k in _TUPLES and isinstance(v, list) else v) for k, v in dict(opt_cfg).items() if k != "name"
+        str(k): (tuple(v) if k in _TUPLES and isinstance(v, list) else v) for k, v in values.items() if k != "name"
     }
     kwargs.update(_FIXED_KWARGS.get(opt_cfg["name"], {}))
     weight_decay = float(kwargs.pop("weight_decay", 0.0))

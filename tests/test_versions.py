@@ -40,3 +40,23 @@ def test_torch_private_names_have_a_fallback():
             if name == "torch" and _private(node.attr):  # type: ignore[attr-defined]  # torch._name, no fallback
                 unguarded.append(f"{path.name}:{node.lineno} torch.{node.attr}")  # type: ignore[attr-defined]
     assert unguarded == []
+
+
+def test_optimizers_keep_no_config_objects_in_their_state():
+    """Every shipped optimizer's param groups hold plain values: a torch that keeps what it is given
+    (torch 2.9 keeps OmegaConf's lists) would otherwise write checkpoints that torch.load(weights_only=True)
+    refuses."""
+    from conftest import make_cfg
+    from omegaconf import OmegaConf
+
+    from backprop_lab.models import build_model
+    from backprop_lab.optimizers import OPTIMIZERS, build_optimizer
+
+    cfg = make_cfg("data=synthetic")
+    model = build_model(cfg, (20,), 3)
+
+    for name in OPTIMIZERS:
+        cfg = make_cfg(f"optimizer={name}", "data=synthetic")
+        optimizer = build_optimizer(model, cfg.optimizer, decay_all=False)
+        values = [v for group in optimizer.param_groups for k, v in group.items() if k != "params"]
+        assert not any(OmegaConf.is_config(v) for v in values), name
