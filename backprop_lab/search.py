@@ -96,7 +96,8 @@ def trial_of_job(hydra_config: Any) -> dict[str, Any] | None:
         return None
     from omegaconf import OmegaConf
 
-    kwargs = OmegaConf.to_container(sweeper.get("pruner_kwargs") or {}, resolve=True)
+    given = sweeper.get("pruner_kwargs")
+    kwargs = OmegaConf.to_container(given, resolve=True) if OmegaConf.is_config(given) else dict(given or {})
     return {
         "id": int(trial_id),
         "study": str(sweeper.study_name),

@@ -149,9 +149,9 @@ def test_pruning_trials_of_other_processes_without_a_storage_is_one_line(tmp_pat
 
 
 def test_trials_batched_by_the_vectorized_launcher_are_pruned_member_by_member(tmp_path):
+    # (Hyperband with Optuna's defaults: no pruner_kwargs given)
     done = _sweep(tmp_path / "sweep", "hydra/launcher=vectorized", "hydra.sweeper.n_jobs=4", "hydra.sweeper.n_trials=8",
-                  "trainer.max_steps=300", "trainer.eval_every=30", "hydra.sweeper.pruner=median",
-                  "hydra.sweeper.pruner_kwargs={n_startup_trials:2}")  # fmt: skip
+                  "trainer.max_steps=300", "trainer.eval_every=30", "hydra.sweeper.pruner=hyperband")  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     second = [r for name, r in _summaries(tmp_path / "sweep").items() if int(name) >= 4]  # the second group of 4
     assert all(r["vectorized"]["members"] == 4 for r in second)
