@@ -1,5 +1,6 @@
 """`backprop-lab study NAME`: the sweeps behind one claim, then a report whose verdict is computed
-from the measurements (means, Student-t CIs, Welch tests), so a claim that does not hold says so.
+from the measurements (means, Student-t CIs, Welch tests with the difference's CI, Holm-Bonferroni
+over the study's tests: backprop_lab.statistics), so a claim that does not hold says so.
 
 Each sweep is an ordinary Hydra multirun of `backprop-lab train -m hydra/launcher=vectorized experiment=study_NAME ...`;
 the report lists the exact commands, so every grid can be rerun by hand.
@@ -18,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from .compare import Run, canonical, find_runs, metrics_rows, pooled
+from .statistics import ALPHA, Comparison, Family, area_under, positive_interval
 
-SEEDS = 3  # seeds per setting (--seeds); --smoke: 2
+SEEDS = 5  # seeds per setting (--seeds); --smoke: 2
 
 
 # ------------------------------------------------------------------ reading the measurements
@@ -65,68 +67,44 @@ def fmt(vals: list[float], digits: int = 3) -> str:
     return f"{s.mean:.{digits}f} [{s.ci_low:.{digits}f}, {s.ci_high:.{digits}f}]"
 
 
-def better(a: list[float], b: list[float], higher: bool = True) -> tuple[bool, float | None]:
-    """Is `a` better than `b` (Welch's t-test, one-sided, p < 0.05)? Returns (holds, p)."""
-    a = [v for v in a if v is not None and math.isfinite(v)]
-    b = [v for v in b if v is not None and math.isfinite(v)]
-    if len(a) < 2 or len(b) < 2:
-        return False, None
-    if statistics.pstdev(a) == 0 and statistics.pstdev(b) == 0:
-        return (
-            (statistics.fmean(a) > statistics.fmean(b)) == higher and statistics.fmean(a) != statistics.fmean(b)
-        ), 0.0
-    from scipy import stats
-
-    test = stats.ttest_ind(a, b, equal_var=False, alternative="greater" if higher else "less")
-    return bool(test.pvalue < 0.05), float(test.pvalue)
-
-
-def difference(a: list[float], b: list[float], confidence: float = 0.95) -> tuple[float, float, float, float] | None:
-    """mean(a) - mean(b), its Welch confidence interval and the two-sided Welch p-value; None when
-    either side has fewer than 2 values."""
-    a = [v for v in a if v is not None and math.isfinite(v)]
-    b = [v for v in b if v is not None and math.isfinite(v)]
-    if len(a) < 2 or len(b) < 2:
-        return None
-    from scipy import stats
-
-    diff = statistics.fmean(a) - statistics.fmean(b)
-    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-    if va + vb == 0:
-        return diff, diff, diff, 0.0 if diff else 1.0
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))  # Welch-Satterthwaite
-    half = float(stats.t.ppf(0.5 + confidence / 2, df)) * math.sqrt(va + vb)
-    p = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
-    return diff, diff - half, diff + half, p
+Lines = list[Any]  # a verdict's lines: strings, or functions that render a test's line once the family is adjusted
 
 
 def candidate_lines(
-    candidate: str, measured: dict[str, list[float]], baselines: list[str], what: str, higher: bool = True
-) -> list[str]:
-    """One verdict line per baseline: the candidate's difference on `what` with its 95% CI and the
-    two-sided Welch p-value, and whether it is better, worse, or not distinguishable at p < 0.05."""
-    lines = []
+    family: Family,
+    candidate: str,
+    measured: dict[str, list[float]],
+    baselines: list[str],
+    what: str,
+    higher: bool = True,
+    points: bool = False,
+) -> Lines:
+    """One line per baseline: the candidate's difference on `what` with its 95% CI, the two-sided Welch
+    p and its Holm-adjusted p, and whether it is better, worse, or not distinguishable."""
+    lines: Lines = []
     for base in baselines:
-        d = difference(measured.get(candidate, []), measured.get(base, []))
-        if d is None:
-            lines.append(f"- candidate {candidate} vs {base} ({what}): n too small for a test.")
-            continue
-        diff, low, high, p = d
-        better_side = "**better**" if (diff > 0) == higher else "**worse**"
-        outcome = "no difference detected" if p >= 0.05 else better_side
-        lines.append(
-            f"- candidate {candidate} vs {base} ({what}): difference {diff:+.4f} [{low:+.4f}, {high:+.4f}], "
-            f"two-sided Welch p = {p:.3g}: {outcome}."
-        )
+        test = family.compare(measured.get(candidate, []), measured.get(base, []), higher=higher, points=points,
+                              two_sided=True)  # fmt: skip
+
+        def line(base: str = base, test: Comparison = test) -> str:
+            if test.result is None:
+                return f"- candidate {candidate} vs {base} ({what}): n too small for a test."
+            side = "**better**" if (test.result["diff"] > 0) == higher else "**worse**"
+            outcome = side if test.p_holm is not None and test.p_holm < ALPHA else "no difference detected"
+            return f"- candidate {candidate} vs {base} ({what}): {test.effect()}: {outcome}."
+
+        lines.append(line)
     return lines
+
+
+def render(family: Family, lines: Lines) -> str:
+    """The verdict's text: Holm-Bonferroni over the family first, then every line."""
+    family.adjust()
+    return "\n".join([*(line() if callable(line) else line for line in lines), "", family.note()])
 
 
 def mark(holds: bool) -> str:
     return "**holds**" if holds else "**does not hold**"
-
-
-def p_text(p: float | None) -> str:
-    return "n too small for a test" if p is None else f"p = {p:.3g}"
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
@@ -156,7 +134,7 @@ def activations_verdict(runs: list[Run], candidate: str | None = None) -> str:
                 ratio[act], acc[act] = ratios, values(group, "test/acc")
             shown = f"{math.exp(statistics.fmean(math.log(v) for v in ratios)):.2e}" if ratios else "-"
             rows.append([act, "matched" if init == "null" else "torch default", shown, fmt(values(group, "test/acc"))])
-    out = [
+    out: Lines = [
         "### Measurements",
         "",
         "First-layer / last-layer gradient norm at step 1 (geometric mean over seeds), "
@@ -174,23 +152,28 @@ def activations_verdict(runs: list[Run], candidate: str | None = None) -> str:
         f"least 10x below relu's: {geo.get('sigmoid', float('nan')):.2e} vs {geo.get('relu', float('nan')):.2e}): "
         f"{mark(starves)}."
     )
+    family = Family()
     for act in RELU_FAMILY:
-        holds, p = better(acc.get(act, []), acc.get("sigmoid", []))
+        test = family.compare(acc.get(act, []), acc.get("sigmoid", []), points=True)
         out.append(
-            f"- {act} trains where sigmoid does not (test/acc {fmt(acc.get(act, []))} > sigmoid "
-            f"{fmt(acc.get('sigmoid', []))}, one-sided Welch {p_text(p)}): {mark(holds)}."
+            lambda act=act, test=test: (
+                f"- {act} trains where sigmoid does not (test/acc {fmt(acc.get(act, []))} > "
+                f"sigmoid {fmt(acc.get('sigmoid', []))}; {test.effect()}): {mark(test.holds)}."
+            )
         )
     for act in ("tanh", "relu"):
         matched = values(completed(runs, act=act, **{"model.init": "null"}), "test/acc")
         default = values(completed(runs, act=act, **{"model.init": "torch"}), "test/acc")
-        holds, p = better(matched, default)
+        test = family.compare(matched, default, points=True)
         out.append(
-            f"- Matched init beats torch's default init for {act} ({fmt(matched)} vs {fmt(default)}, {p_text(p)}): "
-            f"{mark(holds)}."
+            lambda act=act, test=test, matched=matched, default=default: (
+                f"- Matched init beats torch's default "
+                f"init for {act} ({fmt(matched)} vs {fmt(default)}; {test.effect()}): {mark(test.holds)}."
+            )
         )
     if candidate:
-        out += candidate_lines(candidate, acc, ACTS, "test/acc, each with its matched init")
-    return "\n".join(out)
+        out += candidate_lines(family, candidate, acc, ACTS, "test/acc, each with its matched init", points=True)
+    return render(family, out)
 
 
 # Each regularizer in its own sweep, so its strength applies to it alone.
@@ -234,7 +217,7 @@ def regularization_verdict(runs: list[Run], candidate: str | None = None) -> str
                 fmt(accs[reg]),
             ]
         )
-    out = [
+    out: Lines = [
         "### Measurements",
         "",
         "At the last step: train accuracy (last window), train - validation accuracy gap; "
@@ -245,17 +228,23 @@ def regularization_verdict(runs: list[Run], candidate: str | None = None) -> str
         "### Verdict",
         "",
     ]
+    family = Family()
     for reg in list(REGULARIZERS)[1:]:
-        narrower, p_gap = better(gaps[reg], gaps["none"], higher=False)
-        higher, p_acc = better(accs[reg], accs["none"])
+        narrower = family.compare(gaps[reg], gaps["none"], higher=False, points=True)
+        higher = family.compare(accs[reg], accs["none"], points=True)
         out.append(
-            f"- {reg} reduces overfitting (gap {fmt(gaps[reg])} < none {fmt(gaps['none'])}, {p_text(p_gap)}): "
-            f"{mark(narrower)}; raises test accuracy ({p_text(p_acc)}): {mark(higher)}."
+            lambda reg=reg, narrower=narrower, higher=higher: (
+                f"- {reg} reduces overfitting (gap {fmt(gaps[reg])} < "
+                f"none {fmt(gaps['none'])}; {narrower.effect()}): {mark(narrower.holds)}; raises test accuracy "
+                f"({fmt(accs[reg])} vs {fmt(accs['none'])}; {higher.effect()}): {mark(higher.holds)}."
+            )
         )
     if candidate:
-        out += candidate_lines(candidate, accs, list(REGULARIZERS), "test/acc")
-        out += candidate_lines(candidate, gaps, list(REGULARIZERS), "train - val accuracy gap", higher=False)
-    return "\n".join(out)
+        out += candidate_lines(family, candidate, accs, list(REGULARIZERS), "test/acc", points=True)
+        out += candidate_lines(
+            family, candidate, gaps, list(REGULARIZERS), "train - val accuracy gap", higher=False, points=True
+        )
+    return render(family, out)
 
 
 def _reg_choice(run: Run) -> str:
@@ -289,54 +278,110 @@ def optimizers_sweeps(run_sweep: Callable[..., Path], smoke: bool, candidate: st
         run_sweep(f"final_{opt}", [f"optimizer={opt}", f"optimizer.lr={lr}", f"seed={seeds}"])
 
 
+TARGET_FRACTION = 0.95  # time-to-result target: this fraction of the best baseline's validation accuracy
+
+
+def time_to_target(run: Run, target: float) -> tuple[float, float] | None:
+    """(steps, seconds) at the first evaluation whose validation accuracy reaches `target`; None if none did."""
+    for r in metrics_rows(run.path):
+        if r.get("split") == "val" and isinstance(r.get("acc"), (int, float)) and r["acc"] >= target:
+            return float(r["step"]), float(r.get("elapsed_s") or 0.0)
+    return None
+
+
+def train_loss_auc(run: Run) -> float | None:
+    """The mean training loss over the whole run: the area under its logged train-loss curve / steps."""
+    rows = [r for r in metrics_rows(run.path) if r.get("split") == "train" and isinstance(r.get("loss"), (int, float))]
+    return area_under([r["step"] for r in rows], [r["loss"] for r in rows])
+
+
+def positive(vals: list[float]) -> str:
+    """Geometric mean [95% CI on the log scale] of positive values: bounds never below zero."""
+    found = positive_interval(vals)
+    if found is None:
+        return f"{vals[0]:.3g} (n=1)" if len(vals) == 1 else "-"
+    return f"{found[0]:.3g} [{found[1]:.3g}, {found[2]:.3g}]"
+
+
 def optimizers_verdict(runs: list[Run], candidate: str | None = None) -> str:
     final = [r for r in runs if "lr_search" not in str(r.path)]
     last_steps = [train_row(r, -1).get("step", 0) for r in final if r.status == "completed"]
     probe = 1000 if last_steps and min(last_steps) >= 1000 else min(last_steps, default=0)
-    loss, steps, acc, rows = {}, {}, {}, []
-    for opt in [*OPTIMIZERS, *([candidate] if candidate else [])]:
-        group = completed(final, optimizer=opt)
+    names = [*OPTIMIZERS, *([candidate] if candidate else [])]
+    groups = {opt: completed(final, optimizer=opt) for opt in names}
+    best_val = {opt: statistics.fmean(values(g, "val/acc")) for opt, g in groups.items() if values(g, "val/acc")}
+    baseline = max((o for o in OPTIMIZERS if o in best_val), key=lambda o: best_val[o], default=None)
+    target = TARGET_FRACTION * best_val[baseline] if baseline else 1.0
+    loss, auc, acc, rows = {}, {}, {}, []
+    for opt in names:
+        group = groups[opt]
         lr = group[0].settings.get("optimizer.lr", "-") if group else "-"
         loss[opt] = [v for v in (row_at(r, "train", probe, "loss") for r in group) if v is not None]
-        steps[opt] = [r.metrics.get("target/step", math.inf) for r in group]
+        auc[opt] = [v for v in (train_loss_auc(r) for r in group) if v is not None]
         acc[opt] = values(group, "test/acc")
-        reached = [s for s in steps[opt] if math.isfinite(s)]
+        reached = [t for t in (time_to_target(r, target) for r in group) if t is not None]
         rows.append(
             [
                 opt,
                 lr,
                 fmt(loss[opt], 4),
-                f"{len(reached)}/{len(group)}: " + (fmt(reached, 0) if reached else "-"),
+                fmt(auc[opt], 4),
+                f"{len(reached)}/{len(group)}",
+                positive([t[0] for t in reached]),
+                positive([t[1] for t in reached]),
                 fmt(acc[opt]),
             ]
         )
-    out = [
+    seeds = sorted({r.seed for r in final if r.seed is not None})
+    out: Lines = [
         "### Protocol",
         "",
         f"Each optimizer's learning rate was picked from the log grid {', '.join(LR_GRID)} by the best validation "
-        "accuracy of a 1000-step run with seed 100. The comparison then runs seeds "
-        f"{', '.join(str(seed) for seed in sorted({r.seed for r in final if r.seed is not None}))} at that rate.",
+        f"accuracy of a 1000-step run with seed 100. The comparison then runs seeds {', '.join(map(str, seeds))} at "
+        f"that rate. Time to result: the first evaluation reaching {TARGET_FRACTION:.0%} of the best baseline's "
+        f"mean best validation accuracy ({baseline}: {best_val.get(baseline or '', float('nan')):.4f}, "
+        f"target {target:.4f}), as AlgoPerf sets its targets.",
         "",
         "### Measurements",
         "",
-        f"Train loss at step {probe} (mean [95% CI]), steps to reach the target validation accuracy "
-        "(trainer.target_acc, runs that reached it), and test accuracy.",
+        f"Train loss at step {probe} and its mean over the run (area under the train-loss curve / steps), mean "
+        "[95% CI]; runs reaching the target, and their steps and seconds to it (geometric mean [95% CI on the log "
+        "scale]); test accuracy.",
         "",
-        table(["optimizer", "lr", f"train loss @ {probe}", "steps to target", "test/acc"], rows),
+        table(
+            [
+                "optimizer",
+                "lr",
+                f"train loss @ {probe}",
+                "train loss AUC",
+                "reached",
+                "steps to target",
+                "seconds to target",
+                "test/acc",
+            ],
+            rows,
+        ),  # fmt: skip
         "",
         "### Verdict",
         "",
     ]
+    family = Family()
     for opt in ADAPTIVE:
-        faster, p = better(loss.get(opt, []), loss.get("sgd", []), higher=False)
+        at_probe = family.compare(loss.get(opt, []), loss.get("sgd", []), higher=False)
+        overall = family.compare(auc.get(opt, []), auc.get("sgd", []), higher=False)
         out.append(
-            f"- {opt} converges faster than sgd (lower train loss at step {probe}: {fmt(loss.get(opt, []), 4)} vs "
-            f"{fmt(loss.get('sgd', []), 4)}, {p_text(p)}): {mark(faster)}."
+            lambda opt=opt, at_probe=at_probe, overall=overall: (
+                f"- {opt} converges faster than sgd: lower train "
+                f"loss at step {probe} ({fmt(loss.get(opt, []), 4)} vs {fmt(loss.get('sgd', []), 4)}; "
+                f"{at_probe.effect()}): {mark(at_probe.holds)}; lower train loss over the run (AUC "
+                f"{fmt(auc.get(opt, []), 4)} vs {fmt(auc.get('sgd', []), 4)}; {overall.effect()}): "
+                f"{mark(overall.holds)}."
+            )
         )
     if candidate:
-        out += candidate_lines(candidate, loss, OPTIMIZERS, f"train loss at step {probe}", higher=False)
-        out += candidate_lines(candidate, acc, OPTIMIZERS, "test/acc")
-    return "\n".join(out)
+        out += candidate_lines(family, candidate, loss, OPTIMIZERS, f"train loss at step {probe}", higher=False)
+        out += candidate_lines(family, candidate, acc, OPTIMIZERS, "test/acc", points=True)
+    return render(family, out)
 
 
 BUDGETS = ["100", "300", "1000"]
@@ -382,7 +427,7 @@ def pretraining_verdict(runs: list[Run], candidate: str | None = None) -> str:
             "classes 0-4 (all their labels) or, for the autoencoder, their inputs only."
         )
     )
-    out = [
+    out: Lines = [
         "### Measurements",
         "",
         task,
@@ -392,12 +437,16 @@ def pretraining_verdict(runs: list[Run], candidate: str | None = None) -> str:
         "### Verdict",
         "",
     ]
+    family = Family()
     for name, _ in STRATEGIES[1:]:
-        parts = []
-        for n in budgets:
-            holds, p = better(acc[name, n], acc["scratch", n])
-            parts.append(f"{n} labels {mark(holds)} ({p_text(p)})")
-        out.append(f"- {name} beats scratch: " + "; ".join(parts) + ".")
+        tests = [(n, family.compare(acc[name, n], acc["scratch", n], points=True)) for n in budgets]
+        out.append(
+            lambda name=name, tests=tests: (
+                f"- {name} beats scratch: "
+                + "; ".join(f"{n} labels {mark(t.holds)} ({t.effect()})" for n, t in tests)
+                + "."
+            )
+        )
     gains = {
         n: (statistics.fmean(acc["full fine-tune", n]) - statistics.fmean(acc["scratch", n]))
         for n in budgets
@@ -409,7 +458,7 @@ def pretraining_verdict(runs: list[Run], candidate: str | None = None) -> str:
             f"- The gain of full fine-tuning is largest when labels are fewest "
             f"({', '.join(f'{n}: {g:+.3f}' for n, g in gains.items())}): {mark(largest_first)}."
         )
-    return "\n".join(out)
+    return render(family, out)
 
 
 @dataclass
@@ -555,8 +604,36 @@ def run_study(
         f"**Claim:** {study.claim}\n\n{entered}{study.verdict(runs, option)}\n\n### Sweeps (Hydra multiruns)\n\n"
         + "\n".join(commands)
         + wall
+        + "\n\n"
+        + reproduce(name, out, runs)
     )
     return write_report([out], out, ["test/acc"], title=f"Study: {name}", verdict=verdict)
+
+
+def reproduce(name: str, out: Path, runs: list[Run]) -> str:
+    """What the numbers were measured with (from the runs' own summary.json) and how to get them again."""
+    import json
+
+    summaries = []
+    for run in runs:
+        try:
+            summaries.append(json.loads((run.path / "summary.json").read_text()))
+        except (OSError, ValueError):
+            continue
+    versions: dict[str, str] = next((s["versions"] for s in summaries if s.get("versions")), {})
+    devices = sorted({str(s.get("device")) for s in summaries if s.get("device")})
+    seeds = sorted({r.seed for r in runs if r.seed is not None})
+    shown = ", ".join(f"{k} {v}" for k, v in versions.items() if k in ("backprop-lab", "torch", "python", "hydra-core"))
+    return "\n".join(
+        [
+            "### Reproduce",
+            "",
+            f"- Measured with {shown or 'unknown versions'}, on {', '.join(devices) or 'an unknown device'}; "
+            f"{len(runs)} runs, seeds {', '.join(map(str, seeds))}.",
+            "- The sweeps above, in that order, rerun every number; the report is computed from the run folders:",
+            f"  `backprop-lab study {name} --report-only --out {out}` recomputes this verdict from them.",
+        ]
+    )
 
 
 def main(argv: list[str]) -> int:

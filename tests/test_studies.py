@@ -10,7 +10,6 @@ import pytest
 from test_cli import EXE
 
 from backprop_lab.compare import find_runs
-from backprop_lab.studies import better
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 EXPECTED = {  # --smoke: 2 seeds per setting
@@ -34,6 +33,7 @@ def test_study_in_miniature(tmp_path, name):
     if name == "activations":
         lines = [line for line in report.splitlines() if line.startswith("- candidate squareplus vs ")]
         assert len(lines) == 6 and all("two-sided Welch p = " in line or "n too small" in line for line in lines)
+        assert all("Holm p = " in line for line in lines if "Welch" in line)
         assert "| squareplus | matched |" in report
     phrase, n_runs = EXPECTED[name]
     assert phrase in report and "### Verdict" in report and "hydra/launcher=vectorized experiment=study_" in report
@@ -41,14 +41,72 @@ def test_study_in_miniature(tmp_path, name):
     assert verdicts and all("**holds**" in v or "**does not hold**" in v for v in verdicts)
     assert len(find_runs([out])) == n_runs
     assert (out / "grad_norms.png").is_file()
+    assert "Holm-Bonferroni adjusted p" in report and "### Reproduce" in report
+    assert f"backprop-lab study {name} --report-only --out {out}" in report and "torch " in report
 
 
-def test_verdict_statistics_say_no_when_the_data_say_no():
-    assert better([0.9, 0.91, 0.92], [0.5, 0.52, 0.51])[0]
-    assert not better([0.5, 0.52, 0.51], [0.9, 0.91, 0.92])[0]
-    assert not better([0.5, 0.9, 0.1], [0.5, 0.52, 0.48])[0]  # a noisy difference is not a win
-    assert better([0.1, 0.11, 0.12], [0.5, 0.52, 0.51], higher=False)[0]
-    assert better([0.9], [0.5, 0.6]) == (False, None)  # one run is no evidence
+A = [0.91, 0.93, 0.90, 0.94, 0.92]
+B = [0.88, 0.90, 0.87, 0.91, 0.86]
+
+
+def test_welch_difference_interval_and_p_match_scipy():
+    from scipy import stats
+
+    from backprop_lab.statistics import welch
+
+    two = welch(A, B)
+    reference = stats.ttest_ind(A, B, equal_var=False)
+    low, high = reference.confidence_interval(0.95)
+    assert (two["low"], two["high"], two["p"]) == pytest.approx((low, high, reference.pvalue), rel=1e-9)
+    assert two["diff"] == pytest.approx(sum(A) / 5 - sum(B) / 5)
+    greater = welch(A, B, "greater")
+    assert greater["p"] == pytest.approx(stats.ttest_ind(A, B, equal_var=False, alternative="greater").pvalue)
+
+
+def test_holm_adjusts_as_the_textbook_does():
+    from backprop_lab.statistics import holm
+
+    # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> monotone: 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert holm([]) == []
+
+
+def test_a_family_of_tests_says_no_where_single_tests_would_say_yes():
+    from backprop_lab.statistics import Family
+
+    family = Family()
+    tests = [family.compare([0.54, 0.52, 0.56], [0.50, 0.49, 0.52]) for _ in range(10)]
+    family.adjust()
+    raw = tests[0].result["p"]
+    assert raw < 0.05 and tests[0].p_holm == pytest.approx(min(1.0, 10 * raw))
+    assert not any(t.holds for t in tests)  # ten looks at a small effect: none survives the correction
+    clear = Family()
+    strong = clear.compare(A, [0.5, 0.52, 0.51], points=True)
+    worse = clear.compare([0.5, 0.52, 0.51], A)
+    clear.adjust()
+    assert strong.holds and not worse.holds
+    assert "pp [" in strong.effect() and "Holm p = " in strong.effect()
+    assert Family().compare([0.9], [0.5, 0.6]).result is None  # one run is no evidence
+
+
+def test_intervals_of_positive_quantities_stay_positive_and_the_area_is_the_trapezoid():
+    import math
+
+    import numpy as np
+    from scipy import stats
+
+    from backprop_lab.statistics import area_under, positive_interval
+
+    steps = [200, 250, 900, 1500, 180]
+    geo, low, high = positive_interval(steps)
+    logs = np.log(steps)
+    t_low, t_high = stats.t.interval(0.95, 4, loc=logs.mean(), scale=logs.std(ddof=1) / math.sqrt(5))
+    assert (geo, low, high) == pytest.approx((math.exp(logs.mean()), math.exp(t_low), math.exp(t_high)))
+    assert low > 0  # a symmetric t-interval on the raw counts goes below zero here
+    assert stats.t.interval(0.95, 4, loc=np.mean(steps), scale=np.std(steps, ddof=1) / math.sqrt(5))[0] < 0
+    x, y = [1, 50, 100, 400], [2.3, 1.1, 0.7, 0.2]
+    assert area_under(x, y) == pytest.approx(np.trapezoid(y, x) / 399)
 
 
 def test_unknown_study_is_one_line(tmp_path):
