@@ -297,10 +297,14 @@ def train_loss_auc(run: Run) -> float | None:
 
 def positive(vals: list[float]) -> str:
     """Geometric mean [95% CI on the log scale] of positive values: bounds never below zero."""
+
+    def num(v: float) -> str:
+        return f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
     found = positive_interval(vals)
     if found is None:
-        return f"{vals[0]:.3g} (n=1)" if len(vals) == 1 else "-"
-    return f"{found[0]:.3g} [{found[1]:.3g}, {found[2]:.3g}]"
+        return f"{num(vals[0])} (n=1)" if len(vals) == 1 else "-"
+    return f"{num(found[0])} [{num(found[1])}, {num(found[2])}]"
 
 
 def optimizers_verdict(runs: list[Run], candidate: str | None = None) -> str:
