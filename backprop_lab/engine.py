@@ -494,8 +494,8 @@ class Stage:
                 self.scheduler.step(score)
             if not all(math.isfinite(v) for v in val[k].values()):
                 self.finish(k, status="diverged")
-            elif self.logs[k].stop_requested():  # the search's pruner (search.TrialReporter)
-                self.finish(k, status=self.logs[k].stop_requested())
+            elif reason := self.logs[k].stop_requested():  # the search's pruner (search.TrialReporter)
+                self.finish(k, status=reason)
             elif self.trainer.early_stopping and s.evals_since_best[k] >= self.trainer.early_stopping:
                 self.finish(k, stopped_early=True)
         self.progress.update(s.step, {f"val/{key}": v for key, v in val[0].items()})

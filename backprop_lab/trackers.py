@@ -22,7 +22,7 @@ SINGLE_RUN_EXPERIMENT = "backprop-lab"  # MLflow's experiment for runs outside a
 
 
 def _finite_numbers(row: dict[str, Any]) -> dict[str, float]:
-    skip = ("step", "stage", "split", "epoch")
+    skip = ("step", "stage", "split")
     return {
         k: float(v)
         for k, v in row.items()
