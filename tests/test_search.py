@@ -116,7 +116,10 @@ def test_a_pruned_study_resumes_from_its_sqlite_storage(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resuming: 6 trial(s) finished before" in done.stdout
     assert len(_summaries(tmp_path / "second")) == 2  # 8 in the study, 6 of them from before
-    assert len(optuna.load_study(study_name="pruned", storage=f"sqlite:///{tmp_path / 'study.db'}").trials) == 8
+    trials = optuna.load_study(study_name="pruned", storage=f"sqlite:///{tmp_path / 'study.db'}").trials
+    assert len(trials) == 8
+    first, second = [t.params for t in trials[:6]], [t.params for t in trials[6:]]
+    assert not any(p in first for p in second)  # the resumed session asks new trials, not the first ones again
 
 
 def test_a_trial_left_running_by_a_killed_sweep_is_run_again(tmp_path):

@@ -146,6 +146,9 @@ class OptunaSweeper(Sweeper):
         except Exception as err:  # a storage URL SQLAlchemy cannot open, a study of the other direction
             raise ConfigError("hydra.sweeper.storage", s.storage, " ".join(str(err).split())[:300]) from None
         before = _finished(study)
+        if study.trials and s.sampler.seed is not None:  # a resumed study: the seed shifted by the trials so
+            # far, or a seeded sampler would ask the first session's trials again
+            study.sampler = make_sampler(str(s.sampler.name), int(s.sampler.seed) + len(study.trials))
         self.retried = retried = _retry_stale(study)
         log.info(
             f"Optuna study {study.study_name}: {s.direction} {self.config.trainer.monitor if self.config else ''}, "
