@@ -51,6 +51,9 @@ examples:
   backprop-lab train --cfg job                               print the composed config, train nothing
   backprop-lab train --help                                  the config groups and their options
   backprop-lab compare multirun/ --metric test/acc --format markdown
+  backprop-lab train logger=mlflow                           also an MLflow run (mlflow ui; docs/tracking.md)
+  backprop-lab train -m hydra/sweeper=optuna hydra.sweeper.pruner=median   an Optuna search, bad trials pruned
+  eval "$(backprop-lab train --shell-completion install=bash)"             tab completion (zsh, fish too)
 
 config groups (group=option):
 {groups}

@@ -265,7 +265,7 @@ def optimizers_sweeps(run_sweep: Callable[..., Path], smoke: bool, candidate: st
             f"optimizer={','.join(optimizers)}",
             f"optimizer.lr={','.join(grid)}",
             "seed=100",
-            "trainer.max_steps=1000" if not smoke else "trainer.max_steps=8",
+            *([] if smoke else ["trainer.max_steps=1000"]),  # (--smoke's own steps otherwise)
         ],
         note="learning-rate search: one seed (100, not used below), 1000 steps, best val/acc wins",
     )
