@@ -279,13 +279,11 @@ def job_outcome(summary: dict[str, Any]) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    if summary["status"] == "completed":
-        return run_value(summary)
-    if HydraConfig.get().mode == RunMode.RUN:
+    if summary["status"] != "completed" and HydraConfig.get().mode == RunMode.RUN:
         global _refused
         _unfinished.append((summary["run_dir"], summary["status"]))
         _refused = bool(summary.get("refused"))
-    return None
+    return run_value(summary)
 
 
 class SweepOutcomes(Callback):

@@ -81,7 +81,6 @@ class MLflow:
 
     def __init__(self, logger: DictConfig, run_dir: Path, experiment: str, run_id: str | None) -> None:
         try:
-            from mlflow.entities import RunStatus  # noqa: F401 (the package is there)
             from mlflow.tracking import MlflowClient
         except ImportError:
             raise ConfigError(
