@@ -117,7 +117,9 @@ ACTS = ["sigmoid", "tanh", "relu", "leaky_relu", "gelu", "selu"]
 RELU_FAMILY = ["relu", "leaky_relu", "gelu", "selu"]
 
 
-def activations_sweeps(run_sweep: Callable[..., Path], smoke: bool, candidate: str | None, seeds: str) -> None:
+def activations_sweeps(
+    run_sweep: Callable[..., Path], smoke: bool, candidate: str | None, seeds: str, setting: Setting
+) -> None:
     acts = [*ACTS, *([candidate] if candidate else [])]  # model.init=null: each activation's own init
     run_sweep("grid", [f"act={','.join(acts)}", "model.init=null,torch", f"seed={seeds}"])
 
@@ -187,7 +189,9 @@ REGULARIZERS = {
 }
 
 
-def regularization_sweeps(run_sweep: Callable[..., Path], smoke: bool, candidate: str | None, seeds: str) -> None:
+def regularization_sweeps(
+    run_sweep: Callable[..., Path], smoke: bool, candidate: str | None, seeds: str, setting: Setting
+) -> None:
     for reg, strengths in _regularizers(candidate).items():
         label = reg.strip("[]").replace(",", "+")
         run_sweep(label, [f"regularizer={reg}", *strengths, f"seed={seeds}"])
@@ -256,7 +260,9 @@ LR_GRID = ["0.0003", "0.001", "0.003", "0.01", "0.03", "0.1", "0.3"]
 ADAPTIVE = ["adam", "rmsprop", "adagrad"]
 
 
-def optimizers_sweeps(run_sweep: Callable[..., Path], smoke: bool, candidate: str | None, seeds: str) -> None:
+def optimizers_sweeps(
+    run_sweep: Callable[..., Path], smoke: bool, candidate: str | None, seeds: str, setting: Setting
+) -> None:
     grid = LR_GRID[2:4] if smoke else LR_GRID
     optimizers = [*OPTIMIZERS, *([candidate] if candidate else [])]  # the candidate's lr: the same search
     search = run_sweep(
@@ -265,9 +271,9 @@ def optimizers_sweeps(run_sweep: Callable[..., Path], smoke: bool, candidate: st
             f"optimizer={','.join(optimizers)}",
             f"optimizer.lr={','.join(grid)}",
             "seed=100",
-            *([] if smoke else ["trainer.max_steps=1000"]),  # (--smoke's own steps otherwise)
+            *([] if smoke else [f"trainer.max_steps={setting.search_steps}"]),  # (--smoke's own steps otherwise)
         ],
-        note="learning-rate search: one seed (100, not used below), 1000 steps, best val/acc wins",
+        note=f"learning-rate search: one seed (100, not used below), {setting.search_steps} steps, best val/acc wins",
     )
     runs = find_runs([search])
     for opt in optimizers:
@@ -310,7 +316,8 @@ def positive(vals: list[float]) -> str:
 def optimizers_verdict(runs: list[Run], candidate: str | None = None) -> str:
     final = [r for r in runs if "lr_search" not in str(r.path)]
     last_steps = [train_row(r, -1).get("step", 0) for r in final if r.status == "completed"]
-    probe = 1000 if last_steps and min(last_steps) >= 1000 else min(last_steps, default=0)
+    searched = max((train_row(r, -1).get("step", 0) for r in runs if "lr_search" in str(r.path)), default=1000)
+    probe = searched if last_steps and min(last_steps) >= searched else min(last_steps, default=0)
     names = [*OPTIMIZERS, *([candidate] if candidate else [])]
     groups = {opt: completed(final, optimizer=opt) for opt in names}
     best_val = {opt: statistics.fmean(values(g, "val/acc")) for opt, g in groups.items() if values(g, "val/acc")}
@@ -341,8 +348,9 @@ def optimizers_verdict(runs: list[Run], candidate: str | None = None) -> str:
         "### Protocol",
         "",
         f"Each optimizer's learning rate was picked from the log grid {', '.join(LR_GRID)} by the best validation "
-        f"accuracy of a 1000-step run with seed 100. The comparison then runs seeds {', '.join(map(str, seeds))} at "
-        f"that rate. Time to result: the first evaluation reaching {TARGET_FRACTION:.0%} of the best baseline's "
+        f"accuracy of a {searched}-step run with seed 100. The comparison then runs seeds "
+        f"{', '.join(map(str, seeds))} at that rate. Time to result: the first evaluation reaching "
+        f"{TARGET_FRACTION:.0%} of the best baseline's "
         f"mean best validation accuracy ({baseline}: {best_val.get(baseline or '', float('nan')):.4f}, "
         f"target {target:.4f}), as AlgoPerf sets its targets.",
         "",
@@ -398,7 +406,9 @@ STRATEGIES = [
 ]
 
 
-def pretraining_sweeps(run_sweep: Callable[..., Path], smoke: bool, candidate: str | None, seeds: str) -> None:
+def pretraining_sweeps(
+    run_sweep: Callable[..., Path], smoke: bool, candidate: str | None, seeds: str, setting: Setting
+) -> None:
     budgets = f"data.n_train={','.join(SMOKE_BUDGETS if smoke else BUDGETS)}"
     short = ["pretrain.steps=8"] if smoke else []
     run_sweep("scratch", ["pretrain=none", budgets, f"seed={seeds}"])
@@ -465,12 +475,34 @@ def pretraining_verdict(runs: list[Run], candidate: str | None = None) -> str:
     return render(family, out)
 
 
+@dataclass(frozen=True)
+class Setting:
+    """Where a study measures its claim: a preset (configs/experiment/) and overrides for every sweep
+    (pretrain.* ones only for the sweeps that pretrain)."""
+
+    experiment: str
+    description: str
+    overrides: tuple[str, ...] = ()
+    search_steps: int = 1000  # the optimizers study: steps of each learning-rate search run
+
+
 @dataclass
 class Study:
     claim: str
-    sweeps: Callable[[Callable[..., Path], bool, str | None, str], None]  # (run_sweep, smoke, candidate, seeds)
+    sweeps: Callable[..., None]  # (run_sweep, smoke, candidate, seeds, setting)
     verdict: Callable[[list[Run], str | None], str]
     group: str | None  # the config group of a --candidate (None: the study takes none)
+    real: Setting  # --setting real: the claim on a real image set
+
+
+SETTINGS = ("mnist1d", "real")  # --setting
+
+
+def setting_of(name: str, setting: str) -> Setting:
+    """Study `name`'s setting: mnist1d (its own preset on MNIST-1D) or real (STUDIES[name].real)."""
+    if setting == "real":
+        return STUDIES[name].real
+    return Setting(f"study_{name}", "MNIST-1D (generated locally by the mnist1d package)")
 
 
 STUDIES: dict[str, Study] = {
@@ -479,21 +511,43 @@ STUDIES: dict[str, Study] = {
         activations_sweeps,
         activations_verdict,
         "act",
+        Setting(
+            "study_activations_real",
+            "MNIST, a 5 x 100 MLP trained with plain SGD (the deep nets of Glorot & Bengio 2010, narrowed)",
+        ),
     ),
     "regularization": Study(
         "Regularizers (L1, L2, dropout, batch norm, combined) reduce overfitting.",
         regularization_sweeps,
         regularization_verdict,
         "regularizer",
+        Setting(
+            "study_regularization_real",
+            "Fashion-MNIST with 1000 labels, a 2 x 256 MLP that overfits them (the few-label regime of "
+            "Srivastava et al. 2014)",
+        ),
     ),
     "optimizers": Study(
         "Adaptive optimizers (Adam, RMSprop, Adagrad) converge faster than SGD.",
         optimizers_sweeps,
         optimizers_verdict,
         "optimizer",
+        Setting(
+            "study_optimizers_real",
+            "MNIST, the two-hidden-layer ReLU MLP of Kingma & Ba 2015 at batch 128 (narrowed to 256 units)",
+            search_steps=500,
+        ),
     ),
     "pretraining": Study(
-        "Pretraining and transfer help when labels are few.", pretraining_sweeps, pretraining_verdict, None
+        "Pretraining and transfer help when labels are few.",
+        pretraining_sweeps,
+        pretraining_verdict,
+        None,
+        Setting(
+            "study_pretraining_real",
+            "pretrain on Fashion-MNIST (all its labels), fine-tune on MNIST with 100, 300 or 1000 labels",
+            ("pretrain.data=fashion_mnist",),
+        ),
     ),
 }
 
@@ -537,6 +591,31 @@ def candidate_problem(study: str, candidate: str, config_dir: Path | None) -> st
     return None
 
 
+def missing_data(name: str, extra: list[str], config_dir: Path | None) -> str | None:
+    """Why the real setting's data (and its pretraining data) cannot be read, as one line naming the
+    key; None when they can. Checked before any sweep: nothing is downloaded unless data.download=true."""
+    from .cli import check_composition, compose_train
+    from .data import load_arrays
+    from .errors import RefusedError
+
+    where = STUDIES[name].real
+    overrides = [f"experiment={where.experiment}", *(["pretrain=supervised"] if name == "pretraining" else [])]
+    overrides += [*where.overrides, *extra]
+    problem = check_composition(config_dir, overrides)
+    if problem:
+        return problem
+    cfg = compose_train(overrides, config_dir)
+    try:
+        load_arrays(cfg.data)
+        if cfg.pretrain.get("data"):
+            from .pretrain import pretrain_data
+
+            load_arrays(pretrain_data(cfg))
+    except RefusedError as err:
+        return f"--setting real: {err}"
+    return None
+
+
 def run_study(
     name: str,
     out: Path,
@@ -547,11 +626,12 @@ def run_study(
     candidate: str | None = None,
     config_dir: Path | None = None,
     seeds: int | None = None,
+    setting: str = "mnist1d",
 ) -> Path:
     """Run the study's sweeps into `out` (unless `report_only`), then write its report there.
     The vectorized launcher trains each setting's seeds as one batched model. `candidate`
     (GROUP=OPTION, shipped or from `config_dir`) joins the study under its protocol. `seeds`: per
-    setting (default SEEDS, 2 with `smoke`)."""
+    setting (default SEEDS, 2 with `smoke`). `setting`: mnist1d or real (setting_of)."""
     import json
 
     from .report import write_report
@@ -565,25 +645,28 @@ def run_study(
     if report_only and setup.is_file():
         saved = json.loads(setup.read_text())
         candidate = candidate or saved.get("candidate")
+        setting = saved.get("setting", setting)
     elif not report_only:
-        setup.write_text(json.dumps({"study": name, "candidate": candidate, "config_dir": str(config_dir or "")}))
+        chosen = {"study": name, "setting": setting, "candidate": candidate, "config_dir": str(config_dir or "")}
+        setup.write_text(json.dumps(chosen))
+    where = setting_of(name, setting)
     option = candidate.partition("=")[2] if candidate else None
     own = ["--config-dir", str(config_dir.resolve())] if config_dir is not None else []
 
     def run_sweep(label: str, overrides: list[str], note: str | None = None) -> Path:
         folder = out / label
         staged = not any(o == "pretrain=none" for o in overrides)  # pretrain.* overrides only where there is a stage
-        own_data = any(o.startswith("data=") for o in extra)  # (the smoke's data.num_samples is MNIST-1D's)
+        own_data = setting != "mnist1d" or any(o.startswith("data=") for o in extra)
         smoke_args = [a for a in SMOKE if not (own_data and a.startswith("data.num_samples"))] if smoke else []
         args = [
             "train",
             "-m",
             *own,
             f"hydra/launcher={launcher}",
-            f"experiment=study_{name}",
+            f"experiment={where.experiment}",
             *overrides,
             *smoke_args,
-            *[e for e in extra if staged or not e.startswith("pretrain.")],
+            *[e for e in [*where.overrides, *extra] if staged or not e.startswith("pretrain.")],
         ]
         shown = "backprop-lab " + " ".join(f"'{a}'" if "[" in a else a for a in args)
         commands.append(f"- `{shown}`" + (f" ({note})" if note else ""))
@@ -600,12 +683,14 @@ def run_study(
         commands = commands_file.read_text().splitlines() if commands_file.is_file() else []
     else:
         count = seeds or (2 if smoke else SEEDS)
-        study.sweeps(run_sweep, smoke, option, ",".join(str(seed) for seed in range(count)))
+        study.sweeps(run_sweep, smoke, option, ",".join(str(seed) for seed in range(count)), where)
     runs = find_runs([out])
     wall = "" if report_only else f"\n\nWall time of the sweeps: {time.time() - started:.0f} s."
     entered = f"**Candidate:** `{candidate}`, under the study's own protocol.\n\n" if candidate else ""
+    measured = f"**Setting:** {setting}: {where.description} (`experiment={where.experiment}`).\n\n"
     verdict = (
-        f"**Claim:** {study.claim}\n\n{entered}{study.verdict(runs, option)}\n\n### Sweeps (Hydra multiruns)\n\n"
+        f"**Claim:** {study.claim}\n\n{measured}{entered}{study.verdict(runs, option)}"
+        + "\n\n### Sweeps (Hydra multiruns)\n\n"
         + "\n".join(commands)
         + wall
         + "\n\n"
@@ -649,6 +734,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--seeds", type=int, help=f"seeds per setting, at least 2 (default {SEEDS}; --smoke: 2)", metavar="N"
     )
+    parser.add_argument(
+        "--setting",
+        default="mnist1d",
+        choices=SETTINGS,
+        help="where the claim is measured: MNIST-1D (default), or a real image set per study (docs/studies.md)",
+    )
     parser.add_argument("--report-only", action="store_true", help="recompute the report of an existing --out folder")
     parser.add_argument(
         "--candidate",
@@ -684,6 +775,8 @@ def main(argv: list[str]) -> int:
         print(f"error: --config-dir={args.config_dir} is not a folder", file=sys.stderr)
         return 2
     problem = candidate_problem(args.name, args.candidate, args.config_dir) if args.candidate else None
+    if not problem and args.setting == "real" and not args.report_only:
+        problem = missing_data(args.name, args.overrides, args.config_dir)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -699,6 +792,7 @@ def main(argv: list[str]) -> int:
             args.candidate,
             args.config_dir,
             args.seeds,
+            args.setting,
         )
     except FileNotFoundError:
         print(f"error: the study's sweeps made no runs; their logs are in {out}", file=sys.stderr)

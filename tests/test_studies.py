@@ -132,38 +132,71 @@ def test_a_bad_candidate_is_one_line(tmp_path, study, candidate, message):
     assert not (tmp_path / "studies").exists()
 
 
-def test_pretraining_study_across_data_sets(tmp_path):
-    """`backprop-lab study pretraining` with pretrain.data: Fashion-MNIST -> MNIST, both in IDX files."""
+def fake_mnist_and_fashion(root: Path) -> Path:
+    """MNIST and Fashion-MNIST in their IDX files under `root`, as torchvision lays them out (random
+    pixels whose class shows in their mean: these machines cannot reach the real files)."""
     from fake_files import random_cifar, write_idx_set
 
     for folder, seed in (("MNIST", 0), ("FashionMNIST", 1)):
         x, y = random_cifar(400, 10, seed=seed)
-        write_idx_set(tmp_path / "data" / folder / "raw", x[:, 0, 2:30, 2:30], y, x[:80, 0, 2:30, 2:30], y[:80])
+        write_idx_set(root / folder / "raw", x[:, 0, 2:30, 2:30], y, x[:80, 0, 2:30, 2:30], y[:80])
+    return root
+
+
+def test_pretraining_study_in_its_real_setting(tmp_path):
+    """`backprop-lab study pretraining --setting real`: Fashion-MNIST -> MNIST, both in IDX files; the
+    report names the setting, and --report-only recomputes it from the folder alone."""
+    from backprop_lab.studies import main
+
+    data = fake_mnist_and_fashion(tmp_path / "data")
     out = tmp_path / "study"
-    r = subprocess.run(
-        [
-            EXE,
-            "study",
-            "pretraining",
-            "--smoke",
-            "--out",
-            str(out),
-            "data=mnist",
-            f"data.root={tmp_path / 'data'}",
-            "pretrain.data=fashion_mnist",
-            "data.source_classes=null",
-            "data.target_classes=null",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    args = ["pretraining", "--setting", "real", "--smoke", "--out", str(out), f"data.root={data}"]
+    r = subprocess.run([EXE, "study", *args], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     report = (out / "report.md").read_text()
     assert "Test accuracy on mnist (mean [95% CI]) by label budget; pretraining used fashion_mnist" in report
+    assert "**Setting:** real: pretrain on Fashion-MNIST" in report and "experiment=study_pretraining_real" in report
     runs = find_runs([out])
     assert len(runs) == 24 and all(run.status == "completed" for run in runs)
     assert "pretrain.data=fashion_mnist" not in (out / "commands.md").read_text().splitlines()[0]  # scratch: no stage
+    (out / "report.md").unlink()
+    assert main(["pretraining", "--report-only", "--out", str(out)]) == 0
+    again = (out / "report.md").read_text()
+    assert again.split("### Sweeps")[0] == report.split("### Sweeps")[0]  # the setting and every number
+
+
+@pytest.mark.parametrize("name", ["activations", "regularization", "optimizers", "pretraining"])
+def test_each_real_setting_composes_and_reads_its_files(tmp_path, name):
+    from backprop_lab.cli import compose_train
+    from backprop_lab.studies import STUDIES, missing_data
+
+    data = fake_mnist_and_fashion(tmp_path)
+    assert missing_data(name, [f"data.root={data}"], None) is None
+    setting = STUDIES[name].real
+    cfg = compose_train([f"experiment={setting.experiment}"])
+    assert cfg.data.name == ("fashion_mnist" if name == "regularization" else "mnist")
+    assert cfg.model.name == "mlp" and cfg.trainer.max_steps <= 1500
+
+
+@pytest.mark.parametrize(
+    "name,present,message",
+    [
+        ("activations", [], "error: --setting real: data.root={root} is not valid: has no mnist files: looked in"),
+        ("pretraining", ["MNIST"], "error: --setting real: data.root={root} is not valid: has no fashion_mnist files"),
+    ],
+)
+def test_a_real_setting_without_its_files_is_one_line(tmp_path, monkeypatch, capsys, name, present, message):
+    from backprop_lab.studies import main
+
+    root = fake_mnist_and_fashion(tmp_path / "data")
+    for folder in ("MNIST", "FashionMNIST"):
+        if folder not in present:
+            shutil.rmtree(root / folder)
+    monkeypatch.chdir(tmp_path)
+    assert main([name, "--setting", "real", f"data.root={root}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message.format(root=root)) and err.count("\n") == 1
+    assert not (tmp_path / "studies").exists()  # nothing ran, nothing was written
 
 
 @pytest.mark.parametrize("override", ["hydra.sweep.dir=elsewhere", "hydra.run.dir=x", "hydra.sweep.subdir=y"])
