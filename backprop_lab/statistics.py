@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 ALPHA = 0.05  # a claim holds when its Holm-adjusted p is below this
+
+
+def mark(holds: bool) -> str:
+    return "**holds**" if holds else "**does not hold**"
 
 
 def finite(values: list[Any]) -> list[float]:
@@ -82,6 +87,7 @@ class Comparison:
     higher: bool = True  # higher is better
     points: bool = False  # accuracies: the difference in percentage points too
     two_sided: bool = False  # a candidate's lines: better, worse or no difference
+    label: str = ""  # the claim, in a few words, for the study's summary table
     result: dict[str, float] | None = None
     p_holm: float | None = None
 
@@ -97,6 +103,23 @@ class Comparison:
         if self.result is None or self.p_holm is None or self.p_holm >= ALPHA:
             return False
         return (self.result["diff"] > 0) == self.higher
+
+    def outcome(self) -> str:
+        """holds / does not hold; for a two-sided test: better, worse, or no difference detected."""
+        if not self.two_sided:
+            return mark(self.holds)
+        if self.result is None or self.p_holm is None or self.p_holm >= ALPHA:
+            return "no difference detected"
+        return "**better**" if (self.result["diff"] > 0) == self.higher else "**worse**"
+
+    def difference(self) -> str:
+        """The difference of means with its 95% CI, in percentage points for accuracies."""
+        if self.result is None:
+            return "n too small for a test"
+        r = self.result
+        if self.points:
+            return f"{100 * r['diff']:+.1f} pp [{100 * r['low']:+.1f}, {100 * r['high']:+.1f}]"
+        return f"{r['diff']:+.4g} [{r['low']:+.4g}, {r['high']:+.4g}]"
 
     def effect(self) -> str:
         if self.result is None:
@@ -115,13 +138,38 @@ class Family:
     adjusted p is below ALPHA. Lines that state a test's outcome are rendered after `adjust`."""
 
     tests: list[Comparison] = field(default_factory=list)
+    rows: list[Comparison | tuple[str, Callable[[], bool], str]] = field(default_factory=list)  # summary order
 
     def compare(
-        self, a: list[float], b: list[float], higher: bool = True, points: bool = False, two_sided: bool = False
+        self,
+        a: list[float],
+        b: list[float],
+        higher: bool = True,
+        points: bool = False,
+        two_sided: bool = False,
+        label: str = "",
     ) -> Comparison:
-        test = Comparison(list(a), list(b), higher=higher, points=points, two_sided=two_sided)
+        test = Comparison(list(a), list(b), higher=higher, points=points, two_sided=two_sided, label=label)
         self.tests.append(test)
+        self.rows.append(test)
         return test
+
+    def claim(self, label: str, holds: Callable[[], bool], measured: str) -> None:
+        """A claim decided without a test of its own (a threshold on a measurement), for the summary;
+        `holds` is asked after the family is adjusted, so it may read the tests' outcomes."""
+        self.rows.append((label, holds, measured))
+
+    def summary(self) -> str:
+        """One row per claim: what was measured (the difference with its CI), the Holm p, the outcome."""
+        lines = ["| claim | difference [95% CI] | Holm p | verdict |", "|---|---|---|---|"]
+        for row in self.rows:
+            if isinstance(row, Comparison):
+                p = "-" if row.p_holm is None else f"{row.p_holm:.3g}"
+                lines.append(f"| {row.label} | {row.difference()} | {p} | {row.outcome()} |")
+            else:
+                label, holds, measured = row
+                lines.append(f"| {label} | {measured} | - | {mark(holds())} |")
+        return "\n".join(lines)
 
     def adjust(self) -> None:
         tested = [t for t in self.tests if t.result is not None]

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .compare import Run, canonical, find_runs, metrics_rows, pooled
-from .statistics import ALPHA, Comparison, Family, area_under, positive_interval
+from .statistics import Comparison, Family, area_under, mark, positive_interval
 
 SEEDS = 5  # seeds per setting (--seeds); --smoke: 2
 
@@ -84,27 +84,23 @@ def candidate_lines(
     lines: Lines = []
     for base in baselines:
         test = family.compare(measured.get(candidate, []), measured.get(base, []), higher=higher, points=points,
-                              two_sided=True)  # fmt: skip
+                              two_sided=True, label=f"candidate {candidate} vs {base}, {what}")  # fmt: skip
 
         def line(base: str = base, test: Comparison = test) -> str:
             if test.result is None:
                 return f"- candidate {candidate} vs {base} ({what}): n too small for a test."
-            side = "**better**" if (test.result["diff"] > 0) == higher else "**worse**"
-            outcome = side if test.p_holm is not None and test.p_holm < ALPHA else "no difference detected"
-            return f"- candidate {candidate} vs {base} ({what}): {test.effect()}: {outcome}."
+            return f"- candidate {candidate} vs {base} ({what}): {test.effect()}: {test.outcome()}."
 
         lines.append(line)
     return lines
 
 
 def render(family: Family, lines: Lines) -> str:
-    """The verdict's text: Holm-Bonferroni over the family first, then every line."""
+    """The verdict's text: Holm-Bonferroni over the family first, then a summary table of the claims,
+    then every line (the measurements, and each claim in full)."""
     family.adjust()
-    return "\n".join([*(line() if callable(line) else line for line in lines), "", family.note()])
-
-
-def mark(holds: bool) -> str:
-    return "**holds**" if holds else "**does not hold**"
+    rendered = [line() if callable(line) else line for line in lines]
+    return "\n".join(["### Summary", "", family.summary(), "", *rendered, "", family.note()])
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
@@ -149,14 +145,19 @@ def activations_verdict(runs: list[Run], candidate: str | None = None) -> str:
     ]
     geo = {a: math.exp(statistics.fmean(math.log(v) for v in ratio[a])) for a in ratio if ratio[a]}
     starves = "sigmoid" in geo and "relu" in geo and geo["sigmoid"] * 10 <= geo["relu"]
+    family = Family()
+    family.claim(
+        "sigmoid's first/last gradient ratio at init ≥ 10× below relu's",
+        lambda: starves,
+        f"{geo.get('sigmoid', float('nan')):.2e} vs {geo.get('relu', float('nan')):.2e}",
+    )
     out.append(
         f"- Saturating activations starve early layers of gradient (sigmoid's first/last gradient ratio at "
         f"least 10x below relu's: {geo.get('sigmoid', float('nan')):.2e} vs {geo.get('relu', float('nan')):.2e}): "
         f"{mark(starves)}."
     )
-    family = Family()
     for act in RELU_FAMILY:
-        test = family.compare(acc.get(act, []), acc.get("sigmoid", []), points=True)
+        test = family.compare(acc.get(act, []), acc.get("sigmoid", []), points=True, label=f"{act} > sigmoid, test/acc")
         out.append(
             lambda act=act, test=test: (
                 f"- {act} trains where sigmoid does not (test/acc {fmt(acc.get(act, []))} > "
@@ -166,7 +167,7 @@ def activations_verdict(runs: list[Run], candidate: str | None = None) -> str:
     for act in ("tanh", "relu"):
         matched = values(completed(runs, act=act, **{"model.init": "null"}), "test/acc")
         default = values(completed(runs, act=act, **{"model.init": "torch"}), "test/acc")
-        test = family.compare(matched, default, points=True)
+        test = family.compare(matched, default, points=True, label=f"{act}: matched init > torch's, test/acc")
         out.append(
             lambda act=act, test=test, matched=matched, default=default: (
                 f"- Matched init beats torch's default "
@@ -234,8 +235,8 @@ def regularization_verdict(runs: list[Run], candidate: str | None = None) -> str
     ]
     family = Family()
     for reg in list(REGULARIZERS)[1:]:
-        narrower = family.compare(gaps[reg], gaps["none"], higher=False, points=True)
-        higher = family.compare(accs[reg], accs["none"], points=True)
+        narrower = family.compare(gaps[reg], gaps["none"], higher=False, points=True, label=f"{reg}: gap < none's")
+        higher = family.compare(accs[reg], accs["none"], points=True, label=f"{reg}: test/acc > none's")
         out.append(
             lambda reg=reg, narrower=narrower, higher=higher: (
                 f"- {reg} reduces overfitting (gap {fmt(gaps[reg])} < "
@@ -379,8 +380,12 @@ def optimizers_verdict(runs: list[Run], candidate: str | None = None) -> str:
     ]
     family = Family()
     for opt in ADAPTIVE:
-        at_probe = family.compare(loss.get(opt, []), loss.get("sgd", []), higher=False)
-        overall = family.compare(auc.get(opt, []), auc.get("sgd", []), higher=False)
+        at_probe = family.compare(
+            loss.get(opt, []), loss.get("sgd", []), higher=False, label=f"{opt}: train loss @ {probe} < sgd's"
+        )
+        overall = family.compare(
+            auc.get(opt, []), auc.get("sgd", []), higher=False, label=f"{opt}: train-loss AUC < sgd's"
+        )
         out.append(
             lambda opt=opt, at_probe=at_probe, overall=overall: (
                 f"- {opt} converges faster than sgd: lower train "
@@ -456,7 +461,10 @@ def pretraining_verdict(runs: list[Run], candidate: str | None = None) -> str:
     family = Family()
     tested: dict[str, list[tuple[str, Comparison]]] = {}
     for name, _ in STRATEGIES[1:]:
-        tests = tested[name] = [(n, family.compare(acc[name, n], acc["scratch", n], points=True)) for n in budgets]
+        tests = tested[name] = [
+            (n, family.compare(acc[name, n], acc["scratch", n], points=True, label=f"{name} > scratch, {n} labels"))
+            for n in budgets
+        ]
         out.append(
             lambda name=name, tests=tests: (
                 f"- {name} beats scratch: "
@@ -472,6 +480,11 @@ def pretraining_verdict(runs: list[Run], candidate: str | None = None) -> str:
     if budgets and len(gains) == len(budgets):
         largest_first = gains[budgets[0]] >= max(gains.values())
         fewest = tested["full fine-tune"][0][1]  # a gain that is there at all: its test holds
+        family.claim(
+            "full fine-tune's gain largest at the fewest labels",
+            lambda: largest_first and fewest.holds,
+            ", ".join(f"{n}: {100 * g:+.1f} pp" for n, g in gains.items()),
+        )
         out.append(
             lambda: (
                 f"- The gain of full fine-tuning is largest when labels are fewest "

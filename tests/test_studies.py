@@ -19,6 +19,10 @@ EXPECTED = {  # --smoke: 2 seeds per setting
     "pretraining": ("beats scratch", 24),
 }
 
+# activations: the gradient threshold, 4 act > sigmoid, 2 inits, 6 candidate lines; regularization: 5 x (gap,
+# test/acc); optimizers: 3 x (loss at the probe, AUC); pretraining: 3 strategies x 3 budgets + the gain's shape
+SUMMARY_ROWS = {"activations": 1 + 4 + 2 + 6, "regularization": 10, "optimizers": 6, "pretraining": 10}
+
 
 @pytest.mark.parametrize("name", list(EXPECTED))
 def test_study_in_miniature(tmp_path, name):
@@ -42,6 +46,10 @@ def test_study_in_miniature(tmp_path, name):
     assert len(find_runs([out])) == n_runs
     assert (out / "grad_norms.png").is_file()
     assert "Holm-Bonferroni adjusted p" in report and "### Reproduce" in report
+    summary = report.split("### Summary")[1].split("###")[0].strip().splitlines()[2:]  # one row per claim tested
+    assert len(summary) == SUMMARY_ROWS[name]
+    outcomes = ("**holds** |", "**does not hold** |", "**better** |", "**worse** |", "no difference detected |")
+    assert all(row.endswith(outcomes) for row in summary)
     assert f"backprop-lab study {name} --report-only --out {out}" in report and "torch " in report
 
 
@@ -88,6 +96,31 @@ def test_a_family_of_tests_says_no_where_single_tests_would_say_yes():
     assert strong.holds and not worse.holds
     assert "pp [" in strong.effect() and "Holm p = " in strong.effect()
     assert Family().compare([0.9], [0.5, 0.6]).result is None  # one run is no evidence
+
+
+def test_the_summary_has_a_row_per_claim_with_its_adjusted_outcome():
+    from scipy import stats
+
+    from backprop_lab.statistics import Family
+
+    family = Family()
+    family.claim("a threshold", lambda: True, "3.1e-03 vs 1.8e+00")
+    strong = family.compare(A, B, points=True, label="A > B, test/acc")
+    weak = family.compare([0.54, 0.52, 0.56], [0.50, 0.49, 0.52], label="small > smaller")
+    family.claim("follows the test", lambda: weak.holds, "after it")  # read once the family is adjusted
+    two = family.compare(B, A, two_sided=True, label="candidate B vs A")
+    family.adjust()
+    rows = family.summary().splitlines()
+    assert rows[0] == "| claim | difference [95% CI] | Holm p | verdict |" and len(rows) == 2 + 5
+    welch = stats.ttest_ind(A, B, equal_var=False, alternative="greater")
+    low, high = stats.ttest_ind(A, B, equal_var=False).confidence_interval()  # two-sided 95%
+    diff = sum(A) / 5 - sum(B) / 5
+    shown = f"{100 * diff:+.1f} pp [{100 * low:+.1f}, {100 * high:+.1f}]"
+    assert rows[3] == f"| A > B, test/acc | {shown} | {strong.p_holm:.3g} | **holds** |"
+    assert strong.p_holm == pytest.approx(min(1.0, 3 * welch.pvalue))  # the smallest of three p, times three
+    assert rows[2] == "| a threshold | 3.1e-03 vs 1.8e+00 | - | **holds** |"
+    assert weak.holds and rows[5] == "| follows the test | after it | - | **holds** |"  # (before adjust: no Holm p)
+    assert rows[6].startswith("| candidate B vs A | -0.036 [") and rows[6].endswith("| **worse** |") and two.p_holm
 
 
 def test_intervals_of_positive_quantities_stay_positive_and_the_area_is_the_trapezoid():
