@@ -54,6 +54,7 @@ examples:
   backprop-lab train logger=mlflow                           also an MLflow run (mlflow ui; docs/tracking.md)
   backprop-lab train -m hydra/sweeper=optuna hydra.sweeper.pruner=median   an Optuna search, bad trials pruned
   eval "$(backprop-lab train --shell-completion install=bash)"             tab completion (zsh, fish too)
+  backprop-lab study activations --setting real data.root=DIR   the claim on MNIST too (docs/studies.md)
 
 config groups (group=option):
 {groups}

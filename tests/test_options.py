@@ -35,6 +35,8 @@ NEEDS = {
         "pretrain.steps=6",
     ],
     ("experiment", "study_regularization"): ["data.n_train=40"],
+    ("experiment", "study_regularization_real"): ["data.n_train=40"],
+    ("experiment", "study_pretraining_real"): ["data.n_train=40", "pretrain.steps=6"],
 }
 
 
@@ -62,7 +64,13 @@ def _pngs(tmp_path):
     return [f"data.path={tmp_path / 'pngs'}", "data.val_fraction=0.25"]
 
 
-EXPERIMENT_DATA = {"mnist_mlp": "mnist", "fashion_mnist_cnn": "fashion_mnist", "cifar10_resnet20": "cifar10"}
+EXPERIMENT_DATA = {  # presets on real image sets: their data, as small files in the real formats
+    "mnist_mlp": "mnist",
+    "fashion_mnist_cnn": "fashion_mnist",
+    "cifar10_resnet20": "cifar10",
+    **{f"study_{name}_real": "mnist" for name in ("activations", "optimizers", "pretraining")},
+    "study_regularization_real": "fashion_mnist",
+}
 # Data options read from files: small files in their real formats.
 IMAGE_SETS = {
     "mnist": _idx("mnist"),
