@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +104,10 @@ def gradient_norms(rows: list[Row], out: Path) -> Path | None:
             if per_run:
                 width = min(len(p) for p in per_run)
                 values = np.array([p[:width] for p in per_run], dtype=float)
-                ax.plot(range(width), np.nanmean(values, 0), marker="o", label=_label(row.setting))
+                with warnings.catch_warnings():  # a layer no run has a finite norm for (diverged runs) is a gap
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    mean = np.nanmean(values, 0)
+                ax.plot(range(width), mean, marker="o", label=_label(row.setting))
                 drawn = True
         ax.set_title(f"gradient norm per layer, {'step 1 (init)' if which == 'first' else 'last logging point'}")
         ax.set_xlabel("layer (0 = input side)")
