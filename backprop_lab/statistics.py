@@ -34,8 +34,15 @@ def welch(a: list[float], b: list[float], alternative: str = "two-sided", confid
         p = (0.0 if diff else 1.0) if alternative == "two-sided" else one_sided
         return {"diff": diff, "low": diff, "high": diff, "p": p}
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    half = float(stats.t.ppf(0.5 + confidence / 2, df)) * math.sqrt(va + vb)
-    p = float(stats.ttest_ind(a, b, equal_var=False, alternative=alternative).pvalue)
+    se = math.sqrt(va + vb)
+    half = float(stats.t.ppf(0.5 + confidence / 2, df)) * se
+    t = diff / se  # Welch's t: its p from the t distribution, as scipy's ttest_ind(equal_var=False) computes it
+    if alternative == "greater":
+        p = float(stats.t.sf(t, df))
+    elif alternative == "less":
+        p = float(stats.t.cdf(t, df))
+    else:
+        p = float(2 * stats.t.sf(abs(t), df))
     return {"diff": diff, "low": diff - half, "high": diff + half, "p": p}
 
 
