@@ -612,28 +612,45 @@ def candidate_problem(study: str, candidate: str, config_dir: Path | None) -> st
     return None
 
 
-def missing_data(name: str, extra: list[str], config_dir: Path | None) -> str | None:
-    """Why the real setting's data (and its pretraining data) cannot be read, as one line naming the
-    key; None when they can. Checked before any sweep: nothing is downloaded unless data.download=true."""
+def setting_problem(name: str, setting: str, extra: list[str], config_dir: Path | None) -> str | None:
+    """Why the study's runs cannot start, as one line, before any sweep: an override its config refuses
+    (Hydra's message), or, in the real setting, data files (and pretraining data) that cannot be read,
+    naming data.root. Nothing is downloaded unless data.download=true. None when they can start."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
     from .cli import check_composition, compose_train
     from .data import load_arrays
     from .errors import RefusedError
+    from .train import registered_names
+    from .validate import validate
 
-    where = STUDIES[name].real
+    where = setting_of(name, setting)
+    single = [
+        o
+        for o, p in zip(extra, OverridesParser.create().parse_overrides(extra), strict=True)
+        if not p.is_sweep_override()
+    ]  # fmt: skip  (a sweep of the user's own is the sweeps' to expand)
     overrides = [f"experiment={where.experiment}", *(["pretrain=supervised"] if name == "pretraining" else [])]
-    overrides += [*where.overrides, *extra]
-    problem = check_composition(config_dir, overrides)
-    if problem:
-        return problem
-    cfg = compose_train(overrides, config_dir)
+    overrides += [*where.overrides, *single]
     try:
+        cfg = compose_train(overrides, config_dir)
+    except Exception:  # Hydra's or OmegaConf's refusal of an override: check_composition makes it one line
+        return check_composition(config_dir, overrides) or f"the overrides {extra} do not compose"
+    values = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(values, dict)
+    try:
+        if not any(isinstance(node, dict) and node.get("_target_") for node in values.values()):
+            validate(values, registered_names())  # (options of the user's own: each run checks them)
+        if setting == "mnist1d":
+            return None  # (MNIST-1D is generated locally)
         load_arrays(cfg.data)
         if cfg.pretrain.get("data"):
             from .pretrain import pretrain_data
 
             load_arrays(pretrain_data(cfg))
     except RefusedError as err:
-        return f"--setting real: {err}"
+        return str(err) if setting == "mnist1d" else f"--setting {setting}: {err}"
     return None
 
 
@@ -796,8 +813,8 @@ def main(argv: list[str]) -> int:
         print(f"error: --config-dir={args.config_dir} is not a folder", file=sys.stderr)
         return 2
     problem = candidate_problem(args.name, args.candidate, args.config_dir) if args.candidate else None
-    if not problem and args.setting == "real" and not args.report_only:
-        problem = missing_data(args.name, args.overrides, args.config_dir)
+    if not problem and not args.report_only:
+        problem = setting_problem(args.name, args.setting, args.overrides, args.config_dir)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2

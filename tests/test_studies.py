@@ -201,10 +201,10 @@ def test_pretraining_study_in_its_real_setting(tmp_path):
 @pytest.mark.parametrize("name", ["activations", "regularization", "optimizers", "pretraining"])
 def test_each_real_setting_composes_and_reads_its_files(tmp_path, name):
     from backprop_lab.cli import compose_train
-    from backprop_lab.studies import STUDIES, missing_data
+    from backprop_lab.studies import STUDIES, setting_problem
 
     data = fake_mnist_and_fashion(tmp_path)
-    assert missing_data(name, [f"data.root={data}"], None) is None
+    assert setting_problem(name, "real", [f"data.root={data}"], None) is None
     setting = STUDIES[name].real
     cfg = compose_train([f"experiment={setting.experiment}"])
     assert cfg.data.name == ("fashion_mnist" if name == "regularization" else "mnist")
@@ -242,4 +242,22 @@ def test_a_study_refuses_hydras_folders_and_points_to_out(tmp_path, monkeypatch,
     assert err == f"error: {override} is not valid for a study: its sweeps go under --out " + (
         "(backprop-lab study optimizers --out DIR)\n"
     )
+    assert not any(tmp_path.iterdir())  # nothing ran, nothing was written
+
+
+@pytest.mark.parametrize(
+    "name,override,message",
+    [
+        ("pretraining", "pretrain.steps=oops", "error: pretrain.steps=oops is not valid: must be an integer >= 1"),
+        ("activations", "data.rooot=1", "error: Could not override 'data.rooot'."),
+        ("optimizers", "trainer.max_steps=0", "error: trainer.max_steps=0 is not valid:"),
+    ],
+)
+def test_a_study_refuses_a_bad_override_before_any_sweep(tmp_path, monkeypatch, capsys, name, override, message):
+    from backprop_lab.studies import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main([name, "--smoke", override]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
     assert not any(tmp_path.iterdir())  # nothing ran, nothing was written
