@@ -614,8 +614,8 @@ def candidate_problem(study: str, candidate: str, config_dir: Path | None) -> st
 
 def setting_problem(name: str, setting: str, extra: list[str], config_dir: Path | None) -> str | None:
     """Why the study's runs cannot start, as one line, before any sweep: an override its config refuses
-    (Hydra's message), or, in the real setting, data files (and pretraining data) that cannot be read,
-    naming data.root. Nothing is downloaded unless data.download=true. None when they can start."""
+    (Hydra's message, or the value checks every run makes), or data files (and pretraining data) that
+    cannot be read, naming data.root. Nothing is downloaded unless data.download=true. None: they can."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
@@ -642,7 +642,7 @@ def setting_problem(name: str, setting: str, extra: list[str], config_dir: Path 
     try:
         if not any(isinstance(node, dict) and node.get("_target_") for node in values.values()):
             validate(values, registered_names())  # (options of the user's own: each run checks them)
-        if setting == "mnist1d":
+        if cfg.data.name == "mnist1d" and not cfg.pretrain.get("data"):
             return None  # (MNIST-1D is generated locally)
         load_arrays(cfg.data)
         if cfg.pretrain.get("data"):
