@@ -47,10 +47,8 @@ def split_indices(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray
     """scikit-learn's stratified train_test_split of these labels, as (kept, held-out) indices. They
     depend only on the labels, the fraction, the seed and scikit-learn's version, so they are cached:
     a run whose split was made before does not import scikit-learn (about a second)."""
-    from importlib.metadata import version
-
     digest = hashlib.sha256(np.ascontiguousarray(y).tobytes()).hexdigest()[:20]
-    key = f"splits/sklearn-{version('scikit-learn')}-{digest}-{y.dtype}-{fraction}-seed{seed}"
+    key = f"splits/sklearn-{_sklearn_version()}-{digest}-{y.dtype}-{fraction}-seed{seed}"
 
     def make() -> dict[str, np.ndarray]:
         from sklearn.model_selection import train_test_split
@@ -64,6 +62,12 @@ def split_indices(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray
 
     a = cached_arrays(key, make)
     return a["keep"], a["held"]
+
+
+def _sklearn_version() -> str:
+    from importlib.metadata import version
+
+    return version("scikit-learn")  # (read from the package's metadata: scikit-learn is not imported)
 
 
 def cache_dir() -> Path:
@@ -117,28 +121,40 @@ def load_mnist1d(cfg: Any) -> Arrays:
 
 
 def load_digits(cfg: Any) -> Arrays:
-    from sklearn.datasets import load_digits as sk_load_digits
+    def make() -> dict[str, np.ndarray]:
+        from sklearn.datasets import load_digits as sk_load_digits
 
-    digits = sk_load_digits()
-    x_train, y_train, x_test, y_test = _split(digits.images / 16.0, digits.target, cfg.test_fraction, cfg.split_seed)
+        digits = sk_load_digits()
+        return {"x": digits.images / 16.0, "y": digits.target}
+
+    a = cached_arrays(f"digits-sklearn-{_sklearn_version()}", make)  # (importing scikit-learn takes seconds)
+    x_train, y_train, x_test, y_test = _split(a["x"], a["y"], cfg.test_fraction, cfg.split_seed)
     return Arrays(x_train, y_train, x_test, y_test)  # 8x8 images: standardized per channel (one), by the rule
 
 
 def load_synthetic(cfg: Any) -> Arrays:
-    from sklearn.datasets import make_classification
-
+    """scikit-learn's make_classification, cached by its arguments (and scikit-learn's version)."""
     shape = tuple(cfg.shape)
     n_features = int(np.prod(shape))
-    x, y = make_classification(
-        n_samples=cfg.num_samples,
-        n_features=n_features,
-        n_informative=max(2, n_features // 2),
-        n_redundant=0,
-        n_classes=cfg.num_classes,
-        n_clusters_per_class=1,
-        random_state=cfg.split_seed,
-    )
-    x_train, y_train, x_test, y_test = _split(x.reshape(-1, *shape), y, cfg.test_fraction, cfg.split_seed)
+    n, classes, seed = int(cfg.num_samples), int(cfg.num_classes), int(cfg.split_seed)
+
+    def make() -> dict[str, np.ndarray]:
+        from sklearn.datasets import make_classification
+
+        x, y = make_classification(
+            n_samples=n,
+            n_features=n_features,
+            n_informative=max(2, n_features // 2),
+            n_redundant=0,
+            n_classes=classes,
+            n_clusters_per_class=1,
+            random_state=seed,
+        )
+        return {"x": x, "y": y}
+
+    key = f"synthetic-sklearn-{_sklearn_version()}-n{n}-features{n_features}-classes{classes}-seed{seed}"
+    a = cached_arrays(key, make)
+    x_train, y_train, x_test, y_test = _split(a["x"].reshape(-1, *shape), a["y"], cfg.test_fraction, seed)
     return Arrays(x_train, y_train, x_test, y_test)
 
 

@@ -27,6 +27,46 @@ def test_cached_mnist1d_is_identical_to_fresh_generation(tmp_path, monkeypatch):
         np.testing.assert_array_equal(getattr(first, field), getattr(fresh, field))
 
 
+@pytest.mark.parametrize("name", ["synthetic", "digits"])
+def test_cached_scikit_learn_data_is_scikit_learns_and_needs_no_scikit_learn_the_second_time(tmp_path, name):
+    """data=synthetic (make_classification) and data=digits, read from the cache in a fresh process:
+    exactly scikit-learn's arrays, split as before, without importing scikit-learn (seconds a run)."""
+    import os
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits, make_classification
+    from sklearn.model_selection import train_test_split
+
+    cfg = {"shape": [6], "num_samples": 90, "num_classes": 4, "split_seed": 4, "test_fraction": 0.2}
+    probe = (
+        "import sys, numpy as np; from omegaconf import OmegaConf; from backprop_lab import data; "
+        f"a = data.load_{name}(OmegaConf.create({cfg!r})); "
+        "np.savez(sys.argv[1], x=np.concatenate([a.x, a.x_test]), y=np.concatenate([a.y, a.y_test])); "
+        "print('sklearn' in sys.modules)"
+    )
+    env = {**os.environ, "BACKPROP_LAB_CACHE": str(tmp_path / "cache")}
+    imported = []
+    for run in ("first", "second"):
+        command = [sys.executable, "-c", probe, str(tmp_path / f"{run}.npz")]
+        imported.append(subprocess.run(command, capture_output=True, text=True, env=env, check=True).stdout.strip())
+    assert imported == ["True", "False"]
+    first, second = np.load(tmp_path / "first.npz"), np.load(tmp_path / "second.npz")
+    np.testing.assert_array_equal(first["x"], second["x"])
+    np.testing.assert_array_equal(first["y"], second["y"])
+    if name == "synthetic":
+        x, y = make_classification(
+            n_samples=90, n_features=6, n_informative=3, n_redundant=0, n_classes=4,
+            n_clusters_per_class=1, random_state=4,
+        )  # fmt: skip
+    else:
+        digits = load_digits()
+        x, y = digits.images / 16.0, digits.target
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.2, random_state=4, stratify=y)
+    np.testing.assert_array_equal(second["x"], np.concatenate([x_train, x_test]))
+    np.testing.assert_array_equal(second["y"], np.concatenate([y_train, y_test]))
+
+
 def test_a_damaged_cache_file_is_regenerated(tmp_path, monkeypatch):
     monkeypatch.setenv("BACKPROP_LAB_CACHE", str(tmp_path))
     cfg = make_cfg("data.num_samples=500").data
