@@ -3,6 +3,8 @@ seed and in the values of members.BATCHED_KEYS (optimizer, schedule, l1, l2, dro
 
 `Members` stacks the K members' parameters along a new first dimension and runs the forward pass
 with `torch.func.vmap` over `functional_call`, so a linear layer becomes one batched matmul for all K.
+An MLP of linear layers, elementwise activations and dropout runs without vmap (`StackedMLP`): the
+same batched matmuls, without vmap's cost per operation, which dominates small networks.
 Each member keeps its own init (built under its own seed), its own data order (the engine draws a
 permutation per member) and its own dropout masks (vmap's randomness="different"). The loss is the
 sum of the members' losses, so every member gets exactly its own gradient. Members that share one
@@ -17,8 +19,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
+
+from .activations import ACTIVATIONS
+from .models import Classifier
 
 
 class Members(nn.Module):
@@ -48,6 +54,7 @@ class Members(nn.Module):
         self.capture: dict[str, torch.Tensor] | None = None  # set by Diagnostics.arm for one forward pass
         self._forward = vmap(self._one, in_dims=(0, 0, 0), randomness="different")
         self._forward_shared = vmap(self._one, in_dims=(0, 0, None), randomness="different")
+        self._mlp = StackedMLP.of(template)
 
     def params(self) -> dict[str, torch.Tensor]:
         return dict(zip(self.names, self.stacked, strict=True))
@@ -62,6 +69,8 @@ class Members(nn.Module):
 
     def forward(self, x: torch.Tensor, shared: bool = False) -> torch.Tensor:
         """x is [K, B, ...] (each member its own batch), or [B, ...] given to all with shared=True."""
+        if self._mlp is not None and self.capture is None:  # (the diagnostics' hooks run under vmap)
+            return self._mlp(self.params(), self.buffers_by_name(), x, shared)
         run = self._forward_shared if shared else self._forward
         if self.capture is None:
             return run(self.params(), self.buffers_by_name(), x)
@@ -107,9 +116,68 @@ class MemberDropout(nn.Module):
         self.register_buffer("rate", torch.zeros(()), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
-            return x
-        return x * (torch.rand_like(x) >= self.rate) / (1 - self.rate)
+        return member_dropout(x, self.rate, self.training)
+
+
+def member_dropout(x: torch.Tensor, rate: torch.Tensor, training: bool) -> torch.Tensor:
+    if not training:
+        return x
+    return x * (torch.rand_like(x) >= rate) / (1 - rate)
+
+
+# Activations that map each element on its own and hold no parameters: they apply to [K, B, width]
+# as they do to [B, width]. (PReLU has a weight per member; a user's activation may not be elementwise.)
+ELEMENTWISE = tuple(cls for name, cls in ACTIVATIONS.items() if name != "prelu")
+
+
+class StackedMLP:
+    """The forward pass of K stacked MLP Classifiers (models.build_mlp without batch norm) without vmap:
+    each linear layer is one baddbmm over the members' weights [K, out, in], activations and dropout
+    apply to [K, B, width] elementwise. It computes what vmap computes, with vmap's random stream."""
+
+    def __init__(self, blocks: list[list[tuple[str, nn.Module]]], residual_from: int | None):
+        self.blocks, self.residual_from = blocks, residual_from
+
+    @classmethod
+    def of(cls, net: nn.Module) -> StackedMLP | None:
+        """The plan for `net`, or None when it is not such an MLP (vmap then runs it)."""
+        if type(net) is not Classifier or len(net.input_view) != 1 or not isinstance(net.head, nn.Linear):
+            return None
+        blocks = []
+        for i, block in enumerate(net.blocks):
+            if not isinstance(block, nn.Sequential):
+                return None
+            layers = [(f"blocks.{i}.{name}", layer) for name, layer in block.named_children()]
+            if not all(isinstance(m, (nn.Linear, nn.Dropout, MemberDropout, *ELEMENTWISE)) for _, m in layers):
+                return None
+            blocks.append(layers)
+        return cls(blocks, net.residual_from)
+
+    def __call__(
+        self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor, shared: bool
+    ) -> torch.Tensor:
+        """x: [K, B, ...], or [B, ...] shared by all members; returns [K, B, classes]."""
+        count = len(params["head.weight"])
+        h = x.reshape(1, len(x), -1).expand(count, -1, -1) if shared else x.reshape(count, x.shape[1], -1)
+        for i, layers in enumerate(self.blocks):
+            out = h
+            for path, layer in layers:
+                if isinstance(layer, nn.Linear):
+                    out = _linear(out, params[f"{path}.weight"], params[f"{path}.bias"])
+                elif isinstance(layer, MemberDropout):
+                    out = member_dropout(out, buffers[f"{path}.rate"].view(count, 1, 1), layer.training)
+                elif isinstance(layer, nn.Dropout):
+                    out = F.dropout(out, layer.p, layer.training)
+                else:
+                    out = layer(out)
+            residual = self.residual_from is not None and i >= self.residual_from
+            h = h + out if residual else out
+        return _linear(h, params["head.weight"], params["head.bias"])
+
+
+def _linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Each member's nn.Linear: h [K, B, in], weight [K, out, in], bias [K, out] -> [K, B, out]."""
+    return torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
 
 
 def _differing_dropout_rates(models: Sequence[nn.Module]) -> dict[str, list[float]]:

@@ -334,3 +334,45 @@ def test_per_member_clipping_is_torchs_clipping_of_each_member():
         torch.nn.utils.clip_grad_norm_(alone, 1.0)
         for a, p in zip(alone, params, strict=True):
             torch.testing.assert_close(p.grad[k], a.grad)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("regularizer=dropout", "regularizer.dropout=0.3"),
+        ("act=tanh", "model.residual=true", "model.depth=3"),
+        ("model=cnn1d",),
+        ("act=prelu",),
+        ("regularizer=batchnorm",),
+    ],
+)
+def test_an_mlp_runs_without_vmap_and_computes_what_vmap_computes(overrides):
+    """StackedMLP (linear layers as baddbmm, no vmap) gives vmap's outputs and gradients bit for bit,
+    dropout masks included, for members' own batches and a shared one; other nets stay with vmap."""
+    cfg = make_cfg(*FAST, *overrides)
+    arrays = load_arrays(cfg.data)
+    models = []
+    for s in range(3):
+        torch.manual_seed(s)
+        models.append(plan(cfg, arrays, torch.device("cpu")).model)
+    if "regularizer=dropout" in overrides:  # members with rates of their own (MemberDropout)
+        for model, rate in zip(models, (0.2, 0.5, 0.5), strict=True):
+            model.blocks[0][2].p = rate
+    members = Members(models)
+    assert (members._mlp is not None) == ("model=cnn1d" not in overrides and len(overrides) != 1)
+    x = torch.randn(3, 16, *arrays.x.shape[1:])
+    stacked_mlp = members._mlp
+    for shared, training in itertools.product((False, True), (True, False)):
+        members.train(training)
+        outputs, grads = [], []
+        for path in (stacked_mlp, None):  # (None: vmap)
+            members._mlp = path
+            torch.manual_seed(5)
+            out = members(x[0] if shared else x, shared=shared)
+            outputs.append(out)
+            grads.append(torch.autograd.grad(out.square().sum(), list(members.stacked)))
+        members._mlp = stacked_mlp
+        assert outputs[0].shape == (3, 16, 4)  # (synthetic data: 4 classes)
+        assert torch.equal(outputs[0], outputs[1])
+        for a, b in zip(*grads, strict=True):
+            assert torch.equal(a, b)
