@@ -376,3 +376,30 @@ def test_an_mlp_runs_without_vmap_and_computes_what_vmap_computes(overrides):
         assert torch.equal(outputs[0], outputs[1])
         for a, b in zip(*grads, strict=True):
             assert torch.equal(a, b)
+
+
+def test_a_vectorized_sweep_composes_each_jobs_config_once(tmp_path, monkeypatch):
+    """Hydra's sweeper composes every job to check it, then the launcher asks again: the vectorized
+    launcher takes the checked config (a compose costs 0.2 s), and each job still gets its own."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    from backprop_lab.cli import train_main
+
+    composed: list[list[str]] = []
+    compose = ConfigLoaderImpl.load_sweep_config
+
+    def counted(self, master_config, sweep_overrides):
+        composed.append(list(sweep_overrides))
+        return compose(self, master_config, sweep_overrides)
+
+    monkeypatch.setattr(ConfigLoaderImpl, "load_sweep_config", counted)
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "sweep"
+    args = ["-m", "hydra/launcher=vectorized", "seed=0,1,2", *FAST, f"hydra.sweep.dir={folder}"]
+    assert train_main(args) == 0
+    assert sorted(o for c in composed for o in c if o.startswith("seed=")) == ["seed=0", "seed=1", "seed=2"]
+    for job in range(3):
+        summary = json.loads((folder / str(job) / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["seed"] == job
+        hydra_cfg = (folder / str(job) / ".hydra" / "hydra.yaml").read_text()
+        assert f"num: {job}\n" in hydra_cfg and f"- seed={job}\n" in hydra_cfg
