@@ -347,7 +347,7 @@ def test_per_member_clipping_is_torchs_clipping_of_each_member():
     ],
 )
 def test_an_mlp_runs_without_vmap_and_computes_what_vmap_computes(overrides):
-    """StackedMLP (linear layers as baddbmm, no vmap) gives vmap's outputs and gradients bit for bit,
+    """StackedMLP (linear layers as batched matmuls, no vmap) gives vmap's outputs and gradients bit for bit,
     dropout masks included, for members' own batches and a shared one; other nets stay with vmap."""
     cfg = make_cfg(*FAST, *overrides)
     arrays = load_arrays(cfg.data)
