@@ -4,7 +4,6 @@ the same parts as the other models, crops and flips on the device, pretraining o
 from __future__ import annotations
 
 import json
-import subprocess
 
 import numpy as np
 import pytest
@@ -12,13 +11,13 @@ import torch
 from conftest import make_cfg, run_cfg
 from fake_files import random_cifar, write_cifar_binary, write_idx_set
 from test_launchers import _jobs
-from test_resume import CLI, comparable, kill_mid_run
+from test_resume import comparable, kill_mid_run
 
 from backprop_lab.augment import Augment
 from backprop_lab.data import load_arrays
 from backprop_lab.errors import ConfigError
 from backprop_lab.models import build_model
-from backprop_lab.train import run_members
+from backprop_lab.train import resume, run_members
 
 SMALL = [
     "trainer.max_steps=12",
@@ -229,8 +228,7 @@ def test_an_augmented_run_resumes_to_the_same_numbers(tmp_path, cifar_root):
     run_dir = tmp_path / "killed"
     p = kill_mid_run(run_dir, signal.SIGTERM, overrides, after_rows=8)
     assert p.returncode == 130
-    done = subprocess.run([*CLI, "resume", str(run_dir)], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    assert resume(run_dir)["status"] == "completed"  # what `backprop-lab resume` runs, in this process
     assert comparable(run_dir) == comparable(tmp_path / "reference")
 
 

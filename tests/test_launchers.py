@@ -64,9 +64,8 @@ def assert_same_rows(a: list[dict], b: list[dict], rtol: float) -> None:
 
 def test_vectorized_members_match_separate_runs(tmp_path):
     """Each member's metrics equal its own run's under the basic launcher, from the first step on."""
-    seeds = "seed=0,1,2"
-    vec, out = sweep(tmp_path, "vec", "hydra/launcher=vectorized", seeds)
-    basic, _ = sweep(tmp_path, "basic", seeds)
+    vec, out = sweep(tmp_path, "vec", "hydra/launcher=vectorized", "seed=0,1,2")
+    basic = separate_runs(tmp_path / "basic", [], ["seed=0", "seed=1", "seed=2"])  # what the basic launcher runs
     assert "one batched model: #0 #1 #2" in out
     for job in ("0", "1", "2"):
         a, b = rows(vec / job), rows(basic / job)
@@ -77,10 +76,10 @@ def test_vectorized_members_match_separate_runs(tmp_path):
         assert (vec / job / ".hydra" / "config.yaml").is_file() and (vec / job / "weights" / "best.pt").is_file()
         state = torch.load(vec / job / "weights" / "best.pt", weights_only=True)
         assert set(state) == set(torch.load(basic / job / "weights" / "best.pt", weights_only=True))
-    (a, b) = (compare(find_runs([folder]), ["test/acc"])[1] for folder in (vec, basic))  # seeds pooled
-    assert len(a) == len(b) == 1 and a[0].stats["test/acc"].n == b[0].stats["test/acc"].n == 3
-    assert a[0].statuses == b[0].statuses == {"completed": 3}
-    assert math.isclose(a[0].stats["test/acc"].mean, b[0].stats["test/acc"].mean, rel_tol=1e-4)
+    pooled = compare(find_runs([vec]), ["test/acc"])[1]  # the seeds pooled into one setting
+    assert len(pooled) == 1 and pooled[0].stats["test/acc"].n == 3 and pooled[0].statuses == {"completed": 3}
+    alone = [json.loads((basic / job / "summary.json").read_text())["metrics"]["test/acc"] for job in "012"]
+    assert math.isclose(pooled[0].stats["test/acc"].mean, sum(alone) / 3, rel_tol=1e-4)
 
 
 def test_a_learning_rate_grid_trains_as_one_batched_model_with_each_runs_numbers(tmp_path):
@@ -149,20 +148,20 @@ def test_a_member_checkpoint_holds_the_rates_of_its_own_run():
 
 
 def test_vectorized_groups_by_setting_and_says_what_runs_one_by_one(tmp_path):
-    folder, out = sweep(tmp_path, "groups", "hydra/launcher=vectorized", "act=relu,tanh", "seed=0,1")
-    assert out.count("one batched model: #") == 2  # relu x 2 seeds, tanh x 2 seeds
-    assert len(list(folder.glob("*/summary.json"))) == 4
+    # jobs in Hydra's order: relu x dropout 0, 0.2, 0.5 (#0-#2), then tanh (#3-#5)
+    folder, out = sweep(tmp_path, "groups", "hydra/launcher=vectorized", "act=relu,tanh", "regularizer=dropout",
+                        "regularizer.dropout=0,0.2,0.5")  # fmt: skip
+    assert out.count("one batched model: #") == 2  # relu and tanh, each with its two dropout rates
+    assert "one batched model: #1 #2 :" in out and "one batched model: #4 #5 :" in out
+    assert "regularizer.dropout=[0.2, 0.5]" in out
+    assert out.count("one by one (no other job differs from it only in seed, optimizer") == 2  # no dropout layers
+    assert len(list(folder.glob("*/summary.json"))) == 6
     assert why_not_batched(make_cfg("pretrain=autoencoder")).startswith("pretrain=autoencoder trains in stages")
-    _, out = sweep(
-        tmp_path, "dropout", "hydra/launcher=vectorized", "regularizer=dropout", "regularizer.dropout=0,0.2,0.5"
-    )
-    assert "one by one (no other job differs from it only in seed, optimizer" in out  # #0: no dropout layers
-    assert "one batched model: #1 #2 :" in out and "regularizer.dropout=[0.2, 0.5]" in out
 
 
 def test_joblib_sweep_matches_basic_and_shares_out_the_cores(tmp_path):
     par, _ = sweep(tmp_path, "joblib", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1")
-    basic, _ = sweep(tmp_path, "basic", "seed=0,1")
+    basic = separate_runs(tmp_path / "basic", [], ["seed=0", "seed=1"])
     for job in ("0", "1"):
         assert_same_rows(rows(par / job), rows(basic / job), rtol=1e-4)
         summary = json.loads((par / job / "summary.json").read_text())

@@ -9,28 +9,9 @@ from test_cli import EXE
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def test_report_of_a_sweep(tmp_path):
-    r = subprocess.run(
-        [
-            EXE,
-            "train",
-            "-m",
-            "data=synthetic",
-            "trainer=smoke",
-            "trainer.max_steps=12",
-            "trainer.eval_every=4",
-            "trainer.log_every=4",
-            "act=sigmoid,relu",
-            "seed=0,1",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 0, r.stderr
-    (sweep,) = tmp_path.glob("multirun/*/*")
+def test_report_of_a_sweep(tmp_path, real_sweep):
     out = tmp_path / "rep"
-    r = subprocess.run([EXE, "report", str(sweep), "--out", str(out)], capture_output=True, text=True)
+    r = subprocess.run([EXE, "report", str(real_sweep), "--out", str(out)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     text = (out / "report.md").read_text()
     assert "| act | n | test/acc mean ± std |" in text and "| sigmoid | 2 |" in text

@@ -30,9 +30,14 @@ def test_study_in_miniature(tmp_path, name):
     # the activations study takes a candidate of the user's own: examples/mylab.py's squareplus
     shutil.copy(EXAMPLES / "mylab.py", tmp_path)
     candidate = ["--candidate", "act=squareplus", "--config-dir", str(EXAMPLES / "configs")]
-    args = [EXE, "study", name, "--smoke", "--out", str(out), *(candidate if name == "activations" else [])]
-    r = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
+    if name == "activations":  # `backprop-lab study` end to end, with a candidate of the user's own
+        args = [EXE, "study", name, "--smoke", "--out", str(out), *candidate]
+        r = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+    else:  # what it runs, in this process
+        from backprop_lab.studies import main
+
+        assert main([name, "--smoke", "--out", str(out)]) == 0
     report = (out / "report.md").read_text()
     if name == "activations":
         lines = [line for line in report.splitlines() if line.startswith("- candidate squareplus vs ")]
@@ -184,8 +189,7 @@ def test_pretraining_study_in_its_real_setting(tmp_path):
     data = fake_mnist_and_fashion(tmp_path / "data")
     out = tmp_path / "study"
     args = ["pretraining", "--setting", "real", "--smoke", "--out", str(out), f"data.root={data}"]
-    r = subprocess.run([EXE, "study", *args], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
+    assert main(args) == 0  # (`backprop-lab study` runs this: end to end in test_study_in_miniature)
     report = (out / "report.md").read_text()
     assert "Test accuracy on mnist (mean [95% CI]) by label budget; pretraining used fashion_mnist" in report
     assert "**Setting:** real: pretrain on Fashion-MNIST" in report and "experiment=study_pretraining_real" in report

@@ -54,12 +54,12 @@ def _task_config(config: DictConfig) -> DictConfig:
     return task
 
 
-def _all_but_seed(config: DictConfig) -> str:
-    """The group a job belongs to: its config without the seed, and without the values members may
-    hold each their own (backprop_lab.members.batched_keys: optimizer, schedule, l1, l2, dropout)."""
+def _all_but_seed(task_config: DictConfig) -> str:
+    """The group a job belongs to (given its _task_config): its config without the seed, and without the
+    values members may hold each their own (backprop_lab.members.batched_keys: optimizer, schedule, l1,
+    l2, dropout)."""
     from backprop_lab.members import batched_keys
 
-    task_config = _task_config(config)
     task = OmegaConf.to_container(task_config, resolve=False)
     assert isinstance(task, dict)
     task.pop("seed", None)
@@ -148,13 +148,15 @@ class VectorizedLauncher(Launcher):
 
         returns: list[JobReturn | None] = [None] * len(configs)
         groups: dict[str, list[int]] = {}
+        tasks: dict[int, DictConfig] = {}  # each grouped job's config without hydra: made once
         for i, config in enumerate(configs):
             if resuming() and action(_job_dir(config)) != "start":  # a resumed sweep: kept or resumed alone
                 returns[i] = self._run(config, self.task_function)
                 continue
             if resuming():
                 clear(_job_dir(config))
-            groups.setdefault(_all_but_seed(config), []).append(i)
+            tasks[i] = _task_config(config)
+            groups.setdefault(_all_but_seed(tasks[i]), []).append(i)
         size = self.max_members or len(configs)
         batches = [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
         log.info(f"Vectorized launcher: {len(configs)} jobs in {len(batches)} group(s)")
@@ -164,7 +166,7 @@ class VectorizedLauncher(Launcher):
             reason = (
                 "no other job differs from it only in seed, optimizer, schedule, l1, l2 or dropout rate"
                 if len(batch) == 1
-                else why_not_batched(_task_config(configs[batch[0]]))
+                else why_not_batched(tasks[batch[0]])
             )
             if reason:
                 log.info(f"\tone by one ({reason}): {names}")
@@ -173,7 +175,7 @@ class VectorizedLauncher(Launcher):
                 continue
             varying = ("seed=", *(f"{key}{sep}" for key in BATCHED_KEYS for sep in "=."))
             shared = " ".join(o for o in filter_overrides(job_overrides[batch[0]]) if not o.startswith(varying))
-            differing = differing_values([_task_config(configs[i]) for i in batch])
+            differing = differing_values([tasks[i] for i in batch])
             values = "".join(f" {key}={each}" for key, each in differing.items())
             log.info(f"\tone batched model: {names} : {shared} seed={[configs[i].seed for i in batch]}{values}")
             jobs: list[Any] = []
