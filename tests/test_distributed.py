@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cfg
 
 from backprop_lab.runlog import read_metrics
 
@@ -34,18 +35,19 @@ def _only_run_folder(cwd: Path) -> Path:
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
-    one.mkdir(), two.mkdir()
-    single = _run([sys.executable, "-m", "backprop_lab"], one)
-    assert single.returncode == 0, single.stderr
+    two = tmp_path / "two"
+    two.mkdir()
     pair = _run(TORCHRUN, two)
     assert pair.returncode == 0, pair.stderr[-3000:]
-
-    a, b = (json.loads((_only_run_folder(d) / "summary.json").read_text()) for d in (one, two))
+    a = run_cfg(tmp_path / "one", *SMALL)  # the same run in one process (this one)
+    b = json.loads((_only_run_folder(two) / "summary.json").read_text())
     assert (a["world_size"], b["world_size"], b["batch_per_process"]) == (1, 2, 20)
     for key, value in a["metrics"].items():  # same steps, same data; only the order of float sums differs
         assert b["metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
-    rows_a, rows_b = (read_metrics(_only_run_folder(d) / "metrics.jsonl") for d in (one, two))
+    rows_a, rows_b = (
+        read_metrics(tmp_path / "one" / "metrics.jsonl"),
+        read_metrics(_only_run_folder(two) / "metrics.jsonl"),
+    )
     assert [(r["split"], r["step"]) for r in rows_a] == [(r["split"], r["step"]) for r in rows_b]
     for ra, rb in zip(rows_a, rows_b, strict=True):
         assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-4), (ra, rb)

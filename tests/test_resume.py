@@ -273,17 +273,26 @@ def test_a_run_folder_takes_one_process_at_a_time(tmp_path):
     assert comparable(run_dir) == comparable(tmp_path / "reference")
 
 
+SWEEP = ["data=synthetic", "trainer.max_steps=400", "trainer.log_every=20", "trainer.eval_every=40",
+         "trainer.checkpoint_every=20", "trainer.progress=off"]  # fmt: skip
+SWEEP_JOBS = [[f"act={act}", f"seed={seed}"] for act in ("relu", "tanh") for seed in (0, 1)]  # Hydra's job order
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> list[tuple[dict, Path]]:
+    """Each job of the sweep below run alone, uninterrupted: (summary, run folder); made once per worker."""
+    folder = tmp_path_factory.mktemp("alone")
+    return [(run_cfg(folder / str(k), *SWEEP, *job), folder / str(k)) for k, job in enumerate(SWEEP_JOBS)]
+
+
 @pytest.mark.parametrize("launcher", ["basic", "vectorized"])
-def test_an_interrupted_sweep_is_finished_by_one_resume(tmp_path, launcher, capsys):
+def test_an_interrupted_sweep_is_finished_by_one_resume(tmp_path, launcher, capsys, uninterrupted):
     """SIGTERM in the middle of a sweep of 4 jobs (basic: job 0 done, job 1 mid-run, 2 and 3 never started;
     vectorized: the relu group mid-run, the tanh group never started). One `backprop-lab resume SWEEP_DIR`
     keeps, resumes and starts, and every job ends with the numbers of an uninterrupted sweep."""
-    common = ["data=synthetic", "trainer.max_steps=400", "trainer.log_every=20", "trainer.eval_every=40",
-              "trainer.checkpoint_every=20", "trainer.progress=off"]  # fmt: skip
-    jobs = [[f"act={act}", f"seed={seed}"] for act in ("relu", "tanh") for seed in (0, 1)]  # Hydra's job order
     sweep_dir = tmp_path / "sweep"
     p = subprocess.Popen(
-        [*CLI, "train", "-m", f"hydra/launcher={launcher}", "act=relu,tanh", "seed=0,1", *common,
+        [*CLI, "train", "-m", f"hydra/launcher={launcher}", "act=relu,tanh", "seed=0,1", *SWEEP,
          f"hydra.sweep.dir={sweep_dir}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -309,13 +318,12 @@ def test_an_interrupted_sweep_is_finished_by_one_resume(tmp_path, launcher, caps
         printed = capsys.readouterr().out
     kept, resumed = (1, 1) if launcher == "basic" else (0, 2)
     assert f"kept {kept}, resumed {resumed}, started {4 - kept - resumed}; now 4 completed" in printed
-    for k, overrides in enumerate(jobs):
-        reference = run_cfg(tmp_path / f"alone{k}", *common, *overrides)
+    for k, (reference, alone) in enumerate(uninterrupted):
         summary = json.loads((sweep_dir / str(k) / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["seed"] == reference["seed"]
         if launcher == "basic":  # one process after another: exactly an uninterrupted run's numbers
             assert summary["metrics"] == reference["metrics"]
-            assert comparable(sweep_dir / str(k)) == comparable(tmp_path / f"alone{k}")
+            assert comparable(sweep_dir / str(k)) == comparable(alone)
         else:  # batched members: a separate run's numbers to float precision. Their matmuls sum in
             # another order, which moved a loss by 1.5e-4 over 1000 steps (relu, seed 1, measured
             # uninterrupted); where the signal lands decides how much of that a member accrues
