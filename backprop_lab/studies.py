@@ -641,7 +641,7 @@ def setting_problem(name: str, setting: str, extra: list[str], config_dir: Path 
     assert isinstance(values, dict)
     try:
         if not any(isinstance(node, dict) and node.get("_target_") for node in values.values()):
-            validate(values, registered_names())  # (options of the user's own: each run checks them)
+            validate(values, registered_names)  # (options of the user's own: each run checks them)
         if cfg.data.name == "mnist1d" and not cfg.pretrain.get("data"):
             return None  # (MNIST-1D is generated locally)
         load_arrays(cfg.data)

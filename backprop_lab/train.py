@@ -282,7 +282,7 @@ def _prepare(
         targets.complete(job.cfg, job.choices)
         values = OmegaConf.to_container(job.cfg, resolve=True)
         assert isinstance(values, dict)  # the composed config is a mapping
-        validate(values, registered_names())
+        validate(values, registered_names)
         for group in targets.GROUPS:  # a target that does not import is refused before any data loads
             if targets.is_target(job.cfg[group]):
                 targets.resolve(group, job.cfg[group])

@@ -266,17 +266,20 @@ def _check(key: str, value: Any, rule: Rule) -> None:
         raise ConfigError(key, value, problem)
 
 
-def validate(cfg: dict, names: dict[str, tuple[str, ...]]) -> None:
-    """Check a composed config (as a plain dict). `names` maps group -> registered option names."""
-    for group, valid in names.items():
-        if cfg[group].get("_target_") is None:  # (an option of the user's own names its _target_ instead)
-            _check(f"{group}.name", cfg[group].get("name"), choice(*valid))
+def validate(cfg: dict, registered: Callable[[], dict[str, tuple[str, ...]]]) -> None:
+    """Check a composed config (as a plain dict). `registered()` maps group -> registered option names;
+    it imports torch (the registries hold torch classes), so it is called only once the values passed:
+    a refused value is one line without torch's start-up."""
     for key, rule in RULES.items():
         _check(key, _get(cfg, key), rule)
     for group, knobs in GROUP_KNOBS.items():
         for key, value in cfg[group].items():
             if key in knobs:
                 _check(f"{group}.{key}", value, knobs[key])
+    names = registered()
+    for group, valid in names.items():
+        if cfg[group].get("_target_") is None:  # (an option of the user's own names its _target_ instead)
+            _check(f"{group}.name", cfg[group].get("name"), choice(*valid))
 
     trainer, data, pretrain = cfg["trainer"], cfg["data"], cfg["pretrain"]
     if trainer["max_steps"] is None and trainer["max_epochs"] is None:

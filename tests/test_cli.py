@@ -158,6 +158,17 @@ def test_bad_input_is_one_clear_line(tmp_path, monkeypatch, capsys, args, code, 
         assert s["status"] == "failed" and message.split(" is not valid")[0].split(" needs")[0] in s["error"]
 
 
+def test_a_refused_value_is_refused_before_torch_starts(tmp_path):
+    """Values are checked before the option registries (which hold torch classes) are read: a run
+    refused for a value says so, and leaves its folder, without torch's start-up."""
+    argv = [sys.executable, "-X", "importtime", "-m", "backprop_lab", "train", "optimizer.lr=-1", "hydra.run.dir=run"]
+    r = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 1 and "error: optimizer.lr=-1 is not valid: must be a number in (0, inf]" in r.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "backprop_lab.validate" in imported and "torch" not in imported
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
+
+
 def test_sweep_with_a_bad_job_finishes_the_others_and_fails(tmp_path):
     r = cli(tmp_path, "train", "-m", *FAST, "optimizer.lr=0.01,-5")
     assert r.returncode == 1
