@@ -63,9 +63,12 @@ def test_optuna_maximises_accuracy_and_minimises_loss(tmp_path):
     assert best["metrics"]["val/acc"] == results["best_value"]
     assert f"optimizer.lr={results['best_params']['optimizer.lr']}" in best["overrides"]
 
-    done = _sweep(tmp_path / "loss", "hydra.sweeper.n_trials=2", "trainer.monitor=val/loss")
+    from backprop_lab.cli import train_main  # the same command, in this process
+
+    loss = ["hydra.sweeper.n_trials=2", "trainer.monitor=val/loss", f"hydra.sweep.dir={tmp_path / 'loss'}"]
+    assert train_main(["-m", *FAST, *loss]) == 0
     runs, results = _summaries(tmp_path / "loss"), _results(tmp_path / "loss")
-    assert done.returncode == 0 and "minimize val/loss" in done.stdout
+    assert results["direction"] == "minimize" and len(runs) == 2
     assert results["best_value"] == min(r["metrics"]["val/loss"] for r in runs.values())
 
 
