@@ -44,10 +44,8 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     assert (a["world_size"], b["world_size"], b["batch_per_process"]) == (1, 2, 20)
     for key, value in a["metrics"].items():  # same steps, same data; only the order of float sums differs
         assert b["metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
-    rows_a, rows_b = (
-        read_metrics(tmp_path / "one" / "metrics.jsonl"),
-        read_metrics(_only_run_folder(two) / "metrics.jsonl"),
-    )
+    rows_a = read_metrics(tmp_path / "one" / "metrics.jsonl")
+    rows_b = read_metrics(_only_run_folder(two) / "metrics.jsonl")
     assert [(r["split"], r["step"]) for r in rows_a] == [(r["split"], r["step"]) for r in rows_b]
     for ra, rb in zip(rows_a, rows_b, strict=True):
         assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-4), (ra, rb)

@@ -27,10 +27,9 @@ SUMMARY_ROWS = {"activations": 1 + 4 + 2 + 6, "regularization": 10, "optimizers"
 @pytest.mark.parametrize("name", list(EXPECTED))
 def test_study_in_miniature(tmp_path, name):
     out = tmp_path / name
-    # the activations study takes a candidate of the user's own: examples/mylab.py's squareplus
-    shutil.copy(EXAMPLES / "mylab.py", tmp_path)
-    candidate = ["--candidate", "act=squareplus", "--config-dir", str(EXAMPLES / "configs")]
     if name == "activations":  # `backprop-lab study` end to end, with a candidate of the user's own
+        shutil.copy(EXAMPLES / "mylab.py", tmp_path)  # examples/mylab.py's squareplus
+        candidate = ["--candidate", "act=squareplus", "--config-dir", str(EXAMPLES / "configs")]
         args = [EXE, "study", name, "--smoke", "--out", str(out), *candidate]
         r = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path)
         assert r.returncode == 0, r.stderr
