@@ -78,15 +78,18 @@ class Rows:
         return None
 
 
+def sweep_here(folder: Path, *args: str) -> Path:
+    """`backprop-lab train -m ARGS` into `folder`, run in this process (no child process to start)."""
+    from backprop_lab.cli import train_main
+
+    assert train_main(["-m", *args, f"hydra.sweep.dir={folder}"]) == 0
+    return folder
+
+
 @pytest.fixture(scope="session")
 def real_sweep(tmp_path_factory) -> Path:
     """A real sweep, act=sigmoid,relu x seed=0,1 (12 steps each), for the tests that read run folders:
-    `backprop-lab train -m ...` run in this process, once per test worker."""
-    from backprop_lab.cli import train_main
-
-    folder = tmp_path_factory.mktemp("real") / "sweep"
-    args = ["-m", "data=synthetic", "trainer=smoke", "trainer.max_steps=12", "trainer.eval_every=4",
-            "trainer.log_every=4", "trainer.progress=off", "act=sigmoid,relu", "seed=0,1",
-            f"hydra.sweep.dir={folder}"]  # fmt: skip
-    assert train_main(args) == 0
-    return folder
+    made once per test worker."""
+    return sweep_here(tmp_path_factory.mktemp("real") / "sweep", "data=synthetic", "trainer=smoke",
+                      "trainer.max_steps=12", "trainer.eval_every=4", "trainer.log_every=4", "trainer.progress=off",
+                      "act=sigmoid,relu", "seed=0,1")  # fmt: skip

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, Quiet, Rows, make_cfg, run_cfg
+from conftest import FAST, Quiet, Rows, make_cfg, run_cfg, sweep_here
 
 from backprop_lab.compare import compare, find_runs
 from backprop_lab.data import load_arrays
@@ -39,15 +39,6 @@ def sweep(tmp_path: Path, name: str, *args: str) -> tuple[Path, str]:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return folder, done.stdout
-
-
-def sweep_here(tmp_path: Path, name: str, *args: str) -> Path:
-    """`backprop-lab train -m ARGS` run in this process (what `sweep` runs in a child): the folder."""
-    from backprop_lab.cli import train_main
-
-    folder = tmp_path / name
-    assert train_main(["-m", *args, *FAST, f"hydra.sweep.dir={folder}"]) == 0
-    return folder
 
 
 def members_of(folder: Path, job: str) -> int:
@@ -111,7 +102,7 @@ def test_a_learning_rate_grid_trains_as_one_batched_model_with_each_runs_numbers
         assert summary["vectorized"]["differing"] == {"optimizer.lr": [0.003, 0.003, 0.02, 0.02]}
     lrs = [r["lr"] for r in rows(vec / "2") if r["split"] == "train"]
     assert max(lrs) == pytest.approx(0.02, rel=1e-6)  # its own rate, as its own run logs it
-    floor = sweep_here(tmp_path, "cosine_floor", "hydra/launcher=vectorized", "optimizer.lr=0.003,0.02",
+    floor = sweep_here(tmp_path / "cosine_floor", *FAST, "hydra/launcher=vectorized", "optimizer.lr=0.003,0.02",
                        "scheduler=cosine", "scheduler.min_lr=0.001")  # fmt: skip
     # a floor not proportional to the rate: still one batched model, each member with its own optimizer
     assert members_of(floor, "0") == members_of(floor, "1") == 2
@@ -130,7 +121,7 @@ def test_penalty_grids_train_as_one_batched_model_with_each_runs_numbers(tmp_pat
     summaries = [json.loads((vec / job / "summary.json").read_text()) for job in "03"]
     assert [s["regularizers_active"] for s in summaries] == [["none"], ["elastic_net"]]
     grid = ["regularizer.l2=0.01,0.2", "regularizer.l2_mode=decoupled", "optimizer=sgd"]
-    vec = sweep_here(tmp_path, "vec_decay", "hydra/launcher=vectorized", *grid)
+    vec = sweep_here(tmp_path / "vec_decay", *FAST, "hydra/launcher=vectorized", *grid)
     basic = separate_runs(tmp_path / "basic_decay", grid[1:], ["regularizer.l2=0.01", "regularizer.l2=0.2"])
     for job in ("0", "1"):
         assert members_of(vec, job) == 2

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, run_cfg
+from conftest import FAST, run_cfg, sweep_here
 
 from backprop_lab.compare import compare, find_runs
 from backprop_lab.errors import RefusedError
@@ -185,7 +185,6 @@ def test_an_interrupted_vectorized_group_resumes_member_by_member(tmp_path):
     float precision for one still training (batched and single kernels round differently)."""
     # with these seeds the members stop early at steps 300, 350, 750 and 500: kill after step 600
     sweep = [
-        "-m",
         "hydra/launcher=vectorized",
         "seed=0,1,2,3",
         "data=synthetic",
@@ -197,14 +196,12 @@ def test_an_interrupted_vectorized_group_resumes_member_by_member(tmp_path):
         "trainer.checkpoint_every=0",
         "trainer.progress=off",
     ]
-    from backprop_lab.cli import train_main
-
-    assert train_main([*sweep, f"hydra.sweep.dir={tmp_path / 'reference'}"]) == 0  # in this process; killed below
+    sweep_here(tmp_path / "reference", *sweep)  # in this process; the one killed below is a child
     expected = {k: json.loads((tmp_path / "reference" / k / "summary.json").read_text()) for k in "0123"}
     assert sorted(s["steps"] for s in expected.values()) == [300, 350, 500, 750]
 
     p = subprocess.Popen(
-        [*CLI, "train", *sweep, f"hydra.sweep.dir={tmp_path / 'killed'}"],
+        [*CLI, "train", "-m", *sweep, f"hydra.sweep.dir={tmp_path / 'killed'}"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import sweep_here
 
 optuna = pytest.importorskip("optuna")
 
@@ -63,10 +64,7 @@ def test_optuna_maximises_accuracy_and_minimises_loss(tmp_path):
     assert best["metrics"]["val/acc"] == results["best_value"]
     assert f"optimizer.lr={results['best_params']['optimizer.lr']}" in best["overrides"]
 
-    from backprop_lab.cli import train_main  # the same command, in this process
-
-    loss = ["hydra.sweeper.n_trials=2", "trainer.monitor=val/loss", f"hydra.sweep.dir={tmp_path / 'loss'}"]
-    assert train_main(["-m", *FAST, *loss]) == 0
+    sweep_here(tmp_path / "loss", *FAST, "hydra.sweeper.n_trials=2", "trainer.monitor=val/loss")  # in this process
     runs, results = _summaries(tmp_path / "loss"), _results(tmp_path / "loss")
     assert results["direction"] == "minimize" and len(runs) == 2
     assert results["best_value"] == min(r["metrics"]["val/loss"] for r in runs.values())
