@@ -19,10 +19,12 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import nn
 
 from . import distributed, interrupts
@@ -238,6 +240,11 @@ class Stage:
     def __init__(self, model: nn.Module, split: Split, seeds: list[int], **settings: Any):
         self.model, self.split, self.count = model, split, len(seeds)
         self.__dict__.update(settings)  # stage, optimizer, scheduler, regularization, trainer, ... (see fit)
+        # the trainer's values as plain attributes: the loop reads some every step, and reading a
+        # DictConfig's attribute costs ~10 us (6% of a small MLP's step)
+        trainer = self.trainer
+        values = OmegaConf.to_container(trainer, resolve=True) if OmegaConf.is_config(trainer) else vars(trainer)
+        self.trainer = SimpleNamespace(**values)  # type: ignore[arg-type]
         trainer, world, device = self.trainer, self.world, split.x_train.device
         self.device = device
         n = len(split.x_train)
@@ -581,11 +588,11 @@ def fit(
                 idx = batches[s.batch][run.my_slice] if world.active else batches[s.batch]
                 s.batch += 1
                 # logging points: step 1 (the network at init), every log_every steps, the last step
-                log_now = s.step == 0 or (s.step + 1) % trainer.log_every == 0 or s.step + 1 == max_steps
+                log_now = s.step == 0 or (s.step + 1) % run.trainer.log_every == 0 or s.step + 1 == max_steps
                 run.train_step(idx, log_now)
                 if log_now:
                     run.log_train()
-                if (s.step % trainer.eval_every == 0 or s.step == max_steps) and run.running:
+                if (s.step % run.trainer.eval_every == 0 or s.step == max_steps) and run.running:
                     run.validate()
                 if s.step < max_steps and run.running:
                     run.checkpoint_or_stop()
