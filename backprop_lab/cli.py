@@ -250,7 +250,7 @@ def current_job(cfg: DictConfig) -> Any:
     """The job Hydra is running now (inside a task function): config, folder, choices, overrides."""
     from hydra.core.hydra_config import HydraConfig
 
-    from .train import Job
+    from .training import Job
 
     hc = HydraConfig.get()
     choices = {g: str(hc.runtime.choices.get(g)) for g in GROUPS if hc.runtime.choices.get(g) is not None}
@@ -314,7 +314,7 @@ def train_app(cfg: DictConfig) -> float | None:
     from .preemption import run_job as run_submitit_job
     from .preemption import under_submitit
     from .sweep_resume import finish_job, resuming
-    from .train import run_members
+    from .training import run_members
 
     global last_summary
     job = current_job(cfg)
@@ -384,7 +384,7 @@ def resume_main(args: list[str]) -> int:
     import logging
 
     from .errors import RefusedError
-    from .train import resume
+    from .training import resume
 
     run_dir = Path(args[0])
     if not run_dir.is_dir():

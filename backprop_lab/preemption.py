@@ -7,7 +7,7 @@ with the same arguments, in the same folder. Left alone, that would train from s
 step the run had reached. Here the signal first reaches the training loop (interrupts.handle): the
 step finishes, a checkpoint is written and the run records `interrupted`; then submitit's own handler
 requeues the job; and the requeued task, finding its folder interrupted with a checkpoint, resumes
-from it (train.resume), as `backprop-lab resume RUN_DIR` would.
+from it (training.resume), as `backprop-lab resume RUN_DIR` would.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def requeue_if_asked() -> None:
 def run_job(job: Any) -> dict[str, Any]:
     """A job of a submitit sweep: resumed from its checkpoint when it is a requeued one, else trained."""
     from .sweep_resume import action
-    from .train import resume, run_members
+    from .training import resume, run_members
 
     arm()
     try:

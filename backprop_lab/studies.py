@@ -622,7 +622,7 @@ def setting_problem(name: str, setting: str, extra: list[str], config_dir: Path 
     from .cli import check_composition, compose_train
     from .data import load_arrays
     from .errors import RefusedError
-    from .train import registered_names
+    from .training import registered_names
     from .validate import validate
 
     where = setting_of(name, setting)

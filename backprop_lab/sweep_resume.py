@@ -74,7 +74,7 @@ def action(run_dir: Path) -> str:
 
 def finish_job(job: Any) -> dict[str, Any]:
     """Run one job of a resumed sweep: its summary, kept, resumed or trained from the start."""
-    from .train import resume, run_members
+    from .training import resume, run_members
 
     todo = action(job.run_dir)
     if todo == "keep":

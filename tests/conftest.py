@@ -15,7 +15,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
-from backprop_lab.train import GROUPS, run
+from backprop_lab.training import GROUPS, run
 
 FAST = [
     "data=synthetic",

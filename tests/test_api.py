@@ -24,6 +24,8 @@ fast = sys.argv[1:]
 out = {"torch_at_import": "torch" in sys.modules}
 out["summary"] = train(*fast, "seed=3", run_dir="api")
 out["again"] = train(*fast, "optimizer=sgd", run_dir="api_sgd")["status"]
+from backprop_lab import train as imported_again  # a notebook's import cell, run again after a run
+out["reimported"] = imported_again is train
 for name, bad in (("range", "optimizer.lr=-1"), ("option", "optimizer=nope"), ("key", "optimizer.lrr=1")):
     try:
         train(*fast, bad, run_dir="refused_" + name)
@@ -47,6 +49,7 @@ def test_train_and_load_runs_from_python(tmp_path):
     summary = out["summary"]
     assert summary["status"] == "completed" and summary["run_dir"] == str(tmp_path / "api")
     assert (tmp_path / "api" / ".hydra" / "config.yaml").is_file() and out["again"] == "completed"
+    assert out["reimported"]  # still the function, not a module of the package that a run imported
 
     r = cli(tmp_path, "train", *FAST, "seed=3", "hydra.run.dir=by_cli")  # the same run from the shell
     assert r.returncode == 0, r.stderr

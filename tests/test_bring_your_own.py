@@ -22,7 +22,7 @@ from backprop_lab.cli import compose_train
 from backprop_lab.models import Classifier, build_model
 from backprop_lab.optimizers import MuonWithAdamW, build_optimizer
 from backprop_lab.regularizers import Regularization
-from backprop_lab.train import GROUPS, run
+from backprop_lab.training import GROUPS, run
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

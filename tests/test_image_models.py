@@ -17,7 +17,7 @@ from backprop_lab.augment import Augment
 from backprop_lab.data import load_arrays
 from backprop_lab.errors import ConfigError
 from backprop_lab.models import build_model
-from backprop_lab.train import resume, run_members
+from backprop_lab.training import resume, run_members
 
 SMALL = [
     "trainer.max_steps=12",

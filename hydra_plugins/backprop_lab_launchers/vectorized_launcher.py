@@ -132,7 +132,7 @@ class VectorizedLauncher(Launcher):
         from backprop_lab.cli import run_value
         from backprop_lab.members import BATCHED_KEYS, differing_values, why_not_batched
         from backprop_lab.sweep_resume import action, clear, resuming
-        from backprop_lab.train import run_members
+        from backprop_lab.training import run_members
 
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
