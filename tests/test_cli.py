@@ -1,4 +1,5 @@
-"""The installed `backprop-lab` command, run as a user runs it: a subprocess in an empty folder."""
+"""The installed `backprop-lab` command, run as a user runs it: a subprocess in an empty folder (and,
+where a second subprocess would add nothing, what it runs, in this process)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
+import backprop_lab
 
 EXE = shutil.which("backprop-lab")
 FAST = ["data=synthetic", "trainer=smoke", "trainer.max_steps=6", "trainer.eval_every=3"]
@@ -169,12 +172,15 @@ def test_a_refused_value_is_refused_before_torch_starts(tmp_path):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
 
 
-def test_sweep_with_a_bad_job_finishes_the_others_and_fails(tmp_path):
-    r = cli(tmp_path, "train", "-m", *FAST, "optimizer.lr=0.01,-5")
-    assert r.returncode == 1
+def test_sweep_with_a_bad_job_finishes_the_others_and_fails(tmp_path, monkeypatch, capfd):
+    # in this process (test_resume runs such a sweep from the shell): the default sweep folder, multirun/
+    from backprop_lab.cli import train_main
+
+    monkeypatch.chdir(tmp_path)
+    assert train_main(["-m", *FAST, "optimizer.lr=0.01,-5"]) == 1
     statuses = sorted(json.loads(p.read_text())["status"] for p in tmp_path.glob("multirun/*/*/*/summary.json"))
     assert statuses == ["completed", "failed"]
-    assert "1 run(s) did not complete" in r.stderr
+    assert "1 run(s) did not complete" in capfd.readouterr().err
 
 
 def test_installed_package_carries_its_configs():
@@ -231,35 +237,31 @@ def test_an_interrupted_run_says_so_and_keeps_its_metrics(tmp_path, sig):
     assert (run / "metrics.jsonl").read_text().count("\n") > 0
 
 
-def test_user_configs_extend_the_shipped_ones(tmp_path):
+def test_user_configs_extend_the_shipped_ones(tmp_path, monkeypatch):
     (tmp_path / "myconf" / "experiment").mkdir(parents=True)
     (tmp_path / "myconf" / "experiment" / "mine.yaml").write_text(
         "# @package _global_\ndefaults:\n  - override /act: tanh\noptimizer:\n  lr: 0.005\n"
     )
-    r = cli(tmp_path, "train", "--config-dir", "myconf", "experiment=mine", *FAST)
-    assert r.returncode == 0, r.stderr
+    # --config-dir from the shell: test_bring_your_own; here what it runs, in this process
+    monkeypatch.chdir(tmp_path)
+    backprop_lab.train("experiment=mine", *FAST, config_dir="myconf")
     (summary,) = tmp_path.glob("outputs/*/*/summary.json")
     s = json.loads(summary.read_text())
     assert s["choices"]["act"] == "tanh" and s["choices"]["experiment"] == "mine"
 
 
-def test_mnist_idx_files_train_from_an_empty_folder(tmp_path):
+def test_mnist_idx_files_train_from_an_empty_folder(tmp_path, monkeypatch):
     """Real handwritten digits in MNIST's gzipped IDX files, as a user has them after a download."""
     from fake_files import digits_as_mnist, write_idx_set
 
     write_idx_set(tmp_path / "data" / "MNIST" / "raw", *digits_as_mnist())
     work = tmp_path / "work"
     work.mkdir()
-    r = cli(
-        work,
-        "train",
-        "data=mnist",
-        f"data.root={tmp_path / 'data'}",
-        "trainer.max_steps=300",
-        "trainer.eval_every=100",
+    monkeypatch.chdir(work)  # in this process: from the shell, test_single_run_writes_one_folder_and_nothing_else
+    backprop_lab.train(
+        "data=mnist", f"data.root={tmp_path / 'data'}", "trainer.max_steps=300", "trainer.eval_every=100",
         "trainer.progress=off",
-    )
-    assert r.returncode == 0, r.stderr
+    )  # fmt: skip
     (summary,) = [json.loads(p.read_text()) for p in work.glob("outputs/*/*/summary.json")]
     assert summary["sizes"] == {"train": 1347, "val": 150, "test": 300}
     assert summary["metrics"]["test/acc"] > 0.8 and summary["metrics"]["test/loss"] < 1.0, summary["metrics"]

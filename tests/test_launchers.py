@@ -23,7 +23,7 @@ from backprop_lab.members import Members, clip_grad_norm_per_member_, why_not_ba
 from backprop_lab.optimizers import build_optimizer
 from backprop_lab.pretrain import plan
 from backprop_lab.regularizers import Regularization
-from backprop_lab.train import GROUPS, Job, run_members
+from backprop_lab.training import GROUPS, Job, run_members
 
 CLI = [sys.executable, "-m", "backprop_lab", "train"]
 
@@ -39,6 +39,13 @@ def sweep(tmp_path: Path, name: str, *args: str) -> tuple[Path, str]:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return folder, done.stdout
+
+
+def sweep_logged(capfd: pytest.CaptureFixture[str], folder: Path, *args: str) -> str:
+    """`backprop-lab train -m ARGS` in this process (sweep_here); what it printed."""
+    capfd.readouterr()
+    sweep_here(folder, *args, *FAST)
+    return capfd.readouterr().out
 
 
 def members_of(folder: Path, job: str) -> int:
@@ -87,12 +94,13 @@ def test_vectorized_members_match_separate_runs(tmp_path):
     assert math.isclose(pooled[0].stats["test/acc"].mean, sum(alone) / 3, rel_tol=1e-4)
 
 
-def test_a_learning_rate_grid_trains_as_one_batched_model_with_each_runs_numbers(tmp_path):
+def test_a_learning_rate_grid_trains_as_one_batched_model_with_each_runs_numbers(tmp_path, capfd):
     """optimizer.lr x seed, under a warmup-cosine schedule and decoupled weight decay: one group of 4
     whose members end where separate runs with their values end."""
     grid = ["optimizer.lr=0.003,0.02", "seed=0,1", "scheduler=warmup_cosine", "scheduler.warmup_steps=2",
             "scheduler.min_lr=0", "regularizer.l2=0.01", "regularizer.l2_mode=decoupled"]  # fmt: skip
-    vec, out = sweep(tmp_path, "vec", "hydra/launcher=vectorized", *grid)
+    vec = tmp_path / "vec"
+    out = sweep_logged(capfd, vec, "hydra/launcher=vectorized", *grid)
     rates = ["optimizer.lr=0.003", "optimizer.lr=0.02"]
     basic = separate_runs(tmp_path / "basic", grid[2:], rates, ["seed=0", "seed=1"])
     assert "one batched model: #0 #1 #2 #3" in out and "optimizer.lr=[0.003, 0.003, 0.02, 0.02]" in out
@@ -108,11 +116,12 @@ def test_a_learning_rate_grid_trains_as_one_batched_model_with_each_runs_numbers
     assert members_of(floor, "0") == members_of(floor, "1") == 2
 
 
-def test_penalty_grids_train_as_one_batched_model_with_each_runs_numbers(tmp_path):
+def test_penalty_grids_train_as_one_batched_model_with_each_runs_numbers(tmp_path, capfd):
     """regularizer.l1 x regularizer.l2 (penalty) x seed, and l2 in decoupled mode: one group each, every
     member with its own coefficients, ending where its own run ends."""
     grid = ["regularizer.l1=0,0.003", "regularizer.l2=0,0.05", "seed=0"]
-    vec, out = sweep(tmp_path, "vec", "hydra/launcher=vectorized", *grid)
+    vec = tmp_path / "vec"
+    out = sweep_logged(capfd, vec, "hydra/launcher=vectorized", *grid)
     l1s, l2s = ["regularizer.l1=0", "regularizer.l1=0.003"], ["regularizer.l2=0", "regularizer.l2=0.05"]
     basic = separate_runs(tmp_path / "basic", ["seed=0"], l1s, l2s)
     assert "one batched model: #0 #1 #2 #3" in out and "regularizer.l1=[0, 0, 0.003, 0.003]" in out
@@ -153,10 +162,11 @@ def test_a_member_checkpoint_holds_the_rates_of_its_own_run():
     )
 
 
-def test_vectorized_groups_by_setting_and_says_what_runs_one_by_one(tmp_path):
+def test_vectorized_groups_by_setting_and_says_what_runs_one_by_one(tmp_path, capfd):
     # jobs in Hydra's order: relu x dropout 0, 0.2, 0.5 (#0-#2), then tanh (#3-#5)
-    folder, out = sweep(tmp_path, "groups", "hydra/launcher=vectorized", "act=relu,tanh", "regularizer=dropout",
-                        "regularizer.dropout=0,0.2,0.5")  # fmt: skip
+    folder = tmp_path / "groups"
+    out = sweep_logged(capfd, folder, "hydra/launcher=vectorized", "act=relu,tanh", "regularizer=dropout",
+                       "regularizer.dropout=0,0.2,0.5")  # fmt: skip
     assert out.count("one batched model: #") == 2  # relu and tanh, each with its two dropout rates
     assert "one batched model: #1 #2 :" in out and "one batched model: #4 #5 :" in out
     assert "regularizer.dropout=[0.2, 0.5]" in out

@@ -1,6 +1,6 @@
-"""hydra/sweeper=optuna: our sweeper on Optuna's ask-and-tell API, from the CLI in a subprocess
-(direction from trainer.monitor, failed and pruned trials, a study resumed from SQLite), and the
-search space read from Hydra's override grammar."""
+"""hydra/sweeper=optuna: our sweeper on Optuna's ask-and-tell API, from the CLI in a subprocess and,
+where the command line adds nothing, in this process (direction from trainer.monitor, failed and
+pruned trials, a study resumed from SQLite), and the search space read from Hydra's override grammar."""
 
 from __future__ import annotations
 
@@ -20,10 +20,20 @@ CLI = [sys.executable, "-m", "backprop_lab", "train", "-m"]
 FAST = ["data=synthetic", "trainer=smoke", "trainer.progress=off", "hydra/sweeper=optuna"]
 
 
-def _sweep(folder: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def _sweep(folder: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [*CLI, *FAST, *args, f"hydra.sweep.dir={folder}"], capture_output=True, text=True, timeout=300, cwd=cwd
+        [*CLI, *FAST, *args, f"hydra.sweep.dir={folder}"], capture_output=True, text=True, timeout=300
     )
+
+
+def _sweep_here(capfd: pytest.CaptureFixture[str], folder: Path, *args: str) -> tuple[int, str]:
+    """The same sweep in this process (cli.train_main): its exit status and what it printed."""
+    from backprop_lab.cli import train_main
+
+    capfd.readouterr()
+    status = train_main(["-m", *FAST, *args, f"hydra.sweep.dir={folder}"])
+    printed = capfd.readouterr()
+    return status, printed.out + printed.err
 
 
 def _summaries(folder: Path) -> dict[str, dict]:
@@ -70,13 +80,15 @@ def test_optuna_maximises_accuracy_and_minimises_loss(tmp_path):
     assert results["best_value"] == min(r["metrics"]["val/loss"] for r in runs.values())
 
 
-def test_a_diverged_trial_is_failed_and_the_study_goes_on(tmp_path):
+def test_a_diverged_trial_is_failed_and_the_study_goes_on(tmp_path, capfd):
     # the preset's lr range stays safe; this study draws lr from {1e12, 0.1}, seeded to draw both
-    done = _sweep(tmp_path / "study", "hydra.sweeper.n_trials=4", "optimizer=sgd", "optimizer.lr=choice(1e12,0.1)")
+    status, printed = _sweep_here(
+        capfd, tmp_path / "study", "hydra.sweeper.n_trials=4", "optimizer=sgd", "optimizer.lr=choice(1e12,0.1)"
+    )
     statuses = sorted(r["status"] for r in _summaries(tmp_path / "study").values())
     assert "diverged" in statuses and "completed" in statuses, statuses
-    assert done.returncode == 1 and "Traceback" not in done.stderr  # like any sweep with a run that did not complete
-    assert "failed: diverged: non-finite loss" in done.stdout + done.stderr
+    assert status == 1 and "Traceback" not in printed  # like any sweep with a run that did not complete
+    assert "failed: diverged: non-finite loss" in printed
     results = _results(tmp_path / "study")
     assert results["best_params"]["optimizer.lr"] == 0.1 and math.isfinite(results["best_value"])
     assert results["trials"]["fail"] == statuses.count("diverged")
@@ -89,15 +101,16 @@ def test_a_study_where_every_trial_fails_ends_in_one_line_not_a_traceback(tmp_pa
     assert "2 run(s) did not complete" in done.stderr
 
 
-def test_a_pruned_study_resumes_from_its_sqlite_storage(tmp_path):
+def test_a_pruned_study_resumes_from_its_sqlite_storage(tmp_path, capfd, monkeypatch):
     """A median pruner stops trials whose validation accuracy falls behind: they end `pruned` before
     their last step, Optuna's storage holds what each run reported at its evaluations, and the same
     command with more trials goes on from the stored study."""
     study = ["trainer.max_steps=300", "trainer.eval_every=30", "hydra.sweeper.pruner=median",
              "hydra.sweeper.pruner_kwargs={n_startup_trials:2}", "hydra.sweeper.storage=sqlite:///study.db",
              "hydra.sweeper.study_name=pruned"]  # fmt: skip
-    done = _sweep(tmp_path / "first", *study, "hydra.sweeper.n_trials=6", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]  # pruned runs are what a pruned study is for
+    monkeypatch.chdir(tmp_path)  # (the storage's path is relative)
+    status, printed = _sweep_here(capfd, tmp_path / "first", *study, "hydra.sweeper.n_trials=6")
+    assert status == 0, printed[-2000:]  # pruned runs are what a pruned study is for
     runs = _summaries(tmp_path / "first")
     pruned = [r for r in runs.values() if r["status"] == "pruned"]
     assert pruned and all(r["steps"] < 300 for r in pruned)
@@ -113,9 +126,9 @@ def test_a_pruned_study_resumes_from_its_sqlite_storage(tmp_path):
                                "--format", "markdown"], capture_output=True, text=True)  # fmt: skip
     assert compared.stdout.count("| 1 pruned |") == len(pruned)  # (each trial is a setting of its own)
 
-    done = _sweep(tmp_path / "second", *study, "hydra.sweeper.n_trials=8", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "resuming: 6 trial(s) finished before" in done.stdout
+    status, printed = _sweep_here(capfd, tmp_path / "second", *study, "hydra.sweeper.n_trials=8")
+    assert status == 0, printed[-2000:]
+    assert "resuming: 6 trial(s) finished before" in printed
     assert len(_summaries(tmp_path / "second")) == 2  # 8 in the study, 6 of them from before
     trials = optuna.load_study(study_name="pruned", storage=f"sqlite:///{tmp_path / 'study.db'}").trials
     assert len(trials) == 8
@@ -123,7 +136,7 @@ def test_a_pruned_study_resumes_from_its_sqlite_storage(tmp_path):
     assert not any(p in first for p in second)  # the resumed session asks new trials, not the first ones again
 
 
-def test_a_trial_left_running_by_a_killed_sweep_is_run_again(tmp_path):
+def test_a_trial_left_running_by_a_killed_sweep_is_run_again(tmp_path, capfd):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = optuna.create_study(study_name="s", storage=storage, direction="maximize")
@@ -132,10 +145,10 @@ def test_a_trial_left_running_by_a_killed_sweep_is_run_again(tmp_path):
 
     trial.set_user_attr("sweeper", f"{socket.gethostname()}:{gone.stdout.strip()}")  # a process that has ended
     lr = trial.params["optimizer.lr"]
-    done = _sweep(tmp_path / "sweep", "hydra.sweeper.n_trials=1", f"hydra.sweeper.storage={storage}",
-                  "hydra.sweeper.study_name=s")  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "1 interrupted trial(s) run again: [0]" in done.stdout
+    status, printed = _sweep_here(capfd, tmp_path / "sweep", "hydra.sweeper.n_trials=1",
+                                  f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=s")  # fmt: skip
+    assert status == 0, printed[-2000:]
+    assert "1 interrupted trial(s) run again: [0]" in printed
     (run,) = _summaries(tmp_path / "sweep").values()
     assert f"optimizer.lr={lr}" in run["overrides"]
     states = [t.state.name for t in optuna.load_study(study_name="s", storage=storage).trials]
@@ -152,11 +165,12 @@ def test_pruning_trials_of_other_processes_without_a_storage_is_one_line(tmp_pat
     assert not (tmp_path / "sweep").exists()
 
 
-def test_trials_batched_by_the_vectorized_launcher_are_pruned_member_by_member(tmp_path):
+def test_trials_batched_by_the_vectorized_launcher_are_pruned_member_by_member(tmp_path, capfd):
     # (Hyperband with Optuna's defaults: no pruner_kwargs given)
-    done = _sweep(tmp_path / "sweep", "hydra/launcher=vectorized", "hydra.sweeper.n_jobs=4", "hydra.sweeper.n_trials=8",
-                  "trainer.max_steps=300", "trainer.eval_every=30", "hydra.sweeper.pruner=hyperband")  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
+    status, printed = _sweep_here(capfd, tmp_path / "sweep", "hydra/launcher=vectorized", "hydra.sweeper.n_jobs=4",
+                                  "hydra.sweeper.n_trials=8", "trainer.max_steps=300", "trainer.eval_every=30",
+                                  "hydra.sweeper.pruner=hyperband")  # fmt: skip
+    assert status == 0, printed[-2000:]
     second = [r for name, r in _summaries(tmp_path / "sweep").items() if int(name) >= 4]  # the second group of 4
     assert all(r["vectorized"]["members"] == 4 for r in second)
     pruned = [r for r in second if r["status"] == "pruned"]
