@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -103,20 +104,30 @@ def resume(run_dir: Path) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, "resume", str(run_dir)], capture_output=True, text=True, timeout=120)
 
 
-def interrupted_run(tmp_path: Path) -> Path:
-    run_dir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory) -> Path:
+    """A run stopped by SIGTERM after its first checkpoint, made once for the tests that copy it."""
+    run_dir = tmp_path_factory.mktemp("interrupted") / "run"
     kill_mid_run(run_dir, signal.SIGTERM, LONG, after_rows=10)
     assert (run_dir / "checkpoints" / "last.pt").is_file()
     return run_dir
 
 
-def test_resume_refuses_a_damaged_or_code_carrying_checkpoint(tmp_path):
-    run_dir = interrupted_run(tmp_path)
+def interrupted_run(tmp_path: Path, interrupted: Path) -> Path:
+    """A copy of the interrupted run, in this test's folder."""
+    return Path(shutil.copytree(interrupted, tmp_path / "run"))
+
+
+def test_resume_refuses_a_damaged_or_code_carrying_checkpoint(tmp_path, interrupted, capfd):
+    from backprop_lab.cli import resume_main
+
+    run_dir = interrupted_run(tmp_path, interrupted)
     checkpoint = run_dir / "checkpoints" / "last.pt"
     good = checkpoint.read_bytes()
     checkpoint.write_bytes(good[: len(good) // 2])  # truncated, as by a full disk
-    r = resume(run_dir)
-    assert r.returncode == 2 and "damaged" in r.stderr and "Traceback" not in r.stderr
+    assert resume_main([str(run_dir)]) == 2  # (`backprop-lab resume` from the shell: the tests below)
+    err = capfd.readouterr().err
+    assert "damaged" in err and "Traceback" not in err
     torch.save({"step": 1, "model": {}, "hook": os.system}, checkpoint)  # unpickling would import code
     with pytest.raises(RefusedError, match="refused"):  # (what the CLI prints as one line, as above)
         resume_run(run_dir)
@@ -132,8 +143,8 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path, train):
     assert r.returncode == 2 and r.stderr.startswith("error: RUN_DIR=")
 
 
-def test_a_torn_metrics_line_is_ignored_by_resume_and_compare(tmp_path):
-    run_dir = interrupted_run(tmp_path)
+def test_a_torn_metrics_line_is_ignored_by_resume_and_compare(tmp_path, interrupted):
+    run_dir = interrupted_run(tmp_path, interrupted)
     with open(run_dir / "metrics.jsonl", "a") as f:
         f.write('{"stage": "train", "split": "tr')  # a write cut off by SIGKILL
     assert resume_run(run_dir)["status"] == "completed"
