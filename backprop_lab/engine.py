@@ -242,9 +242,7 @@ class Stage:
         self.__dict__.update(settings)  # stage, optimizer, scheduler, regularization, trainer, ... (see fit)
         # the trainer's values as plain attributes: the loop reads some every step, and reading a
         # DictConfig's attribute costs ~10 us (6% of a small MLP's step)
-        trainer = self.trainer
-        values = OmegaConf.to_container(trainer, resolve=True) if OmegaConf.is_config(trainer) else vars(trainer)
-        self.trainer = SimpleNamespace(**values)  # type: ignore[arg-type]
+        self.trainer = SimpleNamespace(**OmegaConf.to_container(self.trainer, resolve=True))  # type: ignore[arg-type]
         trainer, world, device = self.trainer, self.world, split.x_train.device
         self.device = device
         n = len(split.x_train)
