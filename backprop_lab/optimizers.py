@@ -90,7 +90,7 @@ def build_optimizer(model: nn.Module, opt_cfg: Any, decay_all: bool) -> torch.op
 
 def _target_optimizer(model: nn.Module, opt_cfg: Any, decay_all: bool) -> torch.optim.Optimizer:
     """An optimizer of the user's own: a torch.optim.Optimizer subclass, or a callable
-    (params, **kwargs) -> optimizer, given our two param groups (no decay on biases and norms)."""
+    (params, **kwargs) -> optimizer, given our param groups (param_groups: no decay on biases and norms)."""
     target = targets.resolve("optimizer", opt_cfg)
     if not callable(target):
         raise ConfigError("optimizer._target_", opt_cfg["_target_"], "is not a class or a function")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from test_cli import EXE
 
-from backprop_lab.compare import compare, find_runs, pooled
+from backprop_lab.compare import compare, find_runs, main, pooled
 
 T_975_DF2 = 4.302652729911275  # Student t quantile, 0.975, 2 degrees of freedom (printed tables: 4.303)
 
@@ -64,25 +64,23 @@ def test_rows_pool_seeds_and_count_statuses(sweep):
     assert by_opt["adam"].statuses == {"completed": 3, "unfinished": 1, "failed": 1}
 
 
-def test_cli_formats(sweep):
+def test_cli_formats(sweep, capsys):
     out = subprocess.run(
         [EXE, "compare", str(sweep), "--format", "json", "--sort=-test/acc"], capture_output=True, text=True, check=True
     ).stdout
     recs = json.loads(out)
     assert [r["optimizer"] for r in recs if r["optimizer"] in ("sgd", "adam")] == ["adam", "sgd"]
-    md = subprocess.run(
-        [EXE, "compare", str(sweep), "--format", "markdown"], capture_output=True, text=True, check=True
-    ).stdout
+
+    def printed(*args: str) -> str:  # the other formats: what `backprop-lab compare` runs, in this process
+        assert main([str(sweep), *args]) == 0
+        return capsys.readouterr().out
+
+    md = printed("--format", "markdown")
     assert "| optimizer | n | test/acc mean ± std | test/acc 95% CI | status |" in md
     assert "0.6000 ± 0.1000" in md
-    csv = subprocess.run(
-        [EXE, "compare", str(sweep), "--format", "csv", "--filter", "optimizer=sgd"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    csv = printed("--format", "csv", "--filter", "optimizer=sgd")
     assert csv.count("\n") == 2 and "3 completed" in csv
-    table = subprocess.run([EXE, "compare", str(sweep)], capture_output=True, text=True, check=True).stdout
+    table = printed()
     assert "0.8500" in table and "diverged" in table
 
 
