@@ -86,6 +86,16 @@ def sweep_here(folder: Path, *args: str) -> Path:
     return folder
 
 
+def sweep_printed(capfd: pytest.CaptureFixture[str], folder: Path, *args: str) -> tuple[int, str]:
+    """The same sweep in this process: its exit status and what it printed (stdout, then stderr)."""
+    from backprop_lab.cli import train_main
+
+    capfd.readouterr()
+    status = train_main(["-m", *args, f"hydra.sweep.dir={folder}"])
+    printed = capfd.readouterr()
+    return status, printed.out + printed.err
+
+
 @pytest.fixture(scope="session")
 def real_sweep(tmp_path_factory) -> Path:
     """A real sweep, act=sigmoid,relu x seed=0,1 (12 steps each), for the tests that read run folders:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, Quiet, Rows, make_cfg, run_cfg, sweep_here
+from conftest import FAST, Quiet, Rows, make_cfg, run_cfg, sweep_here, sweep_printed
 
 from backprop_lab.compare import compare, find_runs
 from backprop_lab.data import load_arrays
@@ -42,10 +42,10 @@ def sweep(tmp_path: Path, name: str, *args: str) -> tuple[Path, str]:
 
 
 def sweep_logged(capfd: pytest.CaptureFixture[str], folder: Path, *args: str) -> str:
-    """`backprop-lab train -m ARGS` in this process (sweep_here); what it printed."""
-    capfd.readouterr()
-    sweep_here(folder, *args, *FAST)
-    return capfd.readouterr().out
+    """What `sweep` runs, in this process: what it printed."""
+    status, printed = sweep_printed(capfd, folder, *args, *FAST)
+    assert status == 0, printed[-3000:]
+    return printed
 
 
 def members_of(folder: Path, job: str) -> int:

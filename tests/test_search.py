@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import sweep_here
+from conftest import sweep_here, sweep_printed
 
 optuna = pytest.importorskip("optuna")
 
@@ -27,13 +27,8 @@ def _sweep(folder: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def _sweep_here(capfd: pytest.CaptureFixture[str], folder: Path, *args: str) -> tuple[int, str]:
-    """The same sweep in this process (cli.train_main): its exit status and what it printed."""
-    from backprop_lab.cli import train_main
-
-    capfd.readouterr()
-    status = train_main(["-m", *FAST, *args, f"hydra.sweep.dir={folder}"])
-    printed = capfd.readouterr()
-    return status, printed.out + printed.err
+    """The same sweep in this process: its exit status and what it printed."""
+    return sweep_printed(capfd, folder, *FAST, *args)
 
 
 def _summaries(folder: Path) -> dict[str, dict]:
