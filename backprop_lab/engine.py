@@ -32,6 +32,7 @@ from .augment import Augment
 from .data import Split
 from .diagnostics import Diagnostics
 from .distributed import SINGLE, World
+from .errors import RefusedError
 from .member_optimizers import MemberOptimizers, MemberSchedulers
 from .members import Members, clip_grad_norm_per_member_
 from .regularizers import Regularization
@@ -283,6 +284,12 @@ class Stage:
     def restore(self, resume: dict[str, Any]) -> None:
         """Continue from a checkpoint (a single model): weights, optimizer, schedule, RNG, loop state."""
         self.model.load_state_dict(resume["model"])
+        saved, built = (len(o.get("param_groups", [])) for o in (resume["optimizer"], self.optimizer.state_dict()))
+        if saved != built:  # (since 2026-11-29 a run without weight decay has one group, not two)
+            raise RefusedError(
+                f"the checkpoint's optimizer has {saved} parameter groups and this version of backprop-lab "
+                f"builds {built}: resume it with the version that started it"
+            )
         self.optimizer.load_state_dict(resume["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(resume["scheduler"])

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from .console import err_console, show_choices, show_members, show_results
-from .errors import ConfigError
+from .errors import ConfigError, RefusedError
 from .runlog import RunLog, versions
 
 if TYPE_CHECKING:  # (torch is imported only inside a run)
@@ -451,7 +451,7 @@ def _run_members(
         results = _train(jobs, plans, runlogs, world, resume_from, on_stage_end)
         for k, summary in enumerate(summaries):
             _conclude(summary, stages[k][-1], results[k], count)
-    except ConfigError as err:
+    except RefusedError as err:
         update(status="failed", error=str(err), refused=True)  # bad input, as opposed to a crash
         err_console.print(f"error: {err}", markup=False)
     except KeyboardInterrupt:

@@ -135,6 +135,24 @@ def test_resume_refuses_a_damaged_or_code_carrying_checkpoint(tmp_path, interrup
     assert resume_run(run_dir)["status"] == "completed"
 
 
+def test_a_checkpoint_of_another_optimizer_layout_is_refused_in_one_line_and_kept(tmp_path, interrupted, capfd):
+    """Before 2026-11-29 a run without weight decay had two optimizer groups (weights, biases); resuming
+    such a checkpoint now names the mismatch instead of failing in torch's load_state_dict."""
+    run_dir = interrupted_run(tmp_path, interrupted)
+    checkpoint = run_dir / "checkpoints" / "last.pt"
+    saved = torch.load(checkpoint, weights_only=True)
+    (group,) = saved["optimizer"]["param_groups"]
+    weights, biases = group["params"][0::2], group["params"][1::2]  # (Linear layers: weight, bias, ...)
+    saved["optimizer"]["param_groups"] = [{**group, "params": weights}, {**group, "params": biases}]
+    torch.save(saved, checkpoint)
+    summary = resume_run(run_dir)
+    assert summary["status"] == "failed" and summary["refused"]  # bad input, not a crash
+    assert summary["error"].startswith("the checkpoint's optimizer has 2 parameter groups and this version")
+    printed = capfd.readouterr().err
+    assert f"error: {summary['error']}\n" in printed and "Traceback" not in printed and "ValueError" not in printed
+    assert checkpoint.is_file()  # still there, for the version that can resume it
+
+
 def test_resume_refuses_what_it_cannot_continue(tmp_path, train):
     summary, finished = train()
     r = resume(finished)
