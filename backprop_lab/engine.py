@@ -284,6 +284,7 @@ class Stage:
     def restore(self, resume: dict[str, Any]) -> None:
         """Continue from a checkpoint (a single model): weights, optimizer, schedule, RNG, loop state."""
         self.model.load_state_dict(resume["model"])
+        # both counted from state dicts, which compare like with like (MuonWithAdamW's has no param_groups)
         saved, built = (len(o.get("param_groups", [])) for o in (resume["optimizer"], self.optimizer.state_dict()))
         if saved != built:  # (since 2026-11-29 a run without weight decay has one group, not two)
             raise RefusedError(
