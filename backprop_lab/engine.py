@@ -52,6 +52,7 @@ class StageResult:
     stopped_early: bool = False
     last_state: dict[str, torch.Tensor] | None = None  # the weights at the last step
     target: dict[str, float] = field(default_factory=dict)  # steps and seconds to trainer.target_acc
+    reused_from: str | None = None  # the run of this process that trained this very stage (stage_reuse)
 
 
 @torch.no_grad()

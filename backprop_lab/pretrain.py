@@ -296,6 +296,30 @@ def fit_members(
     )
 
 
+def _pretrain(
+    cfg: Any, p: Plan, model: Classifier, log: Any, progress: Any, resume: Any, shared: dict[str, Any]
+) -> StageResult:
+    """The pretraining stage: the source classes (supervised) or reconstructing the inputs (autoencoder)."""
+    assert p.source is not None
+    steps = steps_for(cfg.trainer, len(p.source.x_train), cfg.pretrain.steps)
+    if cfg.pretrain.name == "supervised":
+        return fit_stage(cfg, model, p.source, "pretrain", steps, log, progress, resume=resume, **shared)
+    recon = Reconstructor(model, math.prod(p.source.input_shape)).to(p.source.x_train.device)
+    return fit_stage(
+        cfg,
+        recon,
+        p.source,
+        "pretrain",
+        steps,
+        log,
+        progress,
+        resume=resume,
+        reconstruct=True,
+        noise=cfg.pretrain.noise,
+        **shared,
+    )
+
+
 def run_stages(
     cfg: Any,
     p: Plan,
@@ -330,25 +354,16 @@ def run_stages(
     assert isinstance(model, Classifier)  # plan() refuses stages for any other model
     shared = {"checkpoint": checkpoint, **({"world": world} if world is not None else {})}
     if name in ("supervised", "autoencoder") and (resume is None or resume["stage"] == "pretrain"):
-        assert p.source is not None
-        steps = steps_for(cfg.trainer, len(p.source.x_train), cfg.pretrain.steps)
-        if name == "supervised":
-            result = fit_stage(cfg, model, p.source, "pretrain", steps, log, progress, resume=resume, **shared)
+        from . import stage_reuse
+
+        shareable = stage_reuse.reusable(cfg, resume, world) and hasattr(log, "dir")
+        found = stage_reuse.find(cfg) if shareable else None
+        if found is not None:  # another job of this process trained this very stage
+            result = stage_reuse.replay(found, model, log)
         else:
-            recon = Reconstructor(model, math.prod(p.source.input_shape)).to(p.source.x_train.device)
-            result = fit_stage(
-                cfg,
-                recon,
-                p.source,
-                "pretrain",
-                steps,
-                log,
-                progress,
-                resume=resume,
-                reconstruct=True,
-                noise=cfg.pretrain.noise,
-                **shared,
-            )
+            result = _pretrain(cfg, p, model, log, progress, resume, shared)
+            if shareable:
+                stage_reuse.keep(cfg, log.dir, result, model)
         resume = None
         results.append(result)
         on_stage_end(result, model.state_dict())

@@ -159,6 +159,7 @@ def _stage_summary(result: Any) -> dict[str, Any]:
         "best_step": result.best_step,
         "stopped_early": result.stopped_early,
         "metrics": metrics,
+        **({"reused_from": result.reused_from} if result.reused_from else {}),
     }
 
 

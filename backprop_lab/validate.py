@@ -230,6 +230,7 @@ GROUP_KNOBS: dict[str, dict[str, Rule]] = {
         "finetune": choice("full", "freeze", "gradual"),
         "unfreeze_every": integer(1),
         "noise": nonnegative,
+        "reuse": boolean,
         "path": path,
         "data_path": optional(path),
     },

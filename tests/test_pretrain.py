@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_cfg
+from conftest import FAST, make_cfg, sweep_here
 
 from backprop_lab.errors import ConfigError
 from backprop_lab.models import build_model
@@ -27,6 +27,33 @@ def test_supervised_transfer_writes_both_stages(train):
     assert summary["sizes"]["train"] == 40
     pre = torch.load(run_dir / "weights" / "pretrain.pt", weights_only=True)
     assert pre["head.weight"].shape[0] == 2  # the source task's head
+
+
+def _rows_without_times(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k != "elapsed_s"} for row in rows]
+
+
+def test_jobs_that_differ_only_in_the_fine_tune_share_one_pretraining_stage(tmp_path):
+    """A label budget x fine-tune sweep trains the pretraining stage once per seed; every other job starts
+    from it and writes, and ends with, exactly what its own pretraining would have given (dropout masks
+    and the new head draw from torch's random state after the stage)."""
+    grid = [*FAST, *TRANSFER, "regularizer=dropout", "data.n_train=20,40", "pretrain.finetune=freeze,full", "seed=0,1"]
+    shared = sweep_here(tmp_path / "shared", *grid)
+    own = sweep_here(tmp_path / "own", *grid, "pretrain.reuse=false")
+    trained_by = {}
+    for job in range(8):
+        summaries = [json.loads((sweep / str(job) / "summary.json").read_text()) for sweep in (shared, own)]
+        assert [s["status"] for s in summaries] == ["completed"] * 2
+        assert "reused_from" not in summaries[1]["stages"][0]
+        trained_by[job] = summaries[0]["stages"][0].get("reused_from", str(shared / str(job)))
+        assert json.loads((tmp_path / trained_by[job] / "summary.json").read_text())["seed"] == summaries[0]["seed"]
+        rows = [_rows_without_times(sweep / str(job)) for sweep in (shared, own)]
+        assert rows[0] == rows[1] and {r["stage"] for r in rows[0]} == {"pretrain", "finetune"}
+        for weights in ("pretrain.pt", "best.pt", "last.pt"):
+            a, b = (torch.load(sweep / str(job) / "weights" / weights, weights_only=True) for sweep in (shared, own))
+            assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len(set(trained_by.values())) == 2  # one pretraining per seed, not one per job
 
 
 def test_freeze_trains_only_the_head(train):
