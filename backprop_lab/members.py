@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
@@ -40,9 +39,9 @@ class Members(nn.Module):
         for p in self.stacked:
             p.member_dim = True  # optimizers.is_decayed looks at the shape of one member
         template = copy.deepcopy(models[0])
-        # dropout layers whose rate differs between members read each member's rate from a buffer
+        # every dropout layer reads each member's rate from a buffer (rates may differ between members)
         self.rate_names = []
-        for path, rates in _differing_dropout_rates(models).items():
+        for path, rates in _dropout_rates(models).items():
             owner, _, leaf = path.rpartition(".")
             template.get_submodule(owner)._modules[leaf] = MemberDropout()
             buffers[f"{path}.rate"] = torch.tensor(rates, device=self.stacked[0].device)
@@ -119,10 +118,12 @@ class MemberDropout(nn.Module):
         return member_dropout(x, self.rate, self.training)
 
 
-def member_dropout(x: torch.Tensor, rate: torch.Tensor, training: bool) -> torch.Tensor:
+def member_dropout(x: torch.Tensor, rate: torch.Tensor | float, training: bool) -> torch.Tensor:
+    """Dropout with masks from torch.rand_like: on the CPU a third of the time of F.dropout, whose
+    bernoulli_ draws slowly (0.66 against 2.1 ms forward and backward for [5, 100, 512] here)."""
     if not training:
         return x
-    return x * (torch.rand_like(x) >= rate) / (1 - rate)
+    return x * torch.rand_like(x).ge_(rate).div_(1 - rate)
 
 
 # Activations that map each element on its own and hold no parameters: they apply to [K, B, width]
@@ -134,7 +135,8 @@ class StackedMLP:
     """The forward pass of K stacked MLP Classifiers (models.build_mlp without batch norm) without vmap:
     each linear layer is one batched matmul over the members' weights [K, out, in], activations and dropout
     apply to [K, B, width] elementwise. Each member's outputs are what its own model computes (the
-    linear layers' bit for bit: MemberLinear), and dropout draws vmap's random stream."""
+    linear layers' bit for bit: MemberLinear); every dropout layer draws its masks as MemberDropout does
+    under vmap."""
 
     def __init__(self, blocks: list[list[tuple[str, nn.Module]]], residual_from: int | None):
         self.blocks, self.residual_from = blocks, residual_from
@@ -149,7 +151,7 @@ class StackedMLP:
             if not isinstance(block, nn.Sequential):
                 return None
             layers = [(f"blocks.{i}.{name}", layer) for name, layer in block.named_children()]
-            if not all(isinstance(m, (nn.Linear, nn.Dropout, MemberDropout, *ELEMENTWISE)) for _, m in layers):
+            if not all(isinstance(m, (nn.Linear, MemberDropout, *ELEMENTWISE)) for _, m in layers):
                 return None
             blocks.append(layers)
         return cls(blocks, net.residual_from)
@@ -167,8 +169,6 @@ class StackedMLP:
                     out = _linear(out, params[f"{path}.weight"], params[f"{path}.bias"])
                 elif isinstance(layer, MemberDropout):
                     out = member_dropout(out, buffers[f"{path}.rate"].view(count, 1, 1), layer.training)
-                elif isinstance(layer, nn.Dropout):
-                    out = F.dropout(out, layer.p, layer.training)
                 else:
                     out = layer(out)
             residual = self.residual_from is not None and i >= self.residual_from
@@ -207,10 +207,10 @@ class MemberLinear(torch.autograd.Function):
         )
 
 
-def _differing_dropout_rates(models: Sequence[nn.Module]) -> dict[str, list[float]]:
-    """{module path: each member's rate} for the dropout layers whose rate differs between the models."""
+def _dropout_rates(models: Sequence[nn.Module]) -> dict[str, list[float]]:
+    """{module path: each member's rate} for the models' dropout layers."""
     layers = [{n: m.p for n, m in model.named_modules() if isinstance(m, nn.Dropout)} for model in models]
-    return {n: [float(each[n]) for each in layers] for n in layers[0] if len({each[n] for each in layers}) > 1}
+    return {n: [float(each[n]) for each in layers] for n in layers[0]}
 
 
 @torch.no_grad()
