@@ -132,7 +132,7 @@ ELEMENTWISE = tuple(cls for name, cls in ACTIVATIONS.items() if name != "prelu")
 
 
 class StackedMLP:
-    """The forward pass of K stacked MLP Classifiers (models.build_mlp without batch norm) without vmap:
+    """The forward pass of K stacked MLP Classifiers (models.build_mlp) without vmap:
     each linear layer is one batched matmul over the members' weights [K, out, in], activations and dropout
     apply to [K, B, width] elementwise. Each member's outputs are what its own model computes (the
     linear layers' bit for bit: MemberLinear); every dropout layer draws its masks as MemberDropout does
@@ -151,7 +151,9 @@ class StackedMLP:
             if not isinstance(block, nn.Sequential):
                 return None
             layers = [(f"blocks.{i}.{name}", layer) for name, layer in block.named_children()]
-            if not all(isinstance(m, (nn.Linear, MemberDropout, *ELEMENTWISE)) for _, m in layers):
+            if not all(
+                isinstance(m, (nn.Linear, MemberDropout, *ELEMENTWISE)) or _stackable_norm(m) for _, m in layers
+            ):
                 return None
             blocks.append(layers)
         return cls(blocks, net.residual_from)
@@ -169,6 +171,8 @@ class StackedMLP:
                     out = _linear(out, params[f"{path}.weight"], params[f"{path}.bias"])
                 elif isinstance(layer, MemberDropout):
                     out = member_dropout(out, buffers[f"{path}.rate"].view(count, 1, 1), layer.training)
+                elif isinstance(layer, nn.BatchNorm1d):
+                    out = _batch_norm(out, layer, path, params, buffers)
                 else:
                     out = layer(out)
             residual = self.residual_from is not None and i >= self.residual_from
@@ -205,6 +209,40 @@ class MemberLinear(torch.autograd.Function):
             torch.bmm(grad.transpose(1, 2), h) if needs_weight else None,
             grad.sum(1) if needs_bias else None,
         )
+
+
+def _stackable_norm(layer: nn.Module) -> bool:
+    """A batch norm that _batch_norm computes: affine, with running statistics and a fixed momentum."""
+    return (
+        isinstance(layer, nn.BatchNorm1d) and layer.affine and layer.track_running_stats and layer.momentum is not None
+    )
+
+
+def _batch_norm(
+    h: torch.Tensor,
+    norm: nn.BatchNorm1d,
+    path: str,
+    params: dict[str, torch.Tensor],
+    buffers: dict[str, torch.Tensor],
+) -> torch.Tensor:
+    """Each member's nn.BatchNorm1d over h [K, B, width]: the members' features side by side as the
+    K * width channels of one F.batch_norm, which normalizes each channel over the batch and updates its
+    running statistics (views of the stacked buffers), as under vmap."""
+    count, batch, width = h.shape
+    assert norm.momentum is not None  # (_stackable_norm)
+    if norm.training:
+        buffers[f"{path}.num_batches_tracked"].add_(1)
+    out = torch.nn.functional.batch_norm(
+        h.transpose(0, 1).reshape(batch, count * width),
+        buffers[f"{path}.running_mean"].view(-1),
+        buffers[f"{path}.running_var"].view(-1),
+        params[f"{path}.weight"].view(-1),
+        params[f"{path}.bias"].view(-1),
+        norm.training,
+        norm.momentum,
+        norm.eps,
+    )
+    return out.reshape(batch, count, width).transpose(0, 1)
 
 
 def _dropout_rates(models: Sequence[nn.Module]) -> dict[str, list[float]]:

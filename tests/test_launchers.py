@@ -363,8 +363,9 @@ def test_per_member_clipping_is_torchs_clipping_of_each_member():
 )
 def test_an_mlp_runs_without_vmap_and_computes_what_each_members_own_model_computes(overrides):
     """StackedMLP (linear layers as batched matmuls, no vmap): each member's outputs are its own model's bit
-    for bit, its gradients its own model's to float rounding, and dropout draws vmap's masks, for members'
-    own batches and a shared one; other nets stay with vmap."""
+    for bit, its gradients its own model's to float rounding; dropout draws vmap's masks and batch norm
+    moves its running statistics as under vmap, for members' own batches and a shared one; other nets
+    stay with vmap."""
     cfg = make_cfg(*FAST, *overrides)
     arrays = load_arrays(cfg.data)
     models = []
@@ -375,18 +376,25 @@ def test_an_mlp_runs_without_vmap_and_computes_what_each_members_own_model_compu
         for model, rate in zip(models, (0.2, 0.5, 0.5), strict=True):
             model.blocks[0][2].p = rate
     members = Members(models)
-    assert (members._mlp is not None) == ("model=cnn1d" not in overrides and len(overrides) != 1)
+    assert (members._mlp is not None) == (overrides[0] not in ("model=cnn1d", "act=prelu"))
     x = torch.randn(3, 16, *arrays.x.shape[1:])
     stacked_mlp = members._mlp
     for shared, training in itertools.product((False, True), (True, False)):
         members.train(training)
         outputs, grads = [], []
+        statistics = [b.clone() for b in members.buffers()]  # (batch norm's, which a training forward moves)
+        moved = []
         for path in (stacked_mlp, None):  # (None: vmap)
             members._mlp = path
+            for b, start in zip(members.buffers(), statistics, strict=True):
+                b.copy_(start)
             torch.manual_seed(5)
             out = members(x[0] if shared else x, shared=shared)
             outputs.append(out)
             grads.append(torch.autograd.grad(out.square().sum(), list(members.stacked)))
+            moved.append([b.clone() for b in members.buffers()])
+        for a, b in zip(*moved, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
         members._mlp = stacked_mlp
         assert outputs[0].shape == (3, 16, 4)  # (synthetic data: 4 classes)
         torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-6)  # dropout: the same masks
