@@ -396,11 +396,13 @@ class Stage:
             loss = F.mse_loss(out.float(), target) if self.reconstruct else _losses(out.float(), target)
         objective = loss if loss.ndim == 0 else loss.sum()  # members: each gets its own gradient
         if self.regularization.adds_to_loss:
-            objective = objective + self.regularization.penalty()
+            objective = objective + self.regularization.custom_term()
         self.optimizer.zero_grad(set_to_none=True)
         objective.backward()
         if self.world.active:
             distributed.average_gradients_(self.params, self.world)  # the global batch's mean gradient
+        if self.regularization.adds_to_gradients:
+            self.regularization.add_penalty_gradients_()  # L1 / L2 penalties: their gradient, without autograd
         if diagnostics is not None:
             diagnostics.after_backward()  # the gradient as backprop made it, before clipping
         if self.trainer.grad_clip > 0:

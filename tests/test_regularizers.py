@@ -8,6 +8,7 @@ from conftest import make_cfg
 from omegaconf import OmegaConf
 from torch import nn
 
+from backprop_lab.members import Members
 from backprop_lab.models import build_model
 from backprop_lab.optimizers import build_optimizer
 from backprop_lab.regularizers import Regularization, active_regularizers
@@ -41,6 +42,42 @@ def test_penalty_value_and_gradient(l1, l2):
     for name, p in model.named_parameters():
         if p.ndim < 2:  # biases and batch-norm scales are left alone by default
             assert p.grad is None or torch.count_nonzero(p.grad) == 0, name
+    # the engine adds these gradients without autograd, onto the loss's: the same numbers
+    by_autograd = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    assert reg.adds_to_gradients and not reg.adds_to_loss
+    reg.add_penalty_gradients_()
+    for name, p in model.named_parameters():
+        if name in by_autograd:
+            torch.testing.assert_close(p.grad, by_autograd[name], rtol=1e-6, atol=0)
+            if not (l1 and l2):  # (elastic net: autograd adds its two terms in an order of its own)
+                assert torch.equal(p.grad, by_autograd[name]), name
+        else:
+            assert p.grad is None, name
+
+
+def test_each_members_penalty_gradient_is_its_own_coefficient_times_its_weights():
+    """Members whose l1 and l2 differ: the gradients added are what autograd makes of penalty(), which
+    weighs each member's sum by its own coefficients, bit for bit."""
+    models = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        models.append(build_model(make_cfg("data=synthetic"), (6,), 3))
+    members = Members(models)
+    regs = [_reg(l1=l1, l2=l2) for l1, l2 in ((0.0, 0.1), (0.01, 0.0), (0.0, 0.3))]
+    reg = Regularization(members, regs[0], regs)
+    reg.penalty().backward()
+    by_autograd = [p.grad for p in members.stacked]  # (None for biases: not penalised)
+    members.zero_grad(set_to_none=True)
+    reg.add_penalty_gradients_()
+    for p, expected in zip(members.stacked, by_autograd, strict=True):
+        if p.ndim - 1 >= 2:  # weights
+            assert torch.equal(p.grad, expected)
+            w = p.detach()
+            torch.testing.assert_close(p.grad[1], 0.01 * torch.sign(w[1]))
+            torch.testing.assert_close(p.grad[2], 0.3 * w[2])
+        else:
+            assert p.grad is None and expected is None
 
 
 def test_bias_and_norm_are_penalised_only_when_asked():
