@@ -123,7 +123,7 @@ def member_dropout(x: torch.Tensor, rate: torch.Tensor | float, training: bool) 
     bernoulli_ draws slowly (0.66 against 2.1 ms forward and backward for [5, 100, 512] here)."""
     if not training:
         return x
-    return x * torch.rand_like(x).ge_(rate).div_(1 - rate)
+    return x * ((torch.rand_like(x) >= rate) / (1 - rate))  # (in-place ops here have no rule under vmap)
 
 
 # Activations that map each element on its own and hold no parameters: they apply to [K, B, width]
