@@ -1,5 +1,5 @@
 """Several runs trained as one batched model (hydra/launcher=vectorized): runs that differ in their
-seed and in the values of members.BATCHED_KEYS (optimizer, schedule, l1, l2, dropout rate).
+seed and in the values of members.BATCHED_KEYS (optimizer, schedule, l1, l2, dropout rate, init).
 
 `Members` stacks the K members' parameters along a new first dimension and runs the forward pass
 with `torch.func.vmap` over `functional_call`, so a linear layer becomes one batched matmul for all K.
@@ -295,8 +295,9 @@ LR_PROPORTIONAL_SCHEDULES = ("constant", "step", "multistep", "onecycle", "cosin
 # What members of one group may each hold their own of, besides the seed: the whole optimizer and
 # schedule (each member steps with its own where they differ: member_optimizers), l1 and l2 (each
 # member's penalty or decoupled decay with its own coefficient), the dropout rate (MemberDropout; a
-# rate of 0 builds no dropout layers, so members with and without dropout form separate groups).
-BATCHED_KEYS = ("optimizer", "scheduler", "regularizer.l1", "regularizer.l2", "regularizer.dropout")
+# rate of 0 builds no dropout layers, so members with and without dropout form separate groups), and
+# the init scheme (each member is built, under its own seed, by its own run's config).
+BATCHED_KEYS = ("optimizer", "scheduler", "regularizer.l1", "regularizer.l2", "regularizer.dropout", "model.init")
 
 
 def batched_keys(cfg: Any) -> tuple[str, ...]:
@@ -312,7 +313,8 @@ def differing_values(cfgs: Sequence[Any]) -> dict[str, list[Any]]:
         values = OmegaConf.to_container(cfg, resolve=True)
         assert isinstance(values, dict)
         flat = {f"{group}.{k}": v for group in ("optimizer", "scheduler") for k, v in values[group].items()}
-        return {**flat, **{f"regularizer.{k}": values["regularizer"][k] for k in ("l1", "l2", "dropout")}}
+        flat.update({f"regularizer.{k}": values["regularizer"][k] for k in ("l1", "l2", "dropout")})
+        return {**flat, "model.init": values["model"].get("init")}
 
     each = [leaves(c) for c in cfgs]
     keys = dict.fromkeys(k for e in each for k in e)  # (in order)

@@ -137,6 +137,20 @@ def test_penalty_grids_train_as_one_batched_model_with_each_runs_numbers(tmp_pat
         assert_same_rows(rows(vec / job), rows(basic / job), rtol=1e-4)
 
 
+def test_init_schemes_train_as_one_batched_model_with_each_runs_numbers(tmp_path, capfd):
+    """model.init x seed (the activations study's grid): one group, each member built with its own init,
+    ending where its own run ends."""
+    grid = ["act=tanh", "model.init=null,torch", "seed=0,1"]
+    vec = tmp_path / "vec"
+    out = sweep_logged(capfd, vec, "hydra/launcher=vectorized", *grid)
+    basic = separate_runs(tmp_path / "basic", grid[:1], ["model.init=null", "model.init=torch"], ["seed=0", "seed=1"])
+    assert "one batched model: #0 #1 #2 #3" in out and "model.init=[None, None, 'torch', 'torch']" in out
+    for job in ("0", "1", "2", "3"):
+        assert_same_rows(rows(vec / job), rows(basic / job), rtol=1e-4)
+    first_steps = [rows(vec / job)[0]["loss"] for job in "0123"]
+    assert len(set(first_steps)) == 4  # four inits
+
+
 def test_a_member_checkpoint_holds_the_rates_of_its_own_run():
     """A member trained at rate factor f(t) is saved with its own rates: the optimizer's and the
     schedule's state equal those of an optimizer and schedule built at its rate."""

@@ -57,7 +57,7 @@ def _task_config(config: DictConfig) -> DictConfig:
 def _all_but_seed(task_config: DictConfig) -> str:
     """The group a job belongs to (given its _task_config): its config without the seed, and without the
     values members may hold each their own (backprop_lab.members.batched_keys: optimizer, schedule, l1,
-    l2, dropout)."""
+    l2, dropout, init)."""
     from backprop_lab.members import batched_keys
 
     task = OmegaConf.to_container(task_config, resolve=False)
@@ -164,7 +164,7 @@ class VectorizedLauncher(Launcher):
         for batch in batches:
             names = " ".join(f"#{initial_job_idx + i}" for i in batch)
             reason = (
-                "no other job differs from it only in seed, optimizer, schedule, l1, l2 or dropout rate"
+                "no other job differs from it only in seed, optimizer, schedule, l1, l2, dropout rate or init"
                 if len(batch) == 1
                 else why_not_batched(tasks[batch[0]])
             )
