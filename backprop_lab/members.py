@@ -35,7 +35,8 @@ class Members(nn.Module):
         params, buffers = stack_module_state(list(models))
         # Parameter names may not contain '.', so the stacked ones are kept in plain dicts by module path.
         self.names = list(params)
-        self.stacked = nn.ParameterList(nn.Parameter(p) for p in params.values())
+        # (a frozen block's weights, which fine-tuning with pretrain.finetune=freeze keeps, stay frozen)
+        self.stacked = nn.ParameterList(nn.Parameter(p, requires_grad=p.requires_grad) for p in params.values())
         for p in self.stacked:
             p.member_dim = True  # optimizers.is_decayed looks at the shape of one member
         template = copy.deepcopy(models[0])
@@ -265,8 +266,8 @@ def clip_grad_norm_per_member_(params: Sequence[torch.Tensor], max_norm: float) 
 
 def why_not_batched(cfg: Any) -> str | None:
     """Why runs of `cfg` that differ only in their seed cannot train as one Members model, or None."""
-    if cfg.pretrain.name != "none":
-        return f"pretrain={cfg.pretrain.name} trains in stages, with a new head and frozen blocks"
+    if cfg.pretrain.name != "none" and cfg.pretrain.finetune == "gradual":
+        return "pretrain.finetune=gradual unfreezes each model's blocks as it goes"
     if cfg.model.get("_target_") is not None:
         return f"model {cfg.model['_target_']} is the user's own: not known to stack with torch.func"
     if cfg.regularizer.get("_target_") is not None:

@@ -126,6 +126,7 @@ class Plan:
     target: Split
     source: Split | None  # supervised: labelled source task; autoencoder: its inputs
     model: torch.nn.Module  # a Classifier, or a model of the user's own (which then trains in one stage)
+    rng: torch.Tensor | None = None  # torch's random state right after the plan was built
 
 
 def pretrain_data(cfg: Any) -> Any:
@@ -354,25 +355,41 @@ def run_stages(
     assert isinstance(model, Classifier)  # plan() refuses stages for any other model
     shared = {"checkpoint": checkpoint, **({"world": world} if world is not None else {})}
     if name in ("supervised", "autoencoder") and (resume is None or resume["stage"] == "pretrain"):
-        from . import stage_reuse
-
-        shareable = stage_reuse.reusable(cfg, resume, world) and hasattr(log, "dir")
-        found = stage_reuse.find(cfg) if shareable else None
-        if found is not None:  # another job of this process trained this very stage
-            result = stage_reuse.replay(found, model, log)
-        else:
-            result = _pretrain(cfg, p, model, log, progress, resume, shared)
-            if shareable:
-                stage_reuse.keep(cfg, log.dir, result, model)
+        result = pretraining_stage(cfg, p, log, progress, resume, shared, world)
         resume = None
         results.append(result)
         on_stage_end(result, model.state_dict())
         if result.status != "completed":
             return results
-    model.new_head(p.target.num_classes)
-    hook = finetune_hook(model, cfg.pretrain.finetune, cfg.pretrain.unfreeze_every)
+    hook = ready_to_finetune(cfg, p)
     steps = steps_for(cfg.trainer, len(p.target.x_train))
     result = fit_stage(cfg, model, p.target, "finetune", steps, log, progress, on_step=hook, resume=resume, **shared)
     results.append(result)
     on_stage_end(result, model.state_dict())
     return results
+
+
+def pretraining_stage(
+    cfg: Any, p: Plan, log: Any, progress: Any, resume: Any, shared: dict[str, Any], world: Any = None
+) -> StageResult:
+    """The pretraining stage of the plan's model: trained, or what another job of this process trained
+    of this very stage (stage_reuse)."""
+    from . import stage_reuse
+
+    assert isinstance(p.model, Classifier)  # plan() refuses stages for any other model
+    shareable = stage_reuse.reusable(cfg, resume, world) and hasattr(log, "dir")
+    found = stage_reuse.find(cfg) if shareable else None
+    if found is not None:
+        return stage_reuse.replay(found, p.model, log)
+    result = _pretrain(cfg, p, p.model, log, progress, resume, shared)
+    if shareable:
+        stage_reuse.keep(cfg, log.dir, result, p.model)
+    return result
+
+
+def ready_to_finetune(cfg: Any, p: Plan) -> Callable[[int], None] | None:
+    """A new head for the target classes and the blocks frozen as pretrain.finetune says; returns the
+    gradual unfreezing's hook (None for full and freeze)."""
+    assert isinstance(p.model, Classifier)  # plan() refuses stages for any other model
+    p.model.new_head(p.target.num_classes)
+    return finetune_hook(p.model, cfg.pretrain.finetune, cfg.pretrain.unfreeze_every)

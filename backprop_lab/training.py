@@ -310,6 +310,7 @@ def _prepare(
     for job in jobs:
         torch.manual_seed(job.cfg.seed)
         plans.append(plan(job.cfg, arrays, device))
+        plans[-1].rng = torch.get_rng_state()  # where its own run goes on from (_stage_each)
     return device, world, arrays, plans
 
 
@@ -332,31 +333,90 @@ def _train(
         if checkpointer is not None:
             checkpointer.remove()  # finished (completed or diverged): weights/ holds what is worth keeping
         return [results]
+    return _train_group(jobs, plans, runlogs, progress, on_stage_end)
+
+
+def _train_group(
+    jobs: list[Job], plans: list[Any], runlogs: list[RunLog], progress: Any, on_stage_end: Any
+) -> list[list[Any]]:
+    """A vectorized group: each job's pretraining stage alone (if it has one), then the last stage of
+    those whose earlier stages completed as one batched model. Each job's stage results."""
+    from .checkpoint import Checkpointer
+
+    cfg = jobs[0].cfg
+    # each member's checkpoint is an ordinary run's: `backprop-lab resume` continues it alone
+    checkpointers = [Checkpointer(job.run_dir, cfg.trainer.checkpoint_every) for job in jobs]
+    per_job: list[list[Any]] = [[] for _ in jobs]
+    if cfg.pretrain.name != "none":
+        per_job = _stage_each(jobs, plans, runlogs, progress, on_stage_end, checkpointers)
+    ready = [k for k, done in enumerate(per_job) if all(r.status == "completed" for r in done)]
+    if len(ready) == 1:  # (the others' pretraining diverged)
+        from .pretrain import fit_stage, steps_for
+
+        k = ready[0]
+        steps = steps_for(cfg.trainer, len(plans[k].target.x_train))
+        result = fit_stage(
+            jobs[k].cfg, plans[k].model, plans[k].target, "finetune", steps, runlogs[k], progress,
+            checkpoint=checkpointers[k],
+        )  # fmt: skip
+        on_stage_end(k, result, plans[k].model.state_dict())
+        per_job[k].append(result)
+    elif ready:
+        pick = lambda items: [items[k] for k in ready]  # noqa: E731
+        together = _train_together(pick(jobs), pick(plans), pick(runlogs), progress, pick(checkpointers))
+        for k, (result, weights) in zip(ready, together, strict=True):
+            on_stage_end(k, result, weights)
+            per_job[k].append(result)
+    for checkpointer in checkpointers:
+        checkpointer.remove()
+    return per_job
+
+
+def _stage_each(
+    jobs: list[Job], plans: list[Any], runlogs: list[RunLog], progress: Any, on_stage_end: Any, checkpointers: list[Any]
+) -> list[list[Any]]:
+    """Each job's pretraining stage, one job after another, each from where its own run would start it
+    (torch's random state after its plan), then its new head and frozen blocks: what run_stages does
+    before the fine-tune, which the jobs then train together. Each job's stage results so far."""
+    import torch
+
+    from .pretrain import pretraining_stage, ready_to_finetune
+
+    results: list[list[Any]] = []
+    for k, (job, q) in enumerate(zip(jobs, plans, strict=True)):
+        torch.set_rng_state(q.rng)
+        done = []
+        if job.cfg.pretrain.name in ("supervised", "autoencoder"):
+            done.append(pretraining_stage(job.cfg, q, runlogs[k], progress, None, {"checkpoint": checkpointers[k]}))
+            on_stage_end(k, done[0], q.model.state_dict())
+        if all(r.status == "completed" for r in done):
+            ready_to_finetune(job.cfg, q)
+        results.append(done)
+    return results
+
+
+def _train_together(
+    jobs: list[Job], plans: list[Any], runlogs: list[RunLog], progress: Any, checkpointers: list[Any]
+) -> list[tuple[Any, dict[str, Any]]]:
+    """The jobs' (last) stage as one batched model: each member's result and (best) weights."""
     from .members import Members
     from .pretrain import fit_members, steps_for
 
+    cfg, target = jobs[0].cfg, plans[0].target
     model = Members([q.model for q in plans])
-    steps = steps_for(cfg.trainer, len(p.target.x_train))
-    # each member's checkpoint is an ordinary run's: `backprop-lab resume` continues it alone
-    checkpointers = [Checkpointer(job.run_dir, cfg.trainer.checkpoint_every) for job in jobs]
-    seeds = [job.cfg.seed for job in jobs]
     per_member = fit_members(
         cfg,
         model,
-        p.target,
-        "train",
-        steps,
-        seeds,
+        target,
+        "train" if cfg.pretrain.name == "none" else "finetune",
+        steps_for(cfg.trainer, len(target.x_train)),
+        [job.cfg.seed for job in jobs],
         runlogs,
         progress,
         member_cfgs=[job.cfg for job in jobs],  # (optimizers, schedules, l1, l2, dropout may differ: BATCHED_KEYS)
         checkpoint=checkpointers,
     )
-    for checkpointer in checkpointers:
-        checkpointer.remove()
-    for k, result in enumerate(per_member):
-        on_stage_end(k, result, model.member_state(k))  # fit left each member's best weights in
-    return [[result] for result in per_member]
+    return [(result, model.member_state(k)) for k, result in enumerate(per_member)]  # (fit left the best in)
 
 
 def run_members(

@@ -186,7 +186,10 @@ def test_vectorized_groups_by_setting_and_says_what_runs_one_by_one(tmp_path, ca
     assert "regularizer.dropout=[0.2, 0.5]" in out
     assert out.count("one by one (no other job differs from it only in seed, optimizer") == 2  # no dropout layers
     assert len(list(folder.glob("*/summary.json"))) == 6
-    assert why_not_batched(make_cfg("pretrain=autoencoder")).startswith("pretrain=autoencoder trains in stages")
+    assert why_not_batched(make_cfg("pretrain=autoencoder", "pretrain.finetune=gradual")).startswith(
+        "pretrain.finetune=gradual unfreezes"
+    )
+    assert why_not_batched(make_cfg("pretrain=autoencoder")) is None  # (each pretrains alone, then all fine-tune)
 
 
 def test_joblib_sweep_matches_basic_and_shares_out_the_cores(tmp_path):
@@ -451,3 +454,26 @@ def test_a_vectorized_sweep_composes_each_jobs_config_once(tmp_path, monkeypatch
         assert summary["status"] == "completed" and summary["seed"] == job
         hydra_cfg = (folder / str(job) / ".hydra" / "hydra.yaml").read_text()
         assert f"num: {job}\n" in hydra_cfg and f"- seed={job}\n" in hydra_cfg
+
+
+@pytest.mark.parametrize("strategy", ["supervised", "autoencoder"])
+def test_fine_tunes_train_as_one_batched_model_after_each_members_own_pretraining(tmp_path, capfd, strategy):
+    """pretrain.finetune=freeze,full x seed: each job pretrains alone (from where its own run would start),
+    then each fine-tune mode trains as one batched model whose members end where their own runs end;
+    frozen blocks stay as pretraining left them."""
+    grid = [f"pretrain={strategy}", "data.source_classes=[0,1]", "data.target_classes=[2,3]", "data.n_train=40",
+            *(["pretrain.noise=0.1"] if strategy == "autoencoder" else []), "pretrain.finetune=freeze,full",
+            "seed=0,1"]  # fmt: skip
+    vec = tmp_path / "vec"
+    out = sweep_logged(capfd, vec, "hydra/launcher=vectorized", *grid)
+    fixed = [*grid[:-2], "pretrain.reuse=false"]  # (each pretrains itself, not from what this process kept)
+    basic = separate_runs(tmp_path / "basic", fixed, ["pretrain.finetune=freeze", "pretrain.finetune=full"],
+                          ["seed=0", "seed=1"])  # fmt: skip
+    assert out.count("one batched model: #") == 2  # freeze, full
+    for job in ("0", "1", "2", "3"):
+        assert_same_rows(rows(vec / job), rows(basic / job), rtol=1e-4)
+        summary = json.loads((vec / job / "summary.json").read_text())
+        assert [s["stage"] for s in summary["stages"]] == ["pretrain", "finetune"] and members_of(vec, job) == 2
+    for job in ("0", "1"):  # frozen: the fine-tune changed the head only
+        pre, last = (torch.load(vec / job / "weights" / w, weights_only=True) for w in ("pretrain.pt", "last.pt"))
+        assert all(torch.equal(last[k], v) for k, v in pre.items() if k.startswith("blocks."))
