@@ -243,8 +243,9 @@ def _resume(run_dir: Path) -> dict[str, Any]:
     return run_members([job], resume_from=(state, {**previous, "stages": done, "resumed": resumed}))[0]
 
 
-def _first_summary(job: Job, k: int, jobs: list[Job], resume_from: Any) -> dict[str, Any]:
-    """A job's summary.json before it trains (status running); a resumed run keeps its start and history."""
+def _first_summary(job: Job, k: int, jobs: list[Job], resume_from: Any, differing: dict[str, Any]) -> dict[str, Any]:
+    """A job's summary.json before it trains (status running); a resumed run keeps its start and history.
+    `differing`: the values in which the group's members differ (members.differing_values)."""
     count = len(jobs)
     summary: dict[str, Any] = {
         "status": "running",
@@ -257,10 +258,7 @@ def _first_summary(job: Job, k: int, jobs: list[Job], resume_from: Any) -> dict[
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if count > 1:
-        from .members import differing_values
-
         summary["vectorized"] = {"member": k, "members": count, "seeds": [j.cfg.get("seed") for j in jobs]}
-        differing = differing_values([j.cfg for j in jobs])
         if differing:
             summary["vectorized"]["differing"] = differing
     if resume_from is not None:  # (a member of a vectorized group resumes alone)
@@ -451,7 +449,12 @@ def _run_members(
     started = time.time()
     cfg, count = jobs[0].cfg, len(jobs)
     runlogs = [RunLog(job.run_dir) for job in jobs]
-    summaries = [_first_summary(job, k, jobs, resume_from) for k, job in enumerate(jobs)]
+    differing: dict[str, Any] = {}
+    if count > 1:  # (once for the group: each member's config read, K of them)
+        from .members import differing_values
+
+        differing = differing_values([job.cfg for job in jobs])
+    summaries = [_first_summary(job, k, jobs, resume_from, differing) for k, job in enumerate(jobs)]
     for runlog, summary in zip(runlogs, summaries, strict=True):
         runlog.summary(**summary)
     stages: list[list[dict[str, Any]]] = [[] for _ in jobs]
