@@ -1,6 +1,6 @@
-"""hydra/launcher=vectorized: the jobs of a sweep that differ only in `seed`, `regularizer.l1`,
-`regularizer.l2` and `optimizer.lr` (where the optimizer steps linearly in it: backprop_lab.members)
-train as one batched model.
+"""hydra/launcher=vectorized: the jobs of a sweep that differ only in `seed` and the values of
+backprop_lab.members.BATCHED_KEYS (optimizer, schedule, l1, l2, dropout rate, init) train as one
+batched model.
 
     backprop-lab train -m hydra/launcher=vectorized 'seed=range(8)' act=relu,tanh
     backprop-lab train -m hydra/launcher=vectorized optimizer.lr=0.001,0.003,0.01,0.03 seed=0,1   # one group of 8
@@ -8,8 +8,10 @@ train as one batched model.
 groups the jobs by their config without the seed (here: relu x 8 seeds, tanh x 8 seeds), trains each
 group in one process as backprop_lab.members.Members, and gives every job its own ordinary run folder
 (.hydra/, metrics.jsonl, summary.json, weights/), so compare and report cannot tell them from jobs the
-basic launcher ran. A job with no partner, or a group that cannot be batched (staged pretraining, a
-plateau schedule), runs one by one as the basic launcher would, with a message saying why.
+basic launcher ran. Jobs with a pretraining stage pretrain one after another, then fine-tune as one
+batched model. A job with no partner, or a group that cannot be batched (gradual unfreezing, a model
+or regularizer of the user's own), runs one by one as the basic launcher would, with a message saying
+why.
 """
 
 # (no `from __future__ import annotations`: Hydra loads plugins in a way that breaks it for dataclasses)
