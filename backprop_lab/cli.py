@@ -448,6 +448,9 @@ def resume_sweep(sweep_dir: Path, retry_failed: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The console command. Given `argv` (a caller in its own process: a test), it leaves Python's
+    garbage collector alone; as the command's own process it pauses it during start-up (gc_pause)."""
+    own_process = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         groups = "".join(f"  {g:<12} {', '.join(opts)}\n" for g, opts in group_options().items())
@@ -459,6 +462,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"backprop-lab {version('backprop-lab')}")
         return
     command, rest = argv[0], argv[1:]
+    if own_process and command in ("train", "resume", "study"):
+        from . import gc_pause
+
+        gc_pause.pause()  # (until the first run's plans are built; the process ends with the command)
     if command == "compare":
         from .compare import main as compare_main
 

@@ -287,7 +287,7 @@ def _prepare(
                 targets.resolve(group, job.cfg[group])
     import torch
 
-    from . import distributed
+    from . import distributed, gc_pause
     from .data import load_arrays
     from .pretrain import plan
 
@@ -309,6 +309,7 @@ def _prepare(
         torch.manual_seed(job.cfg.seed)
         plans.append(plan(job.cfg, arrays, device))
         plans[-1].rng = torch.get_rng_state()  # where its own run goes on from (_stage_each)
+    gc_pause.resume()  # (start-up is over)
     return device, world, arrays, plans
 
 

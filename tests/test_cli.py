@@ -265,3 +265,36 @@ def test_mnist_idx_files_train_from_an_empty_folder(tmp_path, monkeypatch):
     (summary,) = [json.loads(p.read_text()) for p in work.glob("outputs/*/*/summary.json")]
     assert summary["sizes"] == {"train": 1347, "val": 150, "test": 300}
     assert summary["metrics"]["test/acc"] > 0.8 and summary["metrics"]["test/loss"] < 1.0, summary["metrics"]
+
+
+GC_PROBE = """
+import gc, sys
+import backprop_lab.training as training
+prepare, train = training._prepare, training._train
+def probed_prepare(*args, **kwargs):
+    print("start-up, collector on:", gc.isenabled())
+    return prepare(*args, **kwargs)
+def probed_train(*args, **kwargs):
+    print("training, collector on:", gc.isenabled(), "frozen:", gc.get_freeze_count() > 0)
+    return train(*args, **kwargs)
+training._prepare, training._train = probed_prepare, probed_train
+from backprop_lab.cli import main
+sys.argv = ["backprop-lab", *sys.argv[1:]]
+main()
+"""
+
+
+def test_the_command_pauses_the_garbage_collector_during_start_up_only(tmp_path, monkeypatch, capsys):
+    """As its own process, `backprop-lab train` starts with Python's cyclic collector paused and trains
+    with it on, the start-up objects frozen (backprop_lab.gc_pause); cli.main given its arguments, as
+    a caller's process calls it, leaves the collector alone."""
+    import gc
+
+    done = subprocess.run([sys.executable, "-c", GC_PROBE, "train", *FAST, f"hydra.run.dir={tmp_path / 'own'}"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "start-up, collector on: False" in done.stdout
+    assert "training, collector on: True frozen: True" in done.stdout
+    frozen = gc.get_freeze_count()
+    r = in_process(tmp_path, monkeypatch, capsys, "train", *FAST, f"hydra.run.dir={tmp_path / 'here'}")
+    assert r.returncode == 0 and gc.isenabled() and gc.get_freeze_count() == frozen
