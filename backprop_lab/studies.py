@@ -274,15 +274,22 @@ def optimizers_sweeps(
             "seed=100",
             *([] if smoke else [f"trainer.max_steps={setting.search_steps}"]),  # (--smoke's own steps otherwise)
         ],
-        note=f"learning-rate search: one seed (100, not used below), {setting.search_steps} steps, best val/acc wins",
+        note=f"learning-rate search: one seed (100, not used below), {setting.search_steps} steps, best val/acc "
+        "wins, a tie the larger rate",
     )
     runs = find_runs([search])
     for opt in optimizers:
         tried = [
-            (r.metrics.get("val/acc", -1.0), r.settings.get("optimizer.lr")) for r in completed(runs, optimizer=opt)
+            (r.metrics.get("val/acc", -1.0), r.settings.get("optimizer.lr", "")) for r in completed(runs, optimizer=opt)
         ]
-        lr = max(tried)[1] if tried else "0.001"
+        lr = best_rate(tried) if tried else "0.001"
         run_sweep(f"final_{opt}", [f"optimizer={opt}", f"optimizer.lr={lr}", f"seed={seeds}"])
+
+
+def best_rate(tried: list[tuple[float, str]]) -> str:
+    """The rate of the best (validation accuracy, rate) pair; a tie goes to the larger rate, compared as
+    numbers ("1e-3" < "0.01")."""
+    return max(tried, key=lambda t: (t[0], float(t[1] or 0)))[1]
 
 
 TARGET_FRACTION = 0.95  # time-to-result target: this fraction of the best baseline's validation accuracy
@@ -349,7 +356,7 @@ def optimizers_verdict(runs: list[Run], candidate: str | None = None) -> str:
         "### Protocol",
         "",
         f"Each optimizer's learning rate was picked from the log grid {', '.join(LR_GRID)} by the best validation "
-        f"accuracy of a {searched}-step run with seed 100. The comparison then runs seeds "
+        f"accuracy of a {searched}-step run with seed 100 (a tie: the larger rate). The comparison then runs seeds "
         f"{', '.join(map(str, seeds))} at that rate. Time to result: the first evaluation reaching "
         f"{TARGET_FRACTION:.0%} of the best baseline's "
         f"mean best validation accuracy ({baseline}: {best_val.get(baseline or '', float('nan')):.4f}, "

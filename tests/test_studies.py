@@ -264,3 +264,11 @@ def test_a_study_refuses_a_bad_override_before_any_sweep(tmp_path, monkeypatch, 
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1
     assert not any(tmp_path.iterdir())  # nothing ran, nothing was written
+
+
+def test_the_learning_rate_search_breaks_a_tie_by_the_larger_rate_as_a_number():
+    from backprop_lab.studies import best_rate
+
+    assert best_rate([(0.63, "0.003"), (0.635, "0.001"), (0.635, "0.01")]) == "0.01"
+    assert best_rate([(0.5, "0.01"), (0.5, "1e-3")]) == "0.01"  # (as strings, "1e-3" would win)
+    assert best_rate([(0.7, "0.0003"), (0.5, "0.3")]) == "0.0003"
