@@ -25,7 +25,7 @@ from .runlog import read_metrics
 log = logging.getLogger(__name__)
 
 FINETUNE_ONLY = ("data.n_train", "pretrain.finetune", "pretrain.unfreeze_every", "pretrain.reuse")
-KEPT_BYTES = 1 << 30  # the stages kept, their weights together at most this size (oldest go first)
+KEPT_BYTES = 1 << 30  # the stages kept hold at most this many bytes of weights (the oldest go first)
 
 
 @dataclass
@@ -40,7 +40,9 @@ class Trained:
     cuda_rng: torch.Tensor | None
 
     def size(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.weights.values())
+        """Bytes held: the weights after the stage and those at its last step (in the result)."""
+        held = [*self.weights.values(), *(self.result.last_state or {}).values()]
+        return sum(t.numel() * t.element_size() for t in held)
 
 
 _trained: OrderedDict[str, Trained] = OrderedDict()

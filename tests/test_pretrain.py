@@ -122,3 +122,22 @@ def test_autoencoder_pretrains_on_reconstruction(train):
     pre = [r for r in rows if r["stage"] == "pretrain" and r["split"] == "train"]
     assert pre and all("acc" not in r for r in pre) and pre[-1]["loss"] < pre[0]["loss"]
     assert summary["stages"][1]["metrics"]["test/acc"] > 0
+
+
+def test_kept_pretraining_stages_stay_within_their_byte_budget(tmp_path, monkeypatch):
+    """A process keeps the newest stages whose weights (after the stage and at its last step) fit
+    stage_reuse.KEPT_BYTES; older ones are dropped and trained again when asked for."""
+    from collections import OrderedDict
+
+    from backprop_lab import stage_reuse
+    from backprop_lab.engine import StageResult
+
+    monkeypatch.setattr(stage_reuse, "_trained", OrderedDict())
+    monkeypatch.setattr(stage_reuse, "KEPT_BYTES", 1000)
+    model = torch.nn.Linear(10, 10)  # 110 floats: 440 bytes, twice per stage
+    (tmp_path / "metrics.jsonl").write_text("")
+    result = StageResult("pretrain", "completed", 1, 0.1, 0.0, last_state=model.state_dict())
+    cfgs = [make_cfg(*TRANSFER, f"seed={seed}") for seed in range(3)]
+    for cfg in cfgs:
+        stage_reuse.keep(cfg, tmp_path, result, model)
+    assert [stage_reuse.find(cfg) is not None for cfg in cfgs] == [False, False, True]
