@@ -199,17 +199,43 @@ class MemberLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(h, weight)
-        return torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
+        return member_matmul(h, weight.transpose(1, 2), bias.unsqueeze(1))
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         h, weight = ctx.saved_tensors
         needs_h, needs_weight, needs_bias = ctx.needs_input_grad
         return (
-            torch.bmm(grad, weight) if needs_h else None,
-            torch.bmm(grad.transpose(1, 2), h) if needs_weight else None,
+            member_matmul(grad, weight) if needs_h else None,
+            member_matmul(grad.transpose(1, 2), h) if needs_weight else None,
             grad.sum(1) if needs_bias else None,
         )
+
+
+def member_matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Each member's a[k] @ b[k] (+ bias[k]): [K, n, m] @ [K, m, p] -> [K, n, p].
+
+    On the CPU, bmm hands each thread whole members, each a one-thread gemm, so 5 members on 2 threads
+    take as long as 6. Here the members past the last full round of threads each run as one gemm over
+    all threads: a 5-member 40-512-512-10 MLP's matmuls, forward and backward, 5.2 -> 4.4 ms here. The
+    forward still gives each member its own nn.Linear's bits; a gemm over more threads may sum in
+    another order, so backward products can differ from bmm's by float rounding."""
+    count = len(a)
+    threads = torch.get_num_threads()
+    whole = count - count % threads if a.device.type == "cpu" and count > threads else count
+    if whole == count:
+        return torch.bmm(a, b) if bias is None else torch.baddbmm(bias, a, b)
+    out = a.new_empty(count, a.shape[1], b.shape[2])
+    if bias is None:
+        torch.bmm(a[:whole], b[:whole], out=out[:whole])
+    else:
+        torch.baddbmm(bias[:whole], a[:whole], b[:whole], out=out[:whole])
+    for k in range(whole, count):
+        if bias is None:
+            torch.mm(a[k], b[k], out=out[k])
+        else:
+            torch.addmm(bias[k], a[k], b[k], out=out[k])
+    return out
 
 
 def _stackable_norm(layer: nn.Module) -> bool:

@@ -107,16 +107,14 @@ class Regularization:
         """Add l1 * sign(w) + l2 * w to each regularised parameter's gradient: what backward of the L1 / L2
         terms of penalty() adds, in one pass. Autograd took 1.5 ms a step for them on a 5-member
         40-512-512-10 MLP here, as much as its dropout; this takes 0.1 ms."""
+        assert self._l1_on or self._l2_on, "called only when a penalty is on (adds_to_gradients)"
         for p in self._params():
-            term = _times(self.l1, torch.sign(p)) if self._l1_on else None
-            if self._l2_on:
-                l2 = _times(self.l2_penalty, p)
-                term = l2 if term is None else term + l2
-            assert term is not None, "called only when a penalty is on (adds_to_gradients)"
             if p.grad is None:
-                p.grad = term
-            else:
-                p.grad.add_(term)
+                p.grad = torch.zeros_like(p)
+            if self._l1_on:
+                _add_times_(p.grad, self.l1, torch.sign(p))
+            if self._l2_on:
+                _add_times_(p.grad, self.l2_penalty, p)
 
     def _custom_penalty(self) -> torch.Tensor:
         try:
@@ -157,11 +155,12 @@ def _on(coefficient: float | torch.Tensor) -> bool:
     return bool((coefficient > 0).any()) if isinstance(coefficient, torch.Tensor) else coefficient > 0
 
 
-def _times(coefficient: float | torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """coefficient * t; a [K] coefficient multiplies each member's slice of t by its own."""
+def _add_times_(total: torch.Tensor, coefficient: float | torch.Tensor, t: torch.Tensor) -> None:
+    """total += coefficient * t in one pass, without a temporary (a [K] coefficient: each member's own)."""
     if isinstance(coefficient, torch.Tensor):
-        return coefficient.view(-1, *[1] * (t.ndim - 1)) * t
-    return coefficient * t
+        total.addcmul_(coefficient.view(-1, *[1] * (t.ndim - 1)), t)
+    else:
+        total.add_(t, alpha=coefficient)
 
 
 def _weighted(coefficient: float | torch.Tensor, terms: list[torch.Tensor]) -> torch.Tensor:

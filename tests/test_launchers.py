@@ -19,7 +19,7 @@ from conftest import FAST, Quiet, Rows, make_cfg, run_cfg, sweep_here, sweep_pri
 from backprop_lab.compare import compare, find_runs
 from backprop_lab.data import load_arrays
 from backprop_lab.engine import fit
-from backprop_lab.members import Members, clip_grad_norm_per_member_, why_not_batched
+from backprop_lab.members import Members, clip_grad_norm_per_member_, member_matmul, why_not_batched
 from backprop_lab.optimizers import build_optimizer
 from backprop_lab.pretrain import plan
 from backprop_lab.regularizers import Regularization
@@ -427,6 +427,28 @@ def test_an_mlp_runs_without_vmap_and_computes_what_each_members_own_model_compu
                 assert torch.equal(outputs[0][k], own)
             for stacked, mine in zip(grads[0], own_grads, strict=True):
                 torch.testing.assert_close(stacked[k], mine, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("count", [3, 5])
+def test_member_matmul_gives_each_member_its_own_linear_layers_bits_whatever_the_thread_count(count):
+    """Members past the last full round of threads run as one gemm each: the forward is still each
+    member's nn.Linear bit for bit, and both backward products are each member's own to float rounding."""
+    threads = torch.get_num_threads()
+    torch.manual_seed(0)
+    h, weight, bias = torch.randn(count, 30, 40), torch.randn(count, 50, 40), torch.randn(count, 50)
+    grad = torch.randn(count, 30, 50)
+    try:
+        for t in (1, 2, 4):
+            torch.set_num_threads(t)
+            out = member_matmul(h, weight.transpose(1, 2), bias.unsqueeze(1))
+            for k in range(count):
+                assert torch.equal(out[k], torch.nn.functional.linear(h[k], weight[k], bias[k]))
+            grad_h, grad_weight = member_matmul(grad, weight), member_matmul(grad.transpose(1, 2), h)
+            for k in range(count):
+                torch.testing.assert_close(grad_h[k], grad[k] @ weight[k])
+                torch.testing.assert_close(grad_weight[k], grad[k].T @ h[k])
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_a_vectorized_sweep_composes_each_jobs_config_once(tmp_path, monkeypatch):
