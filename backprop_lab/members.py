@@ -136,8 +136,8 @@ class StackedMLP:
     """The forward pass of K stacked MLP Classifiers (models.build_mlp) without vmap:
     each linear layer is one batched matmul over the members' weights [K, out, in], activations and dropout
     apply to [K, B, width] elementwise. Each member's outputs are what its own model computes (the
-    linear layers' bit for bit: MemberLinear); every dropout layer draws its masks as MemberDropout does
-    under vmap."""
+    linear layers' bit for bit at 1 or 2 threads: MemberLinear); every dropout layer draws its masks as
+    MemberDropout does under vmap."""
 
     def __init__(self, blocks: list[list[tuple[str, nn.Module]]], residual_from: int | None):
         self.blocks, self.residual_from = blocks, residual_from
@@ -192,7 +192,8 @@ def _linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.
 
 class MemberLinear(torch.autograd.Function):
     """K linear layers as one: the forward is baddbmm, which for each member gives what its own
-    nn.Linear (addmm, the bias fused) gives, bit for bit on the CPU. The backward makes the weights'
+    nn.Linear (addmm, the bias fused) gives, bit for bit on the CPU at 1 or 2 threads (at more, torch's
+    gemm for one small nn.Linear may split its sums: the same to float rounding). The backward makes the weights'
     gradient g^T h in their own layout [K, out, in], as torch does for one nn.Linear; autograd's bmm
     backward made it transposed and then copied it into place, a third of a 40-512-512-10 MLP's step."""
 
@@ -212,17 +213,21 @@ class MemberLinear(torch.autograd.Function):
         )
 
 
+SPLIT_MACS = 2**21  # per member; the crossover measured here was 1-2 M (a 100 x 100 x 100 product: no gain)
+
+
 def member_matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Each member's a[k] @ b[k] (+ bias[k]): [K, n, m] @ [K, m, p] -> [K, n, p].
 
     On the CPU, bmm hands each thread whole members, each a one-thread gemm, so 5 members on 2 threads
     take as long as 6. Here the members past the last full round of threads each run as one gemm over
     all threads: a 5-member 40-512-512-10 MLP's matmuls, forward and backward, 5.2 -> 4.4 ms here. The
-    forward still gives each member its own nn.Linear's bits; a gemm over more threads may sum in
-    another order, so backward products can differ from bmm's by float rounding."""
-    count = len(a)
-    threads = torch.get_num_threads()
-    whole = count - count % threads if a.device.type == "cpu" and count > threads else count
+    forward still gives each member what its own nn.Linear gives (addmm); a gemm over more threads may
+    sum in another order, so backward products can differ from bmm's by float rounding. Below SPLIT_MACS
+    multiply-adds per member the extra calls cost what the balance gains."""
+    count, threads = len(a), torch.get_num_threads()
+    balance = a.device.type == "cpu" and count > threads and a.shape[1] * a.shape[2] * b.shape[2] >= SPLIT_MACS
+    whole = count - count % threads if balance else count
     if whole == count:
         return torch.bmm(a, b) if bias is None else torch.baddbmm(bias, a, b)
     out = a.new_empty(count, a.shape[1], b.shape[2])

@@ -19,7 +19,7 @@ from conftest import FAST, Quiet, Rows, make_cfg, run_cfg, sweep_here, sweep_pri
 from backprop_lab.compare import compare, find_runs
 from backprop_lab.data import load_arrays
 from backprop_lab.engine import fit
-from backprop_lab.members import Members, clip_grad_norm_per_member_, member_matmul, why_not_batched
+from backprop_lab.members import SPLIT_MACS, Members, clip_grad_norm_per_member_, member_matmul, why_not_batched
 from backprop_lab.optimizers import build_optimizer
 from backprop_lab.pretrain import plan
 from backprop_lab.regularizers import Regularization
@@ -378,9 +378,9 @@ def test_per_member_clipping_is_torchs_clipping_of_each_member():
         ("regularizer=batchnorm",),
     ],
 )
-def test_an_mlp_runs_without_vmap_and_computes_what_each_members_own_model_computes(overrides):
+def test_an_mlp_runs_without_vmap_and_computes_what_each_members_own_model_computes(overrides, two_threads):
     """StackedMLP (linear layers as batched matmuls, no vmap): each member's outputs are its own model's bit
-    for bit, its gradients its own model's to float rounding; dropout draws vmap's masks and batch norm
+    for bit (at 2 threads), its gradients its own model's to float rounding; dropout draws vmap's masks and batch norm
     moves its running statistics as under vmap, for members' own batches and a shared one; other nets
     stay with vmap."""
     cfg = make_cfg(*FAST, *overrides)
@@ -429,26 +429,38 @@ def test_an_mlp_runs_without_vmap_and_computes_what_each_members_own_model_compu
                 torch.testing.assert_close(stacked[k], mine, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("count", [3, 5])
-def test_member_matmul_gives_each_member_its_own_linear_layers_bits_whatever_the_thread_count(count):
-    """Members past the last full round of threads run as one gemm each: the forward is still each
-    member's nn.Linear bit for bit, and both backward products are each member's own to float rounding."""
+@pytest.fixture
+def two_threads():
+    """torch at 2 threads, this machine's cores. At more, torch's gemm for one small nn.Linear may split
+    its sums where a batched one does not: the same to float rounding, not bit for bit."""
     threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize(("count", "width"), [(3, 256), (5, 256), (5, 40)])
+def test_member_matmul_gives_each_member_its_own_linear_layer_at_any_thread_count(count, width, two_threads):
+    """Members past the last full round of threads run as one gemm each (products of SPLIT_MACS or more
+    per member; width 40 stays below). The forward is each member's nn.Linear bit for bit at 1 and 2
+    threads and to float rounding at 4 (see two_threads); both backward products are each member's own
+    to float rounding."""
     torch.manual_seed(0)
-    h, weight, bias = torch.randn(count, 30, 40), torch.randn(count, 50, 40), torch.randn(count, 50)
-    grad = torch.randn(count, 30, 50)
-    try:
-        for t in (1, 2, 4):
-            torch.set_num_threads(t)
-            out = member_matmul(h, weight.transpose(1, 2), bias.unsqueeze(1))
-            for k in range(count):
-                assert torch.equal(out[k], torch.nn.functional.linear(h[k], weight[k], bias[k]))
-            grad_h, grad_weight = member_matmul(grad, weight), member_matmul(grad.transpose(1, 2), h)
-            for k in range(count):
-                torch.testing.assert_close(grad_h[k], grad[k] @ weight[k])
-                torch.testing.assert_close(grad_weight[k], grad[k].T @ h[k])
-    finally:
+    h, weight, bias = torch.randn(count, 64, width), torch.randn(count, width, width), torch.randn(count, width)
+    grad = torch.randn(count, 64, width)
+    assert (64 * width * width >= SPLIT_MACS) == (width == 256)
+    for threads in (1, 2, 4):
         torch.set_num_threads(threads)
+        out = member_matmul(h, weight.transpose(1, 2), bias.unsqueeze(1))
+        grad_h, grad_weight = member_matmul(grad, weight), member_matmul(grad.transpose(1, 2), h)
+        for k in range(count):
+            own = torch.nn.functional.linear(h[k], weight[k], bias[k])
+            if threads <= 2:
+                assert torch.equal(out[k], own)
+            else:
+                torch.testing.assert_close(out[k], own)
+            torch.testing.assert_close(grad_h[k], grad[k] @ weight[k])
+            torch.testing.assert_close(grad_weight[k], grad[k].T @ h[k])
 
 
 def test_a_vectorized_sweep_composes_each_jobs_config_once(tmp_path, monkeypatch):
