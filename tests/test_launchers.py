@@ -368,6 +368,16 @@ def test_per_member_clipping_is_torchs_clipping_of_each_member():
             torch.testing.assert_close(p.grad[k], a.grad)
 
 
+@pytest.fixture
+def two_threads():
+    """torch at 2 threads, this machine's cores. At more, torch's gemm for one small nn.Linear may split
+    its sums where a batched one does not: the same to float rounding, not bit for bit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -427,16 +437,6 @@ def test_an_mlp_runs_without_vmap_and_computes_what_each_members_own_model_compu
                 assert torch.equal(outputs[0][k], own)
             for stacked, mine in zip(grads[0], own_grads, strict=True):
                 torch.testing.assert_close(stacked[k], mine, rtol=1e-4, atol=1e-5)
-
-
-@pytest.fixture
-def two_threads():
-    """torch at 2 threads, this machine's cores. At more, torch's gemm for one small nn.Linear may split
-    its sums where a batched one does not: the same to float rounding, not bit for bit."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize(("count", "width"), [(3, 256), (5, 256), (5, 40)])
