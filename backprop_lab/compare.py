@@ -36,6 +36,7 @@ class Run:
     error: str | None = None
     seed: int | None = None
     overrides: list[str] = field(default_factory=list)  # as the user wrote them
+    warnings: list[str] = field(default_factory=list)  # a completed run's signs of a blow-up (instability.py)
 
 
 def canonical(value: str) -> str:
@@ -84,6 +85,7 @@ def read_run(path: Path) -> Run:
         summary.get("error"),
         seed if isinstance(seed, int) else None,
         [str(o) for o in overrides],
+        [str(w) for w in summary.get("warnings") or []],
     )
 
 
@@ -170,6 +172,14 @@ class Row:
             counts[r.status] = counts.get(r.status, 0) + 1
         return counts
 
+    @property
+    def status_text(self) -> str:
+        """'3 completed' or '2 completed, 1 diverged'; completed runs with warnings are counted too
+        ('3 completed (1 unstable)'): their numbers are in the statistics, and the reader should know."""
+        text = ", ".join(f"{v} {k}" for k, v in sorted(self.statuses.items()))
+        unstable = sum(1 for r in self.runs if r.status == "completed" and r.warnings)
+        return text + (f" ({unstable} unstable)" if unstable else "")
+
 
 def compare(
     runs: list[Run], metrics: list[str], by: list[str] | None = None, filters: list[str] | None = None
@@ -231,7 +241,7 @@ def records(columns: list[str], rows: list[Row], metrics: list[str]) -> list[dic
                 }
             )
         rec["runs"] = len(row.runs)
-        rec["status"] = ", ".join(f"{v} {k}" for k, v in sorted(row.statuses.items()))
+        rec["status"] = row.status_text
         out.append(rec)
     return out
 
@@ -250,12 +260,7 @@ def render(columns: list[str], rows: list[Row], metrics: list[str], fmt: str) ->
     """csv / json / markdown as text; None for the rich table (printed directly)."""
     n_label = (lambda m: "n") if len(metrics) == 1 else (lambda m: f"{m} n")
     header = list(columns) + [h for m in metrics for h in (n_label(m), f"{m} mean ± std", f"{m} 95% CI")] + ["status"]
-    body = [
-        [row.setting.get(c, "") for c in columns]
-        + _text_cells(row, metrics)
-        + [", ".join(f"{v} {k}" for k, v in sorted(row.statuses.items()))]
-        for row in rows
-    ]
+    body = [[row.setting.get(c, "") for c in columns] + _text_cells(row, metrics) + [row.status_text] for row in rows]
     if fmt == "json":
         return json.dumps(records(columns, rows, metrics), indent=2)
     if fmt == "csv":

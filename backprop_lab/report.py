@@ -178,6 +178,11 @@ def write_report(
         lines += ["## Runs that did not complete", ""]
         lines += [f"- `{r.path}`: {r.status}" + (f" ({r.error})" if r.error else "") for r in unfinished]
         lines.append("")
+    unstable = [r for r in runs if r.status == "completed" and r.warnings]
+    if unstable:
+        lines += ["## Completed runs whose loss blew up (their numbers are in the table)", ""]
+        lines += [f"- `{r.path}`: {'; '.join(r.warnings)}" for r in unstable]
+        lines.append("")
     lines += ["## Plots", ""]
     lines += [f"![{p.stem}]({p.name})" for p in images if p is not None]
     report = out / "report.md"

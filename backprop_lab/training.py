@@ -515,7 +515,7 @@ def _run_members(
         )
         results = _train(jobs, plans, runlogs, world, resume_from, on_stage_end)
         for k, summary in enumerate(summaries):
-            _conclude(summary, stages[k][-1], results[k], count)
+            _conclude(summary, stages[k][-1], results[k], count, plans[k].target.num_classes)
     except RefusedError as err:
         update(status="failed", error=str(err), refused=True)  # bad input, as opposed to a crash
         err_console.print(f"error: {err}", markup=False)
@@ -545,8 +545,9 @@ def _run_members(
     return summaries
 
 
-def _conclude(summary: dict[str, Any], final: dict[str, Any], results: list[Any], count: int) -> None:
-    """A trained job's status and metrics from its last stage; a diverged one says what to try."""
+def _conclude(summary: dict[str, Any], final: dict[str, Any], results: list[Any], count: int, classes: int) -> None:
+    """A trained job's status and metrics from its last stage; a diverged one says what to try, and a
+    completed one whose losses blew up while staying finite is warned about (instability.py)."""
     statuses = {r.status for r in results}
     summary.update(
         status="completed" if statuses == {"completed"} else "pruned" if "pruned" in statuses else "diverged",
@@ -556,9 +557,14 @@ def _conclude(summary: dict[str, Any], final: dict[str, Any], results: list[Any]
     )
     if summary["status"] == "pruned":  # (the Optuna sweeper's pruner stopped it: search.TrialReporter)
         summary["error"] = f"pruned by the search's pruner at step {final['steps']} of stage {final['stage']}"
+    where = f" ({summary['run_dir']})" if count > 1 else ""
     if summary["status"] == "diverged":
         summary["error"] = f"non-finite loss in stage {final['stage']} at step {final['steps']}"
-        err_console.print(
-            f"diverged: {summary['error']}; lower optimizer.lr or set trainer.grad_clip"
-            + (f" ({summary['run_dir']})" if count > 1 else "")
-        )
+        err_console.print(f"diverged: {summary['error']}; lower optimizer.lr or set trainer.grad_clip{where}")
+    if summary["status"] == "completed":
+        from .instability import loss_warnings
+
+        path = Path(summary["run_dir"]) / "metrics.jsonl"
+        summary["warnings"] = loss_warnings(final["metrics"], classes, path, final["stage"])
+        for line in summary["warnings"]:
+            err_console.print(f"warning: {line}{where}", markup=False)

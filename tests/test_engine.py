@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +14,7 @@ from backprop_lab.engine import fit
 from backprop_lab.optimizers import build_optimizer
 from backprop_lab.pretrain import plan
 from backprop_lab.regularizers import Regularization
+from backprop_lab.runlog import read_metrics
 
 
 def test_one_full_batch_step_matches_a_hand_written_step():
@@ -76,6 +78,42 @@ def test_divergence_is_a_status_not_a_crash(train):
     assert "non-finite" in summary["error"]
     assert summary["stages"][0]["steps"] < 50  # stopped at the first logging point that saw it
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_a_loss_that_blows_up_but_stays_finite_completes_with_a_warning(train, tmp_path, capsys):
+    from backprop_lab.compare import compare, find_runs
+    from backprop_lab.report import write_report
+
+    chance = math.log(4)  # synthetic data: 4 classes
+    wild, wild_dir = train("optimizer=rmsprop", "optimizer.lr=0.3", "trainer.max_steps=30", "trainer.log_every=5")
+    sane, sane_dir = train("optimizer=sgd", "optimizer.lr=0.3", "trainer.max_steps=30", "trainer.log_every=5")
+    assert wild["status"] == sane["status"] == "completed"
+    high = [k for k in ("train/loss", "val/loss", "test/loss") if wild["metrics"][k] > 10 * chance]
+    assert high and wild["warnings"][0].startswith("unstable: " + high[0])
+    peak = max(r["loss"] for r in read_metrics(wild_dir / "metrics.jsonl")[1:] if r["split"] == "train")
+    assert peak > 100 * chance and f"loss spike: train loss {peak:.4g}" in wild["warnings"][1]
+    assert "warning: unstable" in capsys.readouterr().err
+    assert max(sane["metrics"][k] for k in ("train/loss", "val/loss", "test/loss")) < 10 * chance
+    assert sane["warnings"] == []
+    for run_dir, name in ((wild_dir, "rmsprop"), (sane_dir, "sgd")):  # what the CLI writes beside summary.json
+        (run_dir / ".hydra").mkdir()
+        (run_dir / ".hydra" / "overrides.yaml").write_text(f"- optimizer={name}\n")
+        (run_dir / ".hydra" / "config.yaml").write_text(f"optimizer:\n  name: {name}\n")
+    _, rows = compare(find_runs([tmp_path]), ["test/acc"], by=["optimizer"])
+    assert sorted(r.status_text for r in rows) == ["1 completed", "1 completed (1 unstable)"]
+    report = write_report([tmp_path], tmp_path / "report", ["test/acc"]).read_text()
+    assert f"`{wild_dir}`: unstable:" in report
+
+
+def test_loss_warnings_draw_the_line_at_ten_times_chance(tmp_path):
+    from backprop_lab.instability import loss_warnings
+
+    line = 10 * math.log(10)
+    assert loss_warnings({"test/loss": line * 0.99}, 10, tmp_path / "none.jsonl", "train") == []
+    assert loss_warnings({"test/loss": line * 1.01}, 10, tmp_path / "none.jsonl", "train")[0].startswith(
+        "unstable: test/loss"
+    )
+    assert loss_warnings({"test/loss": float("inf")}, 10, tmp_path / "none.jsonl", "train") == []  # (diverged's)
 
 
 def test_early_stopping_counts_evaluations_without_improvement(train):
