@@ -127,6 +127,25 @@ def member_dropout(x: torch.Tensor, rate: torch.Tensor | float, training: bool) 
     return x * ((torch.rand_like(x) >= rate) / (1 - rate))  # (in-place ops here have no rule under vmap)
 
 
+MASK_BITS = 15  # random bits per element of a stacked dropout mask: four elements from each int64 draw
+
+
+def stacked_dropout(x: torch.Tensor, rate: torch.Tensor, training: bool) -> torch.Tensor:
+    """Dropout for the stacked MLP (outside vmap), x [K, B, width], rate [K, 1, 1]: each element is kept
+    with probability q = 1 - round(rate * 2^15) / 2^15 (within 2^-16 of 1 - rate) and scaled by 1 / q,
+    so each output's expectation is its input exactly. Its masks take 15 random bits per element, four
+    elements to one int64 draw of torch's generator: a [5, 100, 512] layer's dropout, forward and
+    backward, 0.79 -> 0.43 ms here against member_dropout's one float draw per element."""
+    if not training:
+        return x
+    count = x.numel()
+    words = torch.empty((count + 3) // 4, dtype=torch.int64, device=x.device).random_()  # 63 random bits each
+    bits = words.view(torch.int16)[:count].view(x.shape).bitwise_and_(2**MASK_BITS - 1)
+    dropped = torch.round(rate * 2**MASK_BITS).clamp_(max=2**MASK_BITS - 1)  # (a rate within 2^-16 of 1 keeps 2^-15)
+    keep = (bits >= dropped.to(torch.int16)).to(x.dtype).mul_(2**MASK_BITS / (2**MASK_BITS - dropped))
+    return x * keep
+
+
 # Activations that map each element on its own and hold no parameters: they apply to [K, B, width]
 # as they do to [B, width]. (PReLU has a weight per member; a user's activation may not be elementwise.)
 ELEMENTWISE = tuple(cls for name, cls in ACTIVATIONS.items() if name != "prelu")
@@ -136,8 +155,8 @@ class StackedMLP:
     """The forward pass of K stacked MLP Classifiers (models.build_mlp) without vmap:
     each linear layer is one batched matmul over the members' weights [K, out, in], activations and dropout
     apply to [K, B, width] elementwise. Each member's outputs are what its own model computes (the
-    linear layers' bit for bit at 1 or 2 threads: MemberLinear); every dropout layer draws its masks as
-    MemberDropout does under vmap."""
+    linear layers' bit for bit at 1 or 2 threads: MemberLinear); every dropout layer draws its own masks
+    for each member (stacked_dropout)."""
 
     def __init__(self, blocks: list[list[tuple[str, nn.Module]]], residual_from: int | None):
         self.blocks, self.residual_from = blocks, residual_from
@@ -171,7 +190,7 @@ class StackedMLP:
                 if isinstance(layer, nn.Linear):
                     out = _linear(out, params[f"{path}.weight"], params[f"{path}.bias"])
                 elif isinstance(layer, MemberDropout):
-                    out = member_dropout(out, buffers[f"{path}.rate"].view(count, 1, 1), layer.training)
+                    out = stacked_dropout(out, buffers[f"{path}.rate"].view(count, 1, 1), layer.training)
                 elif isinstance(layer, nn.BatchNorm1d):
                     out = _batch_norm(out, layer, path, params, buffers)
                 else:

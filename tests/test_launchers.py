@@ -19,7 +19,14 @@ from conftest import FAST, Quiet, Rows, make_cfg, run_cfg, sweep_here, sweep_pri
 from backprop_lab.compare import compare, find_runs
 from backprop_lab.data import load_arrays
 from backprop_lab.engine import fit
-from backprop_lab.members import SPLIT_MACS, Members, clip_grad_norm_per_member_, member_matmul, why_not_batched
+from backprop_lab.members import (
+    SPLIT_MACS,
+    Members,
+    clip_grad_norm_per_member_,
+    member_matmul,
+    stacked_dropout,
+    why_not_batched,
+)
 from backprop_lab.optimizers import build_optimizer
 from backprop_lab.pretrain import plan
 from backprop_lab.regularizers import Regularization
@@ -307,6 +314,22 @@ def test_members_drop_out_at_their_own_rates():
     assert set(members.member_state(1)) == set(models[1].state_dict())
 
 
+def test_stacked_dropout_keeps_each_element_at_its_members_rate_and_is_unbiased():
+    """The stacked MLP's dropout (15-bit masks): member k keeps an element with probability
+    q = 1 - round(rate * 2^15) / 2^15 and scales it by 1 / q; masks are independent between members."""
+    torch.manual_seed(0)
+    rates = (0.0, 0.2, 0.5, 0.5)
+    x = torch.randn(len(rates), 200, 200)  # 40000 draws a member
+    out = stacked_dropout(x, torch.tensor(rates).view(-1, 1, 1), training=True)
+    for k, p in enumerate(rates):
+        q = 1 - round(p * 2**15) / 2**15
+        kept = out[k] != 0
+        assert abs(kept.float().mean().item() - q) < 4 * math.sqrt(q * (1 - q) / 40000) + 1e-9
+        torch.testing.assert_close(out[k][kept], x[k][kept] / q)
+    assert 0.45 < ((out[2] != 0) == (out[3] != 0)).float().mean().item() < 0.55  # same rate, own masks
+    assert stacked_dropout(x, torch.tensor(rates).view(-1, 1, 1), training=False) is x
+
+
 def test_dropout_masks_differ_between_members():
     cfg = make_cfg(*FAST, "regularizer=dropout", "regularizer.dropout=0.5")
     torch.manual_seed(0)
@@ -388,11 +411,21 @@ def two_threads():
         ("regularizer=batchnorm",),
     ],
 )
-def test_an_mlp_runs_without_vmap_and_computes_what_each_members_own_model_computes(overrides, two_threads):
+def test_an_mlp_runs_without_vmap_and_computes_what_each_members_own_model_computes(
+    overrides, two_threads, monkeypatch
+):
     """StackedMLP (linear layers as batched matmuls, no vmap): each member's outputs are its own model's bit
-    for bit (at 2 threads), its gradients its own model's to float rounding; dropout draws vmap's masks and batch norm
-    moves its running statistics as under vmap, for members' own batches and a shared one; other nets
-    stay with vmap."""
+    for bit (at 2 threads), its gradients its own model's to float rounding; with dropout, its own model's
+    under the masks the stacked dropout drew; batch norm moves its running statistics as under vmap, for
+    members' own batches and a shared one; other nets stay with vmap."""
+    masks = []
+
+    def recorded(x, rate, training):  # the stacked dropout, its scaled masks kept for the check below
+        keep = stacked_dropout(torch.ones_like(x), rate, training)
+        masks.append(keep)
+        return x * keep
+
+    monkeypatch.setattr("backprop_lab.members.stacked_dropout", recorded)
     cfg = make_cfg(*FAST, *overrides)
     arrays = load_arrays(cfg.data)
     models = []
@@ -411,6 +444,7 @@ def test_an_mlp_runs_without_vmap_and_computes_what_each_members_own_model_compu
         outputs, grads = [], []
         statistics = [b.clone() for b in members.buffers()]  # (batch norm's, which a training forward moves)
         moved = []
+        masks.clear()
         for path in (stacked_mlp, None):  # (None: vmap)
             members._mlp = path
             for b, start in zip(members.buffers(), statistics, strict=True):
@@ -424,14 +458,25 @@ def test_an_mlp_runs_without_vmap_and_computes_what_each_members_own_model_compu
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
         members._mlp = stacked_mlp
         assert outputs[0].shape == (3, 16, 4)  # (synthetic data: 4 classes)
-        torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-6)  # dropout: the same masks
-        for a, b in zip(*grads, strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-        if (training and "regularizer=dropout" in overrides) or "regularizer=batchnorm" in overrides:
-            continue  # (other masks; running statistics that every training forward above moved)
+        dropping = training and "regularizer=dropout" in overrides
+        if not dropping:  # (vmap draws its masks otherwise)
+            torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-6)
+            for a, b in zip(*grads, strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        if "regularizer=batchnorm" in overrides:
+            continue  # (running statistics that every training forward above moved)
         for k, model in enumerate(models):  # each member against its own model
             model.train(training)
+            hooks = []
+            if dropping:  # its dropout layers apply member k's masks from the stacked forward
+                layers = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+                assert len(layers) == len(masks) > 0
+                for layer, mask in zip(layers, masks, strict=True):
+                    layer.eval()
+                    hooks.append(layer.register_forward_hook(lambda m, i, o, mask=mask[k]: o * mask))
             own = model(x[0] if shared else x[k])
+            for hook in hooks:
+                hook.remove()
             own_grads = torch.autograd.grad(own.square().sum(), list(model.parameters()))
             if members._mlp is not None:
                 assert torch.equal(outputs[0][k], own)
