@@ -212,13 +212,17 @@ def _linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.
 class MemberLinear(torch.autograd.Function):
     """K linear layers as one: the forward is baddbmm, which for each member gives what its own
     nn.Linear (addmm, the bias fused) gives, bit for bit on the CPU at 1 or 2 threads (at more, torch's
-    gemm for one small nn.Linear may split its sums: the same to float rounding). The backward makes the weights'
-    gradient g^T h in their own layout [K, out, in], as torch does for one nn.Linear; autograd's bmm
-    backward made it transposed and then copied it into place, a third of a 40-512-512-10 MLP's step."""
+    gemm for one small nn.Linear may split its sums: the same to float rounding). Where gemm_backend()
+    is onednn, products of ONEDNN_MACS or more (forward and input gradient) run through oneDNN: the
+    same to float rounding. The backward makes the weights' gradient g^T h in their own layout
+    [K, out, in], as torch does for one nn.Linear; autograd's bmm backward made it transposed and then
+    copied it into place, a third of a 40-512-512-10 MLP's step."""
 
     @staticmethod
     def forward(ctx: Any, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(h, weight)
+        if use_onednn(h, weight):
+            return onednn_linear(h, weight, bias)
         return member_matmul(h, weight.transpose(1, 2), bias.unsqueeze(1))
 
     @staticmethod
@@ -226,10 +230,71 @@ class MemberLinear(torch.autograd.Function):
         h, weight = ctx.saved_tensors
         needs_h, needs_weight, needs_bias = ctx.needs_input_grad
         return (
-            member_matmul(grad, weight) if needs_h else None,
+            _input_grad(grad, weight) if needs_h else None,
             member_matmul(grad.transpose(1, 2), h) if needs_weight else None,
             grad.sum(1) if needs_bias else None,
         )
+
+
+def _input_grad(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """grad [K, n, p] @ weight [K, p, m]: each member's gradient for the layer's input."""
+    if use_onednn(grad, weight):
+        return onednn_linear(grad, weight.transpose(1, 2))
+    return member_matmul(grad, weight)
+
+
+GEMM_CHOICES = ("auto", "mkl", "onednn")
+ONEDNN_MACS = 2**22  # per member and product; below it oneDNN's per-call cost (~15 us) outweighs its kernel
+
+
+def gemm_backend() -> str:
+    """Which library computes a batched MLP's large forward and input-gradient products on the CPU:
+    `onednn` or `mkl`, from BACKPROP_LAB_GEMM (auto | mkl | onednn; auto: onednn on AMD CPUs with
+    AVX-512). MKL's sgemm runs its AVX2 kernels on AMD CPUs: on this repo's Zen 5 machine oneDNN's
+    AVX-512 kernels compute [100, 512] @ [512, 512] in half MKL's time. The weights' gradients stay with
+    MKL (oneDNN was slower there, with transposed operands). Read once a process."""
+    global _backend
+    if _backend is None:
+        import os
+
+        from .errors import RefusedError
+
+        chosen = os.environ.get("BACKPROP_LAB_GEMM", "auto")
+        if chosen not in GEMM_CHOICES:
+            raise RefusedError(f"BACKPROP_LAB_GEMM={chosen} is not valid: choose {', '.join(GEMM_CHOICES)}")
+        available = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        if chosen == "auto":
+            chosen = "onednn" if available and _amd_with_avx512() else "mkl"
+        _backend = chosen if available else "mkl"
+    return _backend
+
+
+_backend: str | None = None
+
+
+def _amd_with_avx512() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            amd = "AuthenticAMD" in f.read(4096)
+    except OSError:  # (not Linux: no /proc)
+        return False
+    return amd and torch.backends.cpu.get_cpu_capability() == "AVX512"
+
+
+def use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether x [K, n, m] times each member's weight (either layout: m x p or p x m) goes to oneDNN."""
+    macs = x.shape[1] * weight.shape[1] * weight.shape[2]
+    return x.device.type == "cpu" and x.dtype == torch.float32 and macs >= ONEDNN_MACS and gemm_backend() == "onednn"
+
+
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Each member's x[k] @ weight[k]^T (+ bias[k]) through oneDNN's fp32 matmul (torch's
+    mkldnn._linear_pointwise, the op Inductor uses for nn.Linear on the CPU): x [K, n, m], weight
+    [K, p, m] (a transposed view is fine) -> [K, n, p]. The same products as bmm to float rounding."""
+    linear = torch.ops.mkldnn._linear_pointwise
+    return torch.stack(
+        [linear(x[k], weight[k], None if bias is None else bias[k], "none", [], "") for k in range(len(x))]
+    )
 
 
 SPLIT_MACS = 2**21  # per member; the crossover measured here was 1-2 M (a 100 x 100 x 100 product: no gain)

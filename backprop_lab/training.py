@@ -487,6 +487,10 @@ def _run_members(
         from .regularizers import active_regularizers
 
         p = plans[0]
+        if count > 1 and device.type == "cpu":  # (a batched model's large products: members.gemm_backend)
+            from .members import gemm_backend
+
+            update(member_gemm=gemm_backend())
         update(
             regularizers_active=active_regularizers(cfg.regularizer),
             device=str(device),

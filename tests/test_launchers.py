@@ -16,11 +16,14 @@ import pytest
 import torch
 from conftest import FAST, Quiet, Rows, make_cfg, run_cfg, sweep_here, sweep_printed
 
+import backprop_lab.members as members_module
 from backprop_lab.compare import compare, find_runs
 from backprop_lab.data import load_arrays
 from backprop_lab.engine import fit
+from backprop_lab.errors import RefusedError
 from backprop_lab.members import (
     SPLIT_MACS,
+    MemberLinear,
     Members,
     clip_grad_norm_per_member_,
     member_matmul,
@@ -506,6 +509,57 @@ def test_member_matmul_gives_each_member_its_own_linear_layer_at_any_thread_coun
                 torch.testing.assert_close(out[k], own)
             torch.testing.assert_close(grad_h[k], grad[k] @ weight[k])
             torch.testing.assert_close(grad_weight[k], grad[k].T @ h[k])
+
+
+@pytest.mark.parametrize("backend", ["mkl", "onednn"])
+def test_member_linear_on_either_gemm_library_gives_each_member_its_own_layer(backend, monkeypatch):
+    """MemberLinear's forward and input gradient through oneDNN (products of ONEDNN_MACS or more) or MKL,
+    against each member's own nn.Linear and its autograd: the same to float rounding; bit for bit on MKL
+    at 2 threads. The weights' gradient stays with MKL either way."""
+    if backend == "onednn" and not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        pytest.skip("this torch build has no oneDNN matmul")
+    monkeypatch.setattr(members_module, "_backend", backend)
+    torch.manual_seed(0)
+    h = torch.randn(3, 64, 256, requires_grad=True)
+    weight, bias = torch.randn(3, 256, 256, requires_grad=True), torch.randn(3, 256, requires_grad=True)
+    assert members_module.use_onednn(h, weight) == (backend == "onednn")  # 64 x 256 x 256 = ONEDNN_MACS
+    grad = torch.randn(3, 64, 256)
+    out = MemberLinear.apply(h, weight, bias)
+    grads = torch.autograd.grad(out, (h, weight, bias), grad)
+    for k in range(3):
+        hk, wk, bk = (t[k].detach().clone().requires_grad_(True) for t in (h, weight, bias))
+        own = torch.nn.functional.linear(hk, wk, bk)
+        own_grads = torch.autograd.grad(own, (hk, wk, bk), grad[k])
+        if backend == "mkl" and torch.get_num_threads() <= 2:
+            assert torch.equal(out[k], own)
+        torch.testing.assert_close(out[k], own, rtol=1e-5, atol=1e-4)  # (sums of 256 products ~16 in size)
+        for mine, theirs in zip(grads, own_grads, strict=True):
+            torch.testing.assert_close(mine[k], theirs, rtol=1e-5, atol=1e-4)
+
+
+def test_members_whose_products_run_on_onednn_end_where_their_own_runs_end(tmp_path, capfd, monkeypatch):
+    """A 256-wide MLP at batch 64: its middle layer's forward and input gradient go to oneDNN (64 x 256 x
+    256 = ONEDNN_MACS), the separate runs' nn.Linear to MKL; each member's metrics equal its own run's."""
+    if not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        pytest.skip("this torch build has no oneDNN matmul")
+    monkeypatch.setattr(members_module, "_backend", "onednn")
+    wide = ["model.width=256", "trainer.batch_size=64"]
+    out = sweep_logged(capfd, tmp_path / "vec", "hydra/launcher=vectorized", "seed=0,1", *wide)
+    assert "one batched model: #0 #1" in out
+    basic = separate_runs(tmp_path / "basic", wide, ["seed=0", "seed=1"])
+    for job in ("0", "1"):
+        assert json.loads((tmp_path / "vec" / job / "summary.json").read_text())["member_gemm"] == "onednn"
+        assert_same_rows(rows(tmp_path / "vec" / job), rows(basic / job), rtol=1e-4)
+
+
+def test_the_gemm_library_is_the_users_to_choose(monkeypatch):
+    monkeypatch.setattr(members_module, "_backend", None)
+    monkeypatch.setenv("BACKPROP_LAB_GEMM", "mkl")
+    assert members_module.gemm_backend() == "mkl"
+    monkeypatch.setattr(members_module, "_backend", None)
+    monkeypatch.setenv("BACKPROP_LAB_GEMM", "openblas")
+    with pytest.raises(RefusedError, match="BACKPROP_LAB_GEMM=openblas is not valid: choose auto, mkl, onednn"):
+        members_module.gemm_backend()
 
 
 def test_a_vectorized_sweep_composes_each_jobs_config_once(tmp_path, monkeypatch):
