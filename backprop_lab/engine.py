@@ -33,7 +33,7 @@ from .data import Split
 from .diagnostics import Diagnostics
 from .distributed import SINGLE, World
 from .errors import RefusedError
-from .member_optimizers import MemberOptimizers, MemberSchedulers
+from .member_optimizers import MemberOptimizers, MemberSchedulers, member_optimizer_state, scaled_rates
 from .members import Members, clip_grad_norm_per_member_
 from .regularizers import Regularization
 
@@ -116,31 +116,6 @@ def _per_member(metrics: dict[str, torch.Tensor], count: int) -> list[dict[str, 
         return [{} for _ in range(count)]
     values = torch.stack([v.reshape(count) for v in metrics.values()]).T.tolist()
     return [dict(zip(metrics, row, strict=True)) for row in values]
-
-
-def _member_optimizer_state(state: dict[str, Any], k: int, rate: float = 1.0) -> dict[str, Any]:
-    """Member k's part of an optimizer state over stacked parameters: what an optimizer of member k
-    alone would hold (the optimizers are elementwise; scalar entries such as `step` are shared). Members
-    trained at rate factors have their groups' rates scaled by member k's `rate`."""
-    sliced = {
-        i: {key: v[k].clone() if isinstance(v, torch.Tensor) and v.ndim > 0 else v for key, v in s.items()}
-        for i, s in state["state"].items()
-    }
-    return {"state": sliced, "param_groups": [_scaled_rates(g, rate) for g in state["param_groups"]]}
-
-
-RATE_KEYS = ("lr", "initial_lr", "max_lr", "min_lr", "base_lrs", "_last_lr")  # (optimizer groups, schedulers)
-
-
-def _scaled_rates(state: dict[str, Any], rate: float) -> dict[str, Any]:
-    """A param group's or a scheduler's state with every learning rate in it times `rate`."""
-    if rate == 1.0:
-        return state
-
-    def scale(v: Any) -> Any:
-        return [x * rate for x in v] if isinstance(v, list) else v * rate
-
-    return {key: scale(v) if key in RATE_KEYS else v for key, v in state.items()}
 
 
 def _state(model: nn.Module, k: int) -> dict[str, torch.Tensor]:
@@ -338,8 +313,8 @@ class Stage:
         optimizer_state = self.optimizer.state_dict()
         rate = 1.0 if self.member_lr is None else float(self.member_lr[k])  # rates saved as its own run's
         return {
-            "optimizer": _member_optimizer_state(optimizer_state, k, rate) if self.count > 1 else optimizer_state,
-            "scheduler": _scaled_rates(self.scheduler.state_dict(), rate) if self.scheduler is not None else None,
+            "optimizer": member_optimizer_state(optimizer_state, k, rate) if self.count > 1 else optimizer_state,
+            "scheduler": scaled_rates(self.scheduler.state_dict(), rate) if self.scheduler is not None else None,
         }
 
     def checkpoint_or_stop(self) -> None:

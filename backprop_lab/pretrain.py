@@ -266,7 +266,7 @@ def fit_members(
     optimizers, schedulers = [c.optimizer for c in cfgs], [c.scheduler for c in cfgs]
     lrs = [float(o.lr) for o in optimizers]
     if len(optimizers) > 1 and needs_own_optimizers(optimizers, schedulers):
-        optimizer: Any = MemberOptimizers(module, optimizers, decay_all)  # type: ignore[arg-type]
+        optimizer: Any = MemberOptimizers(module, optimizers, schedulers, decay_all)  # type: ignore[arg-type]
         scheduler: Any = MemberSchedulers(optimizer, schedulers, steps)
     else:
         if len(set(lrs)) > 1:

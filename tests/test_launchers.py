@@ -164,7 +164,7 @@ def test_init_schemes_train_as_one_batched_model_with_each_runs_numbers(tmp_path
 def test_a_member_checkpoint_holds_the_rates_of_its_own_run():
     """A member trained at rate factor f(t) is saved with its own rates: the optimizer's and the
     schedule's state equal those of an optimizer and schedule built at its rate."""
-    from backprop_lab.engine import _member_optimizer_state, _scaled_rates
+    from backprop_lab.member_optimizers import member_optimizer_state, scaled_rates
     from backprop_lab.optimizers import build_scheduler
 
     states = []
@@ -177,10 +177,10 @@ def test_a_member_checkpoint_holds_the_rates_of_its_own_run():
             opt.step(), sched.step()
         states.append((opt.state_dict(), sched.state_dict()))
     (opt_1, sched_1), (opt_k, sched_k) = states
-    member = _member_optimizer_state(opt_1, 1, rate=0.02)
+    member = member_optimizer_state(opt_1, 1, rate=0.02)
     for key in ("lr", "initial_lr"):
         assert member["param_groups"][0][key] == pytest.approx(opt_k["param_groups"][0][key], rel=1e-12)
-    scaled = _scaled_rates(sched_1, 0.02)
+    scaled = scaled_rates(sched_1, 0.02)
     assert scaled["base_lrs"] == pytest.approx(sched_k["base_lrs"]) and scaled["_last_lr"] == pytest.approx(
         sched_k["_last_lr"]
     )
@@ -221,23 +221,31 @@ def _jobs(tmp_path: Path, *overrides: str, seeds=(0, 1)) -> list[Job]:
 
 def test_each_members_own_optimizer_steps_as_a_separate_one():
     """member_optimizers against torch on separate models: the same gradients, the same updates and the
-    same optimizer states (momentum 0.5 and 0.9 with weight decay; Adam with betas of its own)."""
-    from backprop_lab.member_optimizers import MemberOptimizers, needs_own_optimizers
+    same optimizer states. Members 0-1 (momentum 0.5 with weight decay, two rates) step as one family at
+    rate 1 with their updates scaled, member 2 (momentum 0.9) alone, members 3-4 (Adam with betas of its
+    own, one rate) as a family at that rate."""
+    from backprop_lab.member_optimizers import MemberOptimizers, families, needs_own_optimizers
 
     cfgs = [
-        make_cfg(*FAST, "optimizer=momentum", "optimizer.momentum=0.5"),
-        make_cfg(*FAST, "optimizer=momentum", "optimizer.momentum=0.9", "optimizer.weight_decay=0.01"),
+        make_cfg(*FAST, "optimizer=momentum", "optimizer.momentum=0.5", "optimizer.weight_decay=0.01"),
+        make_cfg(
+            *FAST, "optimizer=momentum", "optimizer.momentum=0.5", "optimizer.weight_decay=0.01", "optimizer.lr=0.03"
+        ),
+        make_cfg(*FAST, "optimizer=momentum", "optimizer.momentum=0.9"),
+        make_cfg(*FAST, "optimizer=adam", "optimizer.betas=[0.8,0.99]"),
         make_cfg(*FAST, "optimizer=adam", "optimizer.betas=[0.8,0.99]"),
     ]
-    assert needs_own_optimizers([c.optimizer for c in cfgs], [c.scheduler for c in cfgs])
+    optimizers, schedulers = [c.optimizer for c in cfgs], [c.scheduler for c in cfgs]
+    assert needs_own_optimizers(optimizers, schedulers)
     assert not needs_own_optimizers([cfgs[0].optimizer] * 2, [cfgs[0].scheduler] * 2)
+    assert families(optimizers, schedulers) == [range(0, 2), range(2, 3), range(3, 5)]
     arrays = load_arrays(cfgs[0].data)
     models = []
     for k, cfg in enumerate(cfgs):
         torch.manual_seed(k)
         models.append(plan(cfg, arrays, torch.device("cpu")).model)
     members = Members(models)  # (stacks copies: `models` stay as they were)
-    together = MemberOptimizers(members, [c.optimizer for c in cfgs], decay_all=False)
+    together = MemberOptimizers(members, optimizers, schedulers, decay_all=False)
     alone = [build_optimizer(m, c.optimizer, False) for m, c in zip(models, cfgs, strict=True)]
     for step in range(3):
         torch.manual_seed(100 + step)
@@ -262,12 +270,15 @@ def test_each_members_own_optimizer_steps_as_a_separate_one():
 
 def test_members_with_their_own_optimizers_and_schedules_end_where_their_own_runs_end(tmp_path):
     """One group whose members differ in momentum, betas, weight decay, the optimizer itself (Muon is not
-    elementwise) and the schedule (a plateau reads each member's own score): each ends as its own run."""
+    elementwise) and the schedule (a plateau reads each member's own score): each ends as its own run;
+    so do the last two, a family (one Adam at two rates, under one cosine schedule)."""
     members = [
         ("optimizer=momentum", "optimizer.momentum=0.5", "seed=0"),
         ("optimizer=momentum", "optimizer.weight_decay=0.01", "scheduler=cosine", "seed=1"),
         ("optimizer=adam", "optimizer.betas=[0.8,0.99]", "scheduler=plateau", "scheduler.patience=0", "seed=0"),
         ("optimizer=muon", "seed=0"),
+        ("optimizer=adam", "optimizer.lr=0.01", "scheduler=cosine", "seed=0"),
+        ("optimizer=adam", "optimizer.lr=0.003", "scheduler=cosine", "seed=1"),
     ]
     jobs = []
     for k, overrides in enumerate(members):
@@ -275,7 +286,7 @@ def test_members_with_their_own_optimizers_and_schedules_end_where_their_own_run
         choices = {g: str(cfg[g].get("name", "")) for g in GROUPS if g in cfg}
         jobs.append(Job(cfg, tmp_path / f"member{k}", choices, list(overrides)))
     summaries = run_members(jobs)
-    assert summaries[1]["vectorized"]["differing"]["optimizer.weight_decay"] == [0.0, 0.01, 0.0, 0.0]
+    assert summaries[1]["vectorized"]["differing"]["optimizer.weight_decay"] == [0.0, 0.01, 0.0, 0.0, 0.0, 0.0]
     for k, overrides in enumerate(members):
         run_cfg(tmp_path / f"alone{k}", *FAST, *overrides)
         assert_same_rows(rows(tmp_path / f"member{k}"), rows(tmp_path / f"alone{k}"), rtol=1e-4)
