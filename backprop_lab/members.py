@@ -213,15 +213,15 @@ class MemberLinear(torch.autograd.Function):
     """K linear layers as one: the forward is baddbmm, which for each member gives what its own
     nn.Linear (addmm, the bias fused) gives, bit for bit on the CPU at 1 or 2 threads (at more, torch's
     gemm for one small nn.Linear may split its sums: the same to float rounding). Where gemm_backend()
-    is onednn, products of ONEDNN_MACS or more (forward and input gradient) run through oneDNN: the
-    same to float rounding. The backward makes the weights' gradient g^T h in their own layout
+    is onednn, products of ONEDNN_MACS or more (all three) run through oneDNN: the same to float
+    rounding. The backward makes the weights' gradient g^T h in their own layout
     [K, out, in], as torch does for one nn.Linear; autograd's bmm backward made it transposed and then
     copied it into place, a third of a 40-512-512-10 MLP's step."""
 
     @staticmethod
     def forward(ctx: Any, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(h, weight)
-        if use_onednn(h, weight):
+        if use_onednn(h, h.shape[1] * weight.shape[1] * weight.shape[2]):
             return onednn_linear(h, weight, bias)
         return member_matmul(h, weight.transpose(1, 2), bias.unsqueeze(1))
 
@@ -231,16 +231,25 @@ class MemberLinear(torch.autograd.Function):
         needs_h, needs_weight, needs_bias = ctx.needs_input_grad
         return (
             _input_grad(grad, weight) if needs_h else None,
-            member_matmul(grad.transpose(1, 2), h) if needs_weight else None,
+            _weight_grad(grad, h) if needs_weight else None,
             grad.sum(1) if needs_bias else None,
         )
 
 
 def _input_grad(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """grad [K, n, p] @ weight [K, p, m]: each member's gradient for the layer's input."""
-    if use_onednn(grad, weight):
+    if use_onednn(grad, grad.shape[1] * weight.shape[1] * weight.shape[2]):
         return onednn_linear(grad, weight.transpose(1, 2))
     return member_matmul(grad, weight)
+
+
+def _weight_grad(grad: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """grad [K, n, p]^T @ h [K, n, m]: each member's weight gradient [K, p, m], in the weights' layout.
+    oneDNN takes grad^T as a contiguous copy: with it as a transposed view its time varied 2x between
+    processes here (5 x [512, 100] @ [100, 512]: 1.0 ms with the copy, 1.6-2.2 without, MKL 1.6)."""
+    if use_onednn(grad, grad.shape[1] * grad.shape[2] * h.shape[2]):
+        return onednn_linear(grad.transpose(1, 2).contiguous(), h.transpose(1, 2))
+    return member_matmul(grad.transpose(1, 2), h)
 
 
 GEMM_CHOICES = ("auto", "mkl", "onednn")
@@ -251,8 +260,7 @@ def gemm_backend() -> str:
     """Which library computes a batched MLP's large forward and input-gradient products on the CPU:
     `onednn` or `mkl`, from BACKPROP_LAB_GEMM (auto | mkl | onednn; auto: onednn on AMD CPUs with
     AVX-512). MKL's sgemm runs its AVX2 kernels on AMD CPUs: on this repo's Zen 5 machine oneDNN's
-    AVX-512 kernels compute [100, 512] @ [512, 512] in half MKL's time. The weights' gradients stay with
-    MKL (oneDNN was slower there, with transposed operands). Read once a process."""
+    AVX-512 kernels compute [100, 512] @ [512, 512] in half MKL's time. Read once a process."""
     global _backend
     if _backend is None:
         import os
@@ -281,9 +289,8 @@ def _amd_with_avx512() -> bool:
     return amd and torch.backends.cpu.get_cpu_capability() == "AVX512"
 
 
-def use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether x [K, n, m] times each member's weight (either layout: m x p or p x m) goes to oneDNN."""
-    macs = x.shape[1] * weight.shape[1] * weight.shape[2]
+def use_onednn(x: torch.Tensor, macs: int) -> bool:
+    """Whether a product of x's members, `macs` multiply-adds each, goes to oneDNN."""
     return x.device.type == "cpu" and x.dtype == torch.float32 and macs >= ONEDNN_MACS and gemm_backend() == "onednn"
 
 
