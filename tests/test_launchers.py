@@ -534,6 +534,8 @@ def test_member_linear_on_either_gemm_library_gives_each_member_its_own_layer(ba
     weight, bias = torch.randn(3, 256, 256, requires_grad=True), torch.randn(3, 256, requires_grad=True)
     assert members_module.use_onednn(h, 64 * 256 * 256) == (backend == "onednn")  # = ONEDNN_MACS
     grad = torch.randn(3, 64, 256)
+    across = h.detach().transpose(0, 1).contiguous().transpose(0, 1)  # h's values, laid out as batch norm leaves
+    torch.testing.assert_close(MemberLinear.apply(across, weight, bias), MemberLinear.apply(h, weight, bias))
     out = MemberLinear.apply(h, weight, bias)
     grads = torch.autograd.grad(out, (h, weight, bias), grad)
     for k in range(3):
