@@ -33,7 +33,13 @@ from .data import Split
 from .diagnostics import Diagnostics
 from .distributed import SINGLE, World
 from .errors import RefusedError
-from .member_optimizers import MemberOptimizers, MemberSchedulers, member_optimizer_state, scaled_rates
+from .member_optimizers import (
+    MemberOptimizers,
+    MemberSchedulers,
+    member_optimizer_state,
+    scaled_rates,
+    step_at_rates,
+)
 from .members import Members, clip_grad_norm_per_member_
 from .regularizers import Regularization
 
@@ -412,12 +418,8 @@ class Stage:
         update is scaled by its own rate (the update is linear in the rate: members.lr_batchable)."""
         if self.member_lr is None:
             self.optimizer.step()
-            return
-        with torch.no_grad():
-            before = [p.detach().clone() for p in self.params]
-            self.optimizer.step()
-            for p, b in zip(self.params, before, strict=True):
-                p.sub_(b).mul_(self.member_lr.view(-1, *[1] * (p.ndim - 1))).add_(b)
+        else:
+            step_at_rates(self.optimizer, self.params, self.member_lr)
 
     def log_train(self) -> None:
         """The train window's metrics (and diagnostics) for every running member: one host sync."""

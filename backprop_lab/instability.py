@@ -56,6 +56,6 @@ def loss_warnings(metrics: dict[str, Any], num_classes: int, metrics_path: Path,
     peak = _peak_train_loss(metrics_path, stage)
     if peak is not None and peak[0] > PEAK_FACTOR * chance:
         loss, step = peak
-        warnings.append(f"loss spike: train loss {loss:.4g} at step {step}, over {PEAK_FACTOR:g}x {yardstick}")
-        warnings[-1] += f": {ADVICE}"
+        spike = f"train loss {loss:.4g} at step {step}"
+        warnings.append(f"loss spike: {spike}, over {PEAK_FACTOR:g}x {yardstick}: {ADVICE}")
     return warnings

@@ -18,6 +18,7 @@ keeps the single stacked optimizer.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -111,11 +112,8 @@ class Family:
     def step(self) -> None:
         if self.rates is None:
             self.optimizer.step()
-            return
-        before = [p.detach().clone() for p in self.params]
-        self.optimizer.step()
-        for p, b in zip(self.params, before, strict=True):
-            p.sub_(b).mul_(self.rates.view(-1, *[1] * (p.ndim - 1))).add_(b)
+        else:
+            step_at_rates(self.optimizer, self.params, self.rates)
 
     def rate(self, k: int) -> float:
         """Member k's learning rate now."""
@@ -129,6 +127,17 @@ class Family:
             return state
         rate = 1.0 if self.rates is None else self.lrs[k - self.ids.start]
         return member_optimizer_state(state, k - self.ids.start, rate)
+
+
+@torch.no_grad()
+def step_at_rates(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor], rates: torch.Tensor) -> None:
+    """Step `optimizer` (built at rate 1: it steps at the schedule's factor f(t)) over stacked `params`,
+    then scale member k's update by rates[k]: what each member's own run at its rate computes, for
+    optimizers whose update is linear in the rate (members.lr_batchable)."""
+    before = [p.detach().clone() for p in params]
+    optimizer.step()
+    for p, b in zip(params, before, strict=True):
+        p.sub_(b).mul_(rates.view(-1, *[1] * (p.ndim - 1))).add_(b)
 
 
 def _slice_module(members: Members, ids: range) -> nn.Module:
