@@ -115,18 +115,21 @@ class Family:
         else:
             step_at_rates(self.optimizer, self.params, self.rates)
 
+    def scale(self, k: int) -> float:
+        """What member k's rates are this optimizer's times: its own rate where the family steps at
+        rate 1, else 1."""
+        return 1.0 if self.rates is None else self.lrs[k - self.ids.start]
+
     def rate(self, k: int) -> float:
         """Member k's learning rate now."""
-        lr = float(self.optimizer.param_groups[0]["lr"])
-        return lr if self.rates is None else lr * self.lrs[k - self.ids.start]
+        return float(self.optimizer.param_groups[0]["lr"]) * self.scale(k)
 
     def member_state(self, k: int) -> dict[str, Any]:
         """Member k's optimizer state, as its own run's optimizer would hold it."""
         state = self.optimizer.state_dict()
         if len(self.ids) == 1:
             return state
-        rate = 1.0 if self.rates is None else self.lrs[k - self.ids.start]
-        return member_optimizer_state(state, k - self.ids.start, rate)
+        return member_optimizer_state(state, k - self.ids.start, self.scale(k))
 
 
 @torch.no_grad()
@@ -209,10 +212,11 @@ class MemberSchedulers:
     """The families' schedules (None where a family's is constant): what the engine calls `scheduler`."""
 
     def __init__(self, optimizers: MemberOptimizers, schedulers: list[Any], total_steps: int):
-        self.optimizers = optimizers
+        self.family_of = optimizers.family_of
         self.schedulers = [
             build_scheduler(f.optimizer, schedulers[f.ids.start], total_steps) for f in optimizers.families
         ]
+        self.schedule_of = [s for f, s in zip(optimizers.families, self.schedulers, strict=True) for _ in f.ids]
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau  # (only a member alone has one: families())
         self.per_step = [s for s in self.schedulers if s is not None and not isinstance(s, plateau)]
         self.on_score = {
@@ -229,9 +233,5 @@ class MemberSchedulers:
             self.on_score[k].step(score)
 
     def member_state(self, k: int) -> dict[str, Any] | None:
-        family = self.optimizers.family_of[k]
-        scheduler = self.schedulers[self.optimizers.families.index(family)]
-        if scheduler is None:
-            return None
-        rate = 1.0 if family.rates is None else family.lrs[k - family.ids.start]
-        return scaled_rates(scheduler.state_dict(), rate)
+        scheduler = self.schedule_of[k]
+        return None if scheduler is None else scaled_rates(scheduler.state_dict(), self.family_of[k].scale(k))
