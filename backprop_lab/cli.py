@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -17,6 +18,8 @@ from typing import Any
 import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from .job_check import check_jobs, compose_train  # noqa: F401 (compose_train: the studies')
 
 GROUPS = (
     "data",
@@ -109,51 +112,6 @@ def check_group_choices(overrides: list[str]) -> str | None:
     return None
 
 
-def check_keys(overrides: list[str]) -> str | None:
-    """A one-line error for `a.b=v` naming a key the composed config does not have, else None.
-
-    Hydra would refuse it too, in five lines; this composes the same config first (~0.1 s)."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import DictConfig, OmegaConf
-
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides=overrides)
-    except Exception:
-        return None
-    plain = [
-        o
-        for o in parsed
-        if o.key_or_group not in GROUPS
-        and not o.is_hydra_override()
-        and not (o.is_add() or o.is_force_add() or o.is_delete())
-        and o.package is None
-    ]
-    if not plain:
-        return None
-    choices = [o.input_line for o in parsed if o.key_or_group in GROUPS and o.input_line is not None]
-    try:
-        with initialize_config_module(config_module="backprop_lab.configs", version_base="1.3"):
-            cfg = compose(config_name="train", overrides=choices)
-    except Exception:
-        return None  # Hydra will say what is wrong with the choices
-    missing = object()
-    for o in plain:
-        key = o.key_or_group
-        if OmegaConf.select(cfg, key, default=missing) is not missing:
-            continue
-        parent, _, leaf = key.rpartition(".")
-        node = OmegaConf.select(cfg, parent) if parent else cfg
-        # `leaf in node` is False for a key whose value is ??? (required); keys() lists it
-        if isinstance(node, DictConfig) and leaf in node.keys():  # noqa: SIM118
-            continue
-        if isinstance(node, DictConfig):
-            where = f"'{parent}'" if parent else "the config"
-            return f"{key} is not a key of {where}; its keys: {', '.join(str(k) for k in node)}"
-        return f"{key} is not a key of the config ({parent} holds no keys)"
-    return None
-
-
 PLUGINS = {  # Hydra options whose plugin may be missing: (module, how to install it)
     "hydra/sweeper=optuna": (
         "optuna",
@@ -173,17 +131,6 @@ def check_plugins(overrides: list[str]) -> str | None:
         if module is not None and find_spec(module) is None:
             return f"{override} needs a Hydra plugin that is not installed: {install}"
     return None
-
-
-def compose_train(overrides: list[str], config_dir: str | Path | None = None) -> DictConfig:
-    """The config `backprop-lab train [--config-dir DIR] OVERRIDES` composes (Hydra's errors raised)."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    search = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir is not None else []
-    with initialize_config_module(config_module="backprop_lab.configs", version_base="1.3"):
-        return compose(config_name="train", overrides=[*search, *overrides])
 
 
 def check_composition(config_dir: str | Path | None, overrides: list[str]) -> str | None:
@@ -214,14 +161,14 @@ def precheck(args: list[str]) -> str | None:
     if folder_problem:
         return folder_problem
     if parsed.config_dir:
-        return check_plugins(parsed.overrides) or (
+        problem = check_plugins(parsed.overrides) or (
             None if parsed.multirun else check_composition(parsed.config_dir, parsed.overrides)
         )
-    return (
-        check_plugins(parsed.overrides)
-        or check_group_choices(parsed.overrides)
-        or (None if parsed.multirun else check_keys(parsed.overrides))
-    )
+    else:
+        problem = check_plugins(parsed.overrides) or check_group_choices(parsed.overrides)
+    if problem or parsed.cfg or parsed.info or parsed.help or parsed.hydra_help or parsed.shell_completion:
+        return problem  # (printing a config or help trains nothing: no values to check, torch not imported)
+    return check_jobs(parsed.overrides, parsed.multirun, GROUPS, parsed.config_dir)
 
 
 def check_output_folder(overrides: list[str], multirun: bool) -> str | None:
@@ -298,14 +245,23 @@ class SweepOutcomes(Callback):
         import json
         from datetime import datetime
 
+        from .console import show_jobs
+
+        ran = []
         for path in sorted(Path(str(config.hydra.sweep.dir)).glob("**/summary.json")):
             try:
                 summary = json.loads(path.read_text())
                 started = datetime.fromisoformat(summary["started_at"]).timestamp()
             except (OSError, ValueError, KeyError):
                 continue
-            if started >= int(self.started) and summary.get("status") not in ("completed", "pruned"):
+            if started < int(self.started):
+                continue
+            ran.append(summary)
+            if summary.get("status") not in ("completed", "pruned"):
                 _unfinished.append((str(path.parent), summary.get("status", "unknown")))
+        if len(ran) > 1:  # the sweep's jobs side by side, with the overrides in which they differ
+            ran.sort(key=lambda s: (len(Path(s["run_dir"]).name), Path(s["run_dir"]).name))
+            show_jobs(ran, f"sweep: {len(ran)} jobs in {config.hydra.sweep.dir}", folder="job")
 
 
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
@@ -366,6 +322,26 @@ def _finish_ranks(scratch: Path | None) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _remove_refused(run_dir: Path) -> None:
+    """The folder of a run this process refused (its summary.json says so: never a folder another
+    process holds), and the folders above it, up to the working directory, that are left empty."""
+    import json
+    import shutil
+
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return
+    if summary.get("refused") and summary.get("status") == "failed" and not summary.get("resumed"):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        here = Path.cwd()
+        for parent in run_dir.absolute().parents:  # outputs/DATE and outputs, when Hydra made them for this run
+            if parent == here or here not in parent.parents:
+                break
+            with contextlib.suppress(OSError):
+                parent.rmdir()  # (only when empty)
+
+
 def resume_main(args: list[str]) -> int:
     retry_failed = "--retry-failed" in args
     args = [a for a in args if a != "--retry-failed"]
@@ -413,8 +389,10 @@ def resume_main(args: list[str]) -> int:
     except RefusedError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        from .interrupts import message
+
+        print(message(err), file=sys.stderr)
         return 130
     finally:
         _finish_ranks(scratch)
@@ -524,8 +502,10 @@ def train_main(rest: list[str]) -> int:
     _on_signals()
     try:
         train_app()
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        from .interrupts import message
+
+        print(message(err), file=sys.stderr)
         return 130
     finally:
         sys.argv = saved_argv
@@ -534,8 +514,12 @@ def train_main(rest: list[str]) -> int:
         # torchrun's other ranks: rank 0 refuses the same settings and says so; exiting non-zero first
         # would have torchrun kill rank 0 before it could
         return 0
+    multirun = "-m" in rest or "--multirun" in rest
+    if _refused and not multirun and len(_unfinished) == 1:  # refused once its data was known: no folder either
+        _remove_refused(Path(_unfinished[0][0]))
+        return 2
     if _unfinished:
-        if len(_unfinished) > 1 or "-m" in rest or "--multirun" in rest:
+        if len(_unfinished) > 1 or multirun:
             print(f"{len(_unfinished)} run(s) did not complete:", file=sys.stderr)
             for run_dir, status in _unfinished:
                 print(f"  {status:<11} {run_dir}", file=sys.stderr)

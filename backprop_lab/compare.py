@@ -109,9 +109,10 @@ def metrics_rows(run_path: Path) -> tuple[dict[str, Any], ...]:
         return ()
 
 
-def _fill_defaults(runs: list[Run]) -> None:
-    """A key set on the command line of some runs gets its composed value in the others."""
-    keys = {k for r in runs for k in r.settings}
+def _fill_defaults(runs: list[Run], asked: list[str] | None = None) -> None:
+    """A key set on the command line of some runs gets its composed value in the others; so does a key
+    that `asked` names (a --filter or --by key that no run set on its command line)."""
+    keys = {k for r in runs for k in r.settings} | set(asked or [])
     for run in runs:
         missing = keys - set(run.settings)
         if not missing:
@@ -185,7 +186,7 @@ def compare(
     runs: list[Run], metrics: list[str], by: list[str] | None = None, filters: list[str] | None = None
 ) -> tuple[list[str], list[Row]]:
     """Group runs by the settings that vary (or `by`), pooling the rest; statistics over completed runs."""
-    _fill_defaults(runs)
+    _fill_defaults(runs, [*(by or []), *(f.partition("=")[0] for f in filters or [])])
     for f in filters or []:
         key, _, value = f.partition("=")
         runs = [r for r in runs if r.settings.get(key) == canonical(value)]
@@ -204,6 +205,49 @@ def compare(
             )
         )
     return columns, rows
+
+
+def _listed(names: Any, most: int = 12) -> str:
+    names = sorted(set(names))
+    return ", ".join(names[:most]) + (f" (and {len(names) - most} more)" if len(names) > most else "")
+
+
+def request_problem(
+    runs: list[Run],
+    metrics: list[str],
+    by: list[str] | None = None,
+    filters: list[str] | None = None,
+    sort: str | None = None,
+) -> str | None:
+    """One line naming what the request asks for that the runs do not have (a metric, a --by or --filter
+    key, a filter value no run has, a sort key that is neither a metric nor a column), else None. Call it
+    after `compare` has filled each run's settings."""
+    known = {m for r in runs for m in r.metrics}
+    for m in metrics:
+        if known and m not in known:  # (no run completed: the table still shows their statuses)
+            return f"--metric {m}: no run has this metric; the runs have: {_listed(known)}"
+    keys = {k for r in runs for k, v in r.settings.items() if v != ""}
+    for key in by or []:
+        if key not in keys:
+            return f"--by {key}: no run has this setting; settings: {_listed(keys)}"
+    for f in filters or []:
+        key, eq, value = f.partition("=")
+        if not eq or not key:
+            return f"--filter {f}: write KEY=VALUE, e.g. --filter act=relu"
+        if key not in keys:
+            return f"--filter {f}: no run has the setting {key}; settings: {_listed(keys)}"
+        values = {r.settings[key] for r in runs if r.settings.get(key, "") != ""}
+        if canonical(value) not in values:
+            return f"--filter {f}: no run has {key}={value}; its values: {_listed(values)}"
+    if sort is not None:
+        key = sort.lstrip("-")
+        columns = set(by) if by else set(varying_keys(runs))
+        if key not in metrics and key not in columns:
+            return (
+                f"--sort {sort}: neither a metric of the table ({', '.join(metrics)}) nor one of its columns "
+                f"({_listed(columns) or 'none: every run has the same settings'})"
+            )
+    return None
 
 
 def _mean_or(mean: float | None, missing: float) -> float:
@@ -275,14 +319,15 @@ def render(columns: list[str], rows: list[Row], metrics: list[str], fmt: str) ->
         lines += ["| " + " | ".join(cells) + " |" for cells in body]
         return "\n".join(lines)
     from rich.table import Table
+    from rich.text import Text
 
     from .console import console
 
     table = Table(title=f"{sum(len(r.runs) for r in rows)} runs, {len(rows)} settings")
-    for h in header:
-        table.add_column(h, justify="left" if h in columns or h == "status" else "right")
+    for h in header:  # (Text: a value such as [l2,dropout] is shown as written, not read as markup)
+        table.add_column(Text(h), justify="left" if h in columns or h == "status" else "right")
     for cells in body:
-        table.add_row(*cells)
+        table.add_row(*(Text(c) for c in cells))
     console.print(table)
     return None
 
@@ -309,6 +354,10 @@ def main(argv: list[str]) -> int:
         return 2
     metrics = args.metric or ["test/acc"]
     columns, rows = compare(runs, metrics, args.by, args.filter)
+    problem = request_problem(runs, metrics, args.by, args.filter, args.sort)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if args.sort:
         rows = sort_rows(rows, ("-" if args.descending else "") + args.sort, metrics)
     text = render(columns, rows, metrics, args.format)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 # Off a terminal (CI, a log file) rich would assume 80 columns and cut the results table.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
@@ -27,11 +30,17 @@ def show_choices(choices: dict[str, str], extra: dict[str, Any]) -> None:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold cyan")
     table.add_column()
-    for group, option in choices.items():
-        table.add_row(group, str(option))
-    for key, value in extra.items():
-        table.add_row(key, str(value))
+    for key, value in [*choices.items(), *extra.items()]:  # (Text: [l2,dropout] shown as written, not as markup)
+        table.add_row(Text(key), Text(str(value)))
     console.print(table)
+
+
+def differing_overrides(overrides: list[list[str]]) -> dict[str, list[str]]:
+    """{key: each job's value} for the command-line overrides whose values differ between the jobs
+    (a key a job does not set reads '-'), in the order the jobs write them."""
+    each = [dict(str(o).lstrip("+~").partition("=")[::2] for o in job) for job in overrides]
+    keys = dict.fromkeys(k for e in each for k in e)
+    return {k: [e.get(k, "-") for e in each] for k in keys if len({e.get(k, "-") for e in each}) > 1}
 
 
 def _fmt(metrics: dict[str, float]) -> str:
@@ -41,8 +50,9 @@ def _fmt(metrics: dict[str, float]) -> str:
 class StageProgress:
     """A rich bar on a terminal; plain lines (at evaluations) elsewhere; nothing when off."""
 
-    def __init__(self, mode: str):
+    def __init__(self, mode: str, label: str = ""):
         self.mode = mode
+        self.label = label  # which job or member the line shows, e.g. "job 3" or "member 1 of 8: seed=0"
         self.bar = use_bar(mode)
         self._progress: Progress | None = None
         self.stage, self.total = "", 0
@@ -50,6 +60,8 @@ class StageProgress:
 
     def start_stage(self, stage: str, total: int) -> None:
         self.stage, self.total, self.latest = stage, total, {}
+        if self.label:
+            self.stage = f"{stage}, {self.label}"
         if self.bar:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),
@@ -61,7 +73,7 @@ class StageProgress:
                 console=console,
                 transient=False,
             )
-            self._task = self._progress.add_task(stage, total=total, info="")
+            self._task = self._progress.add_task(escape(self.stage), total=total, info="")
             self._progress.start()
 
     def update(self, step: int, metrics: dict[str, float]) -> None:
@@ -89,7 +101,7 @@ def show_results(status: str, stages: list[dict[str, Any]], run_dir: str) -> Non
             return "-" if v is None else f"{v:.4f}"
 
         table.add_row(
-            s["stage"],
+            Text(s["stage"]),
             str(s["steps"]),
             f"{s['seconds']:.1f}",
             str(s.get("best_step") or "-"),
@@ -99,22 +111,28 @@ def show_results(status: str, stages: list[dict[str, Any]], run_dir: str) -> Non
             cell("test/loss"),
         )
     console.print(table)
-    console.print(f"run folder: {run_dir}")
+    console.print(f"run folder: {run_dir}", markup=False)
+
+
+def show_jobs(summaries: list[dict[str, Any]], title: str, folder: str = "run folder") -> None:
+    """One row per job: the overrides in which the jobs differ (seed always), then the outcome."""
+    differ = differing_overrides([s.get("overrides") or [] for s in summaries])
+    differ.pop("seed", None)
+    table = Table(title=title)
+    for col in ("seed", *differ, "status", "steps", "best step", "val/acc", "test/acc", folder):
+        table.add_column(Text(col), justify="left" if col in ("status", folder) else "right")
+    for k, s in enumerate(summaries):
+        m = s.get("metrics") or {}
+        table.add_row(
+            *(Text(str(v)) for v in (s.get("seed"), *(values[k] for values in differ.values()), s.get("status"))),
+            str(s.get("steps", "-")),
+            str(s.get("best_step") or "-"),
+            *("-" if m.get(key) is None else f"{m[key]:.4f}" for key in ("val/acc", "test/acc")),
+            Text(str(s.get("run_dir")) if folder == "run folder" else Path(str(s.get("run_dir"))).name),
+        )
+    console.print(table)
 
 
 def show_members(summaries: list[dict[str, Any]]) -> None:
     """The results of a vectorized group: one row per member."""
-    table = Table(title=f"{len(summaries)} runs trained as one batched model")
-    for col in ("seed", "status", "steps", "best step", "val/acc", "test/acc", "run folder"):
-        table.add_column(col, justify="left" if col in ("status", "run folder") else "right")
-    for s in summaries:
-        m = s["metrics"]
-        table.add_row(
-            str(s["seed"]),
-            s["status"],
-            str(s.get("steps", "-")),
-            str(s.get("best_step") or "-"),
-            *("-" if m.get(key) is None else f"{m[key]:.4f}" for key in ("val/acc", "test/acc")),
-            s["run_dir"],
-        )
-    console.print(table)
+    show_jobs(summaries, f"{len(summaries)} runs trained as one batched model")

@@ -158,10 +158,24 @@ def load_synthetic(cfg: Any) -> Arrays:
     return Arrays(x_train, y_train, x_test, y_test)
 
 
-def load_npz(cfg: Any) -> Arrays:
-    path = Path(cfg.path).expanduser()
+def npz_file(given: str) -> Path:
+    """data=npz's data.path, which must be a file (checked before the run's folder is made too)."""
+    path = Path(given).expanduser()
     if not path.is_file():
-        raise ConfigError("data.path", cfg.path, "no such file; give an .npz file with arrays x and y")
+        raise ConfigError("data.path", given, "no such file; give an .npz file with arrays x and y")
+    return path
+
+
+def image_folder(given: str) -> Path:
+    """data=images's data.path, which must be a folder (checked before the run's folder is made too)."""
+    folder = Path(given).expanduser()
+    if not folder.is_dir():
+        raise ConfigError("data.path", given, "no such folder; give a folder of class subfolders of images")
+    return folder
+
+
+def load_npz(cfg: Any) -> Arrays:
+    path = npz_file(cfg.path)
     import zipfile
 
     if not zipfile.is_zipfile(path):  # np.load would take it for a pickle and say so, confusingly
@@ -237,9 +251,7 @@ def load_image_folder(cfg: Any) -> Arrays:
     decoded once with Pillow and cached by the files' names, sizes and times and data.size."""
     from . import formats
 
-    folder = Path(cfg.path).expanduser()
-    if not folder.is_dir():
-        raise ConfigError("data.path", cfg.path, "no such folder; give a folder of class subfolders of images")
+    folder = image_folder(cfg.path)
     parts = {"train": folder / "train", "test": folder / "test"}
     split_given = all(p.is_dir() for p in parts.values())
     found = (

@@ -334,7 +334,7 @@ class Stage:
                 for k, member_checkpoint in enumerate(self.checkpoints):
                     member_checkpoint.save(self.snapshot(k))
             if interrupted:
-                raise KeyboardInterrupt
+                raise interrupts.Interrupted(self.stage, step, self.max_steps)
 
     def finish(self, k: int, **outcome: Any) -> None:
         """Member k trains no more: record where it stopped and the weights it stopped with."""

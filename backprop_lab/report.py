@@ -14,11 +14,64 @@ from typing import Any
 
 import numpy as np
 
-from .compare import Row, compare, find_runs, metrics_rows, render
+from .compare import Row, compare, find_runs, metrics_rows, render, request_problem
+from .errors import RefusedError
+
+# Paul Tol's "muted" scheme (colour-blind safe) and three of Okabe & Ito's: 12 distinct hues; series
+# past 12 repeat them with another line style (_style)
+PALETTE = (
+    "#332288", "#CC6677", "#117733", "#DDCC77", "#88CCEE", "#882255",
+    "#44AA99", "#999933", "#AA4499", "#000000", "#E69F00", "#0072B2",
+)  # fmt: skip
+LINE_STYLES = ("-", "--", ":", "-.")
+FEW_POINTS = 30  # a curve of this many points or fewer gets a marker on each (one point is a marker alone)
 
 
 def _label(setting: dict[str, str]) -> str:
     return " ".join(f"{k}={v}" for k, v in setting.items()) or "all runs"
+
+
+def _style(i: int, points: int) -> dict[str, Any]:
+    """The i-th series' colour, line style and markers."""
+    style: dict[str, Any] = {"color": PALETTE[i % len(PALETTE)], "linestyle": LINE_STYLES[i // len(PALETTE) % 4]}
+    if points <= FEW_POINTS:
+        style.update(marker="o", markersize=4 if points > 1 else 6)
+    return style
+
+
+def _natural(value: str) -> tuple[Any, ...]:
+    """Sort key: numbers as numbers (0.001 < 0.01 < 0.1), then text."""
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
+
+
+def sorted_rows(rows: list[Row]) -> list[Row]:
+    """The table's rows (and so the plots' legends) in the order of their settings, numbers as numbers."""
+    return sorted(rows, key=lambda r: tuple(_natural(v) for v in r.setting.values()))
+
+
+def _plain_ticks(ax: Any, log: bool, integer_x: bool = False) -> None:
+    """Tick labels as plain numbers (1.4, not 1.4x10^0), on log axes too; whole numbers on an index axis."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    if log:
+        plain = FuncFormatter(lambda v, _: f"{v:.3g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+    if integer_x:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _legend_below(fig: Any, ax: Any) -> None:
+    """The legend under the panels, never on the data, its entries in the table's order."""
+    handles, labels = ax.get_legend_handles_labels()
+    if labels:
+        columns = min(3, len(labels))
+        fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=8, frameon=False)
+        rows = -(-len(labels) // columns)
+        fig.tight_layout(rect=(0, min(0.45, 0.035 * rows + 0.02), 1, 1))
 
 
 def _final_stage_rows(run_path: Path) -> list[dict[str, Any]]:
@@ -57,29 +110,37 @@ def series(
 
 
 def _plot_band(
-    ax: Any, data: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], title: str, xlabel: str, log: bool = False
+    ax: Any,
+    data: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    title: str,
+    xlabel: str,
+    labels: list[str],
+    log: bool = False,
 ) -> None:
+    """Each series' mean with a band of ± one std; `labels` fixes each setting's colour across panels."""
     for label, (x, mean, std) in data.items():
-        ax.plot(x, mean, label=label)
-        ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+        style = _style(labels.index(label), len(x))
+        ax.fill_between(x, mean - std, mean + std, alpha=0.15, color=style["color"], linewidth=0)
+        ax.plot(x, mean, label=label, **style)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     if log:
         ax.set_yscale("log")
+    _plain_ticks(ax, log)
     ax.grid(alpha=0.3)
 
 
 def learning_curves(rows: list[Row], out: Path, x: str) -> Path:
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)  # (a single evaluation sits on the train axis)
     xlabel = "step" if x == "step" else "seconds"
     panels = (("train", "loss"), ("val", "loss"), ("train", "acc"), ("val", "acc"))
+    labels = [_label(row.setting) for row in rows]
     for ax, (split, key) in zip(axes.flat, panels, strict=True):
-        _plot_band(ax, series(rows, split, key, x), f"{split} {key}", xlabel, log=key == "loss")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=8)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+        _plot_band(ax, series(rows, split, key, x), f"{split} {key}", xlabel, labels, log=key == "loss")
+    legend_from = max(axes.flat, key=lambda ax: len(ax.get_legend_handles_labels()[1]))
+    _legend_below(fig, legend_from)
     path = out / f"curves_{'steps' if x == 'step' else 'seconds'}.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -90,10 +151,10 @@ def gradient_norms(rows: list[Row], out: Path) -> Path | None:
     """Per-layer gradient norm at the first logging point (init) and the last: the vanishing-gradient picture."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.5), sharey=True)
     drawn = False
     for ax, which in zip(axes, ("first", "last"), strict=True):
-        for row in rows:
+        for i, row in enumerate(rows):
             per_run = []
             for run in row.runs:
                 train = [r for r in _final_stage_rows(run.path) if r.get("split") == "train" and "grad_norm/0" in r]
@@ -107,17 +168,17 @@ def gradient_norms(rows: list[Row], out: Path) -> Path | None:
                 with warnings.catch_warnings():  # a layer no run has a finite norm for (diverged runs) is a gap
                     warnings.simplefilter("ignore", RuntimeWarning)
                     mean = np.nanmean(values, 0)
-                ax.plot(range(width), mean, marker="o", label=_label(row.setting))
+                ax.plot(range(width), mean, label=_label(row.setting), **{**_style(i, width), "marker": "o"})
                 drawn = True
         ax.set_title(f"gradient norm per layer, {'step 1 (init)' if which == 'first' else 'last logging point'}")
         ax.set_xlabel("layer (0 = input side)")
         ax.set_yscale("log")
+        _plain_ticks(ax, log=True, integer_x=True)
         ax.grid(alpha=0.3)
     if not drawn:
         plt.close(fig)
         return None
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    _legend_below(fig, axes[0])
     path = out / "grad_norms.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -130,10 +191,10 @@ def gap_plot(rows: list[Row], out: Path) -> Path | None:
     data = series(rows, "val", "gap/acc")
     if not data:
         return None
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    _plot_band(ax, data, "train - validation accuracy (generalisation gap)", "step")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    labels = [_label(row.setting) for row in rows]
+    _plot_band(ax, data, "train - validation accuracy (generalisation gap)", "step", labels)
+    _legend_below(fig, ax)
     path = out / "gap.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -148,15 +209,16 @@ def write_report(
     import matplotlib
 
     matplotlib.use("Agg")  # headless: files only
-    from matplotlib import pyplot as plt
 
-    colors = [plt.get_cmap("tab20")(i) for i in range(20)]  # 20 settings before a colour repeats
-    plt.rcParams["axes.prop_cycle"] = plt.cycler(color=colors)
     warnings.filterwarnings("ignore", message="Tight layout not applied")  # many legend entries: still a valid plot
     runs = find_runs(paths)
     if not runs:
         raise FileNotFoundError(f"no run folders (with .hydra/) under {', '.join(map(str, paths))}")
     columns, rows = compare(runs, metrics)
+    rows = sorted_rows(rows)
+    problem = request_problem(runs, metrics)
+    if problem:
+        raise RefusedError(problem)
     out.mkdir(parents=True, exist_ok=True)
     images = [
         learning_curves(rows, out, "step"),
@@ -203,7 +265,7 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         report = write_report([args.path], args.out or args.path, args.metric or ["test/acc"])
-    except FileNotFoundError as err:
+    except (FileNotFoundError, RefusedError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {report} and its plots")

@@ -17,6 +17,17 @@ def mark(holds: bool) -> str:
     return "**holds**" if holds else "**does not hold**"
 
 
+VERDICTS = ("**holds**", "**does not hold**", "**better**", "**worse**", "no difference detected")  # (mark, outcome)
+UNJUDGED = "— (miniature)"
+
+
+def unjudged(text: str) -> str:
+    """A miniature's report: every verdict word replaced, since too few seeds and steps are no evidence."""
+    for word in VERDICTS:
+        text = text.replace(word, UNJUDGED)
+    return text
+
+
 def finite(values: list[Any]) -> list[float]:
     return [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
 

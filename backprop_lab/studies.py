@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .compare import Run, canonical, find_runs, metrics_rows, pooled
-from .statistics import Comparison, Family, area_under, mark, positive_interval
+from .statistics import Comparison, Family, area_under, mark, positive_interval, unjudged
 
 SEEDS = 5  # seeds per setting (--seeds); --smoke: 2
 
@@ -583,6 +583,93 @@ STUDIES: dict[str, Study] = {
 SMOKE = ["trainer.max_steps=8", "trainer.eval_every=4", "trainer.log_every=4", "data.num_samples=1000"]
 
 
+def count_jobs(train_args: list[str]) -> int | None:
+    """How many jobs `backprop-lab train -m TRAIN_ARGS` launches (Hydra's own expansion of the sweep)."""
+    from .job_check import job_overrides
+
+    overrides = [a for a in train_args if not a.startswith("-") and "=" in a]
+    jobs = job_overrides(overrides, multirun=True)
+    return len(jobs) if jobs is not None else None
+
+
+class SweepProgress:
+    """While a study's sweep runs in this process (its output going to a log): jobs done of the total,
+    elapsed and an estimate, read from the jobs' summary.json every second, on a thread of its own. A
+    bar on a terminal; elsewhere a line each time the count moves."""
+
+    def __init__(self, label: str, folder: Path, total: int | None):
+        import threading
+
+        from rich.console import Console
+
+        self.label, self.folder, self.total = label, folder, total
+        self.console = Console(file=sys.stdout, highlight=False)  # (sys.stdout before the sweep's redirect)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def done(self) -> int:
+        import json
+
+        count = 0
+        for path in self.folder.glob("*/summary.json"):
+            try:
+                count += json.loads(path.read_text()).get("status") != "running"
+            except (OSError, ValueError):
+                continue
+        return count
+
+    def line(self, done: int) -> str:
+        elapsed = time.time() - self.started
+        total = self.total or "?"
+        left = (
+            f", ~{elapsed / done * (self.total - done):.0f} s left" if done and self.total and done < self.total else ""
+        )
+        return f"{self.label}: {done}/{total} jobs done, {elapsed:.0f} s{left}"
+
+    def _watch(self) -> None:
+        shown = -1
+        while not self.stop.wait(1.0):
+            done = self.done()
+            if done != shown:
+                shown = done
+                self.console.print(self.line(done), markup=False, end="\r" if self.console.is_terminal else "\n")
+
+    def __enter__(self) -> SweepProgress:
+        self.started = time.time()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.console.print(self.line(self.done()).replace("jobs done", "jobs ended"), markup=False)
+
+
+def show_summary(report: Path) -> None:
+    """The end of a study on the terminal: its banner if a miniature, the claims' table, the report's path."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from .console import console
+
+    text = report.read_text()
+    banner = [line.strip("> *") for line in text.splitlines() if line.startswith("> **miniature")]
+    lines = text.splitlines()
+    first = next((i for i, line in enumerate(lines) if line.startswith("| claim |")), len(lines))
+    end = next((i for i in range(first, len(lines)) if not lines[i].startswith("|")), len(lines))
+    claims = [line.strip("|").split(" | ") for line in lines[first + 2 : end]]  # (past the header and its rule)
+    if claims:
+        table = Table(title="claims (Holm-adjusted p)", show_lines=False)
+        for column in ("claim", "difference [95% CI]", "Holm p", "verdict"):
+            table.add_column(column, justify="right" if column == "Holm p" else "left", overflow="fold")
+        for claim in claims:
+            table.add_row(*(Text(cell.strip().replace("**", "")) for cell in claim))
+        console.print(table)
+    for line in banner:
+        console.print(line, markup=False)
+    console.print(f"report: {report}", markup=False)
+
+
 def _sweep_in_process(train_args: list[str], log_path: Path) -> int:
     """`backprop-lab train TRAIN_ARGS` in this process (no interpreter and torch start per sweep), its
     output into `log_path`; returns its exit status."""
@@ -687,14 +774,26 @@ def run_study(
     commands_file = out / "commands.md"
     started = time.time()
     setup = out / "study.json"  # what --report-only needs to recompute the same verdict
+    where = setting_of(name, setting)
+    small = None if report_only else miniature(where, smoke, seeds or (2 if smoke else SEEDS), extra, config_dir)
     if report_only and setup.is_file():
         saved = json.loads(setup.read_text())
         candidate = candidate or saved.get("candidate")
         setting = saved.get("setting", setting)
+        where = setting_of(name, setting)
+        small, extra = saved.get("miniature"), saved.get("overrides", extra)
     elif not report_only:
-        chosen = {"study": name, "setting": setting, "candidate": candidate, "config_dir": str(config_dir or "")}
+        chosen = {
+            "study": name,
+            "setting": setting,
+            "candidate": candidate,
+            "config_dir": str(config_dir or ""),
+            "overrides": extra,
+            "miniature": small,  # (None: the study's own protocol ran)
+        }
         setup.write_text(json.dumps(chosen))
-    where = setting_of(name, setting)
+    if small:
+        print(f"[{name}] {small}", flush=True)
     option = candidate.partition("=")[2] if candidate else None
     own = ["--config-dir", str(config_dir.resolve())] if config_dir is not None else []
 
@@ -717,7 +816,8 @@ def run_study(
         commands.append(f"- `{shown}`" + (f" ({note})" if note else ""))
         commands_file.write_text("\n".join(commands) + "\n")
         print(f"[{name}] {label}: {shown}", flush=True)
-        code = _sweep_in_process([*args[1:], f"hydra.sweep.dir={folder}"], out / f"{label}.log")
+        with SweepProgress(f"[{name}] {label}", folder, count_jobs(args[2:])):
+            code = _sweep_in_process([*args[1:], f"hydra.sweep.dir={folder}"], out / f"{label}.log")
         if code == 130:  # Ctrl-C / SIGTERM: the runs checkpointed and stopped; so does the study
             raise KeyboardInterrupt
         if code != 0:
@@ -732,9 +832,11 @@ def run_study(
     runs = find_runs([out])
     wall = "" if report_only else f"\n\nWall time of the sweeps: {time.time() - started:.0f} s."
     entered = f"**Candidate:** `{candidate}`, under the study's own protocol.\n\n" if candidate else ""
-    measured = f"**Setting:** {setting}: {where.description} (`experiment={where.experiment}`).\n\n"
+    measured = f"**Setting:** {setting_line(setting, where, extra, runs)}\n\n"
+    judged = study.verdict(runs, option)
+    banner = f"> **{small}**\n\n" if small else ""
     verdict = (
-        f"**Claim:** {study.claim}\n\n{measured}{entered}{study.verdict(runs, option)}"
+        f"{banner}**Claim:** {study.claim}\n\n{measured}{entered}{unjudged(judged) if small else judged}"
         + "\n\n### Sweeps (Hydra multiruns)\n\n"
         + "\n".join(commands)
         + wall
@@ -742,6 +844,35 @@ def run_study(
         + reproduce(name, out, runs)
     )
     return write_report([out], out, ["test/acc"], title=f"Study: {name}", verdict=verdict)
+
+
+def miniature(where: Setting, smoke: bool, seeds: int, extra: list[str], config_dir: Path | None) -> str | None:
+    """The banner of a study run with fewer seeds or steps than its protocol; None for the protocol."""
+    from .job_check import compose_train
+
+    protocol = compose_train([f"experiment={where.experiment}"], config_dir).trainer.max_steps
+    given = [o.split("=", 1)[1] for o in [*(SMOKE if smoke else []), *extra] if o.startswith("trainer.max_steps=")]
+    steps = int(given[-1]) if given and given[-1].isdigit() else protocol
+    if not smoke and seeds >= SEEDS and (protocol is None or steps >= protocol):
+        return None
+    return (
+        f"miniature: {seeds} seeds x {steps} steps (the protocol: {SEEDS} seeds x {protocol} steps); "
+        "it tests the pipeline and is no evidence for or against the claim"
+    )
+
+
+def setting_line(setting: str, where: Setting, extra: list[str], runs: list[Run]) -> str:
+    """What the runs were measured on: the preset's description, or, where the user's overrides replace
+    its data or model, what the runs themselves record instead."""
+    ran = next((r.settings for r in runs if r.settings.get("data")), {})
+    own = " ".join(extra)
+    if not any(o.lstrip("+").startswith(("data=", "data.path=", "model=")) for o in extra):  # (data.root: where)
+        return f"{setting}: {where.description} (`experiment={where.experiment}`" + (f" `{own}`)." if own else ").")
+    measured = ", ".join(f"{k}={ran[k]}" for k in ("data", "model") if k in ran)
+    return (
+        f"your own: {measured or 'as your overrides say'}, from `{own}` on the protocol of "
+        f"`experiment={where.experiment}` (its {setting} data and model replaced)."
+    )
 
 
 def reproduce(name: str, out: Path, runs: list[Run]) -> str:
@@ -848,6 +979,5 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 130
-    print(f"wrote {report}")
-    print(report.read_text().split("### Sweeps")[0])
+    show_summary(report)
     return 0

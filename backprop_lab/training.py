@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .console import err_console, show_choices, show_members, show_results
+from .console import console, err_console, show_choices, show_members, show_results
 from .errors import ConfigError, RefusedError
 from .runlog import RunLog, versions
 
@@ -215,6 +215,7 @@ def _resume(run_dir: Path) -> dict[str, Any]:
             f"is not a readable run folder ({type(err).__name__}: it needs summary.json and .hydra/config.yaml)",
         ) from None
     state = load_checkpoint(run_dir)
+    console.print(f"resumed from step {state['step']} (stage {state['stage']}) in {run_dir}", markup=False)
     done = [s for s in previous.get("stages", []) if s["stage"] != state["stage"]]
     finished = {s["stage"] for s in done}
     # The rows the interrupted process wrote after its checkpoint will be written again, identically.
@@ -313,6 +314,19 @@ def _prepare(
     return device, world, arrays, plans
 
 
+def _progress_label(jobs: list[Job]) -> str:
+    """Which run the progress line shows: a sweep's job by its folder; a batched group's first member
+    (the line shows its metrics) by the overrides in which the members differ."""
+    from .console import differing_overrides
+
+    where = f"job {jobs[0].run_dir.name}" if jobs[0].sweep_dir is not None else ""
+    if len(jobs) == 1:
+        return where
+    differ = differing_overrides([job.overrides for job in jobs])
+    first = " ".join(f"{key}={values[0]}" for key, values in differ.items())
+    return f"{where}{', ' if where else ''}member 1 of {len(jobs)}" + (f": {first}" if first else "")
+
+
 def _train(
     jobs: list[Job], plans: list[Any], runlogs: list[RunLog], world: Any, resume_from: Any, on_stage_end: Any
 ) -> list[list[Any]]:
@@ -321,7 +335,7 @@ def _train(
     from .console import StageProgress
 
     cfg, p = jobs[0].cfg, plans[0]
-    progress = StageProgress(cfg.trainer.progress)
+    progress = StageProgress(cfg.trainer.progress, _progress_label(jobs))
     if len(jobs) == 1:
         from .pretrain import run_stages
 
@@ -523,8 +537,13 @@ def _run_members(
     except RefusedError as err:
         update(status="failed", error=str(err), refused=True)  # bad input, as opposed to a crash
         err_console.print(f"error: {err}", markup=False)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
+        from .interrupts import Interrupted
+
         update(status="interrupted", error="interrupted by the user")
+        if isinstance(err, Interrupted):  # (the folder `resume` continues: the sweep's, or the run's)
+            update(error=f"interrupted by the user at step {err.step} of {err.max_steps} (stage {err.stage})")
+            err.resume_dir = jobs[0].sweep_dir or str(jobs[0].run_dir)
         raise
     except Exception as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":

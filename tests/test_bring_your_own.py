@@ -146,8 +146,9 @@ def test_a_target_cli_error_is_one_line(lab):
         [EXE, "train", "--config-dir", "configs", "optimizer=ghost", *FAST, "hydra.run.dir=run"],
         capture_output=True, text=True, cwd=lab, timeout=300,
     )  # fmt: skip
-    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     assert r.stderr.startswith("error: optimizer._target_=mylab.Ghost is not valid: is not importable")
+    assert not (lab / "run").exists()
     r = subprocess.run(
         [EXE, "train", "--config-dir", "configs", "optimizer=nope"], capture_output=True, text=True, cwd=lab
     )

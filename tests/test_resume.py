@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -181,30 +182,23 @@ def test_same_seed_and_deterministic_means_identical_metrics(tmp_path):
     assert comparable(tmp_path / "a") == comparable(tmp_path / "b")
 
 
-def test_a_sweep_with_a_diverging_and_an_invalid_job_finishes_the_rest(tmp_path):
-    r = subprocess.run(
-        [
-            *CLI,
-            "train",
-            "-m",
-            *FAST,
-            "optimizer=sgd",
-            "optimizer.lr=0.01,1e30,-1",
-            f"hydra.sweep.dir={tmp_path / 'sweep'}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 1 and "2 run(s) did not complete" in r.stderr
-    statuses = [json.loads((tmp_path / "sweep" / str(i) / "summary.json").read_text())["status"] for i in range(3)]
-    assert statuses == ["completed", "diverged", "failed"]
+def test_a_sweep_with_an_invalid_job_is_refused_whole_and_a_diverging_job_lets_the_rest_finish(tmp_path):
+    sweep = ["train", "-m", *FAST, "optimizer=sgd", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    r = subprocess.run([*CLI, *sweep, "optimizer.lr=0.01,1e30,-1"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and not (tmp_path / "sweep").exists()  # refused before Hydra made a folder
+    assert r.stderr.startswith("error: optimizer.lr=-1 is not valid: must be a number in (0, inf]")
+    assert len(r.stderr.strip().splitlines()) == 1
+
+    r = subprocess.run([*CLI, *sweep, "optimizer.lr=0.01,1e30"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "1 run(s) did not complete" in r.stderr
+    statuses = [json.loads((tmp_path / "sweep" / str(i) / "summary.json").read_text())["status"] for i in range(2)]
+    assert statuses == ["completed", "diverged"]
     table = subprocess.run(
         [*CLI, "compare", str(tmp_path / "sweep"), "--by", "optimizer.lr", "--format", "json"],
         capture_output=True,
         text=True,
     ).stdout
-    assert "1 diverged" in table and "1 failed" in table
+    assert "1 diverged" in table and "1 completed" in table
 
 
 def test_an_interrupted_vectorized_group_resumes_member_by_member(tmp_path):
@@ -328,6 +322,9 @@ def test_an_interrupted_sweep_is_finished_by_one_resume(tmp_path, launcher, caps
         time.sleep(0.02)
     p.send_signal(signal.SIGTERM)
     assert p.wait(timeout=60) == 130
+    said = p.stderr.read() if p.stderr else ""
+    assert re.search(r"interrupted at step \d+ of 400 \(stage train\); resume with: backprop-lab resume ", said)
+    assert said.rstrip().endswith(f"backprop-lab resume {sweep_dir}"), said[-500:]
     statuses = {d.name: json.loads((d / "summary.json").read_text())["status"] for d in sweep_dir.glob("[0-9]")}
     first = {"0": "completed", "1": "interrupted"} if launcher == "basic" else {"0": "interrupted", "1": "interrupted"}
     assert statuses == first  # jobs 2 and 3 never started
@@ -343,6 +340,7 @@ def test_an_interrupted_sweep_is_finished_by_one_resume(tmp_path, launcher, caps
         assert resume_main([str(sweep_dir)]) == 0
         printed = capsys.readouterr().out
     kept, resumed = (1, 1) if launcher == "basic" else (0, 2)
+    assert len(re.findall(r"resumed from step \d+ \(stage train\)", printed)) == resumed
     assert f"kept {kept}, resumed {resumed}, started {4 - kept - resumed}; now 4 completed" in printed
     for k, (reference, alone) in enumerate(uninterrupted):
         summary = json.loads((sweep_dir / str(k) / "summary.json").read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -45,15 +46,17 @@ def test_study_in_miniature(tmp_path, name):
         assert "| squareplus | matched |" in report
     phrase, n_runs = EXPECTED[name]
     assert phrase in report and "### Verdict" in report and "hydra/launcher=vectorized experiment=study_" in report
-    verdicts = [line for line in report.splitlines() if line.startswith("- ") and "hold" in line]
-    assert verdicts and all("**holds**" in v or "**does not hold**" in v for v in verdicts)
+    # a miniature says so at the top, in study.json, and in place of every verdict
+    assert report.splitlines()[4].startswith("> **miniature: 2 seeds x 8 steps (the protocol: 5 seeds x ")
+    assert "is no evidence" in json.loads((out / "study.json").read_text())["miniature"]
+    verdicts = [line for line in report.splitlines() if line.startswith("- ") and "(miniature)" in line]
+    assert verdicts and not any(word in report for word in ("**holds**", "**does not hold**", "**better**"))
     assert len(find_runs([out])) == n_runs
     assert (out / "grad_norms.png").is_file()
     assert "Holm-Bonferroni adjusted p" in report and "### Reproduce" in report
     summary = report.split("### Summary")[1].split("###")[0].strip().splitlines()[2:]  # one row per claim tested
     assert len(summary) == SUMMARY_ROWS[name]
-    outcomes = ("**holds** |", "**does not hold** |", "**better** |", "**worse** |", "no difference detected |")
-    assert all(row.endswith(outcomes) for row in summary)
+    assert all(row.endswith("| — (miniature) |") for row in summary)
     assert f"backprop-lab study {name} --report-only --out {out}" in report and "torch " in report
 
 
