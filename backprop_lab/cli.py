@@ -201,6 +201,8 @@ def current_job(cfg: DictConfig) -> Any:
 
     hc = HydraConfig.get()
     choices = {g: str(hc.runtime.choices.get(g)) for g in GROUPS if hc.runtime.choices.get(g) is not None}
+    if hc.runtime.choices.get("recipe"):  # (train.yaml's published recipe for the model, data and optimizer)
+        choices["recipe"] = str(hc.runtime.choices["recipe"])
     for group in ("regularizer", "logger"):  # Hydra records no list choice such as regularizer=[l2,dropout]
         if group not in choices:
             picked = [o.split("=", 1)[1] for o in hc.overrides.task if o.startswith(f"{group}=")]

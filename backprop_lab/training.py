@@ -563,6 +563,10 @@ def _run_members(
             runlog.close(summary, {**job.choices, "seed": job.cfg.get("seed"), "lr": job.cfg.optimizer.get("lr")})
     if count == 1 and stages[0]:
         show_results(summaries[0]["status"], stages[0], str(jobs[0].run_dir))
+        from .published import note
+
+        if line := note(cfg, summaries[0]):
+            console.print(line, markup=False)
     elif count > 1 and any(stages):
         show_members(summaries)
     return summaries
