@@ -75,8 +75,8 @@ def evaluate(
     """Mean loss (and accuracy) over a whole split, in eval mode, one value per member; tensors, so
     nothing syncs here. Under torchrun each process evaluates its share and the sums are pooled.
     `prepare` makes a chunk of stored inputs float (Split.prepare). `chunk` examples are evaluated at
-    a time (default: by input size; on CPU a ResNet-20 evaluates 5000 CIFAR images in 4.7 s in chunks
-    of 256 and in 14 s in chunks of 8192, which overflow the caches)."""
+    a time (default: by input size, since large chunks of images overflow the CPU's caches and
+    evaluate several times slower: BENCHMARKS.md, evaluation chunks)."""
     was_training = model.training
     model.eval()
     members = isinstance(model, Members)
@@ -224,7 +224,7 @@ class Stage:
         self.model, self.split, self.count = model, split, len(seeds)
         self.__dict__.update(settings)  # stage, optimizer, scheduler, regularization, trainer, ... (see fit)
         # the trainer's values as plain attributes: the loop reads some every step, and reading a
-        # DictConfig's attribute costs ~10 us (6% of a small MLP's step)
+        # DictConfig's attribute costs a noticeable share of a small MLP's step (BENCHMARKS.md)
         self.trainer = SimpleNamespace(**OmegaConf.to_container(self.trainer, resolve=True))  # type: ignore[arg-type]
         trainer, world, device = self.trainer, self.world, split.x_train.device
         self.device = device

@@ -10,8 +10,8 @@ dicts are its own run's (a checkpoint resumes as an ordinary run).
 
 Neighbouring members that do share one elementwise optimizer (differing at most in a rate
 members.lr_batchable allows) form a family, which steps as one optimizer over its slice of the stacked
-tensors: a learning-rate search over 7 optimizers x 7 rates steps 7 optimizers, not 49 (1000 steps of
-the optimizers study's search: 9.5 -> 6.9 s here). Where all members share one, pretrain.fit_members
+tensors: a learning-rate search over 7 optimizers x 7 rates steps 7 optimizers, not 49 (the
+optimizers study's search: BENCHMARKS.md). Where all members share one, pretrain.fit_members
 keeps the single stacked optimizer.
 """
 

@@ -120,8 +120,8 @@ class MemberDropout(nn.Module):
 
 
 def member_dropout(x: torch.Tensor, rate: torch.Tensor | float, training: bool) -> torch.Tensor:
-    """Dropout with masks from torch.rand_like: on the CPU a third of the time of F.dropout, whose
-    bernoulli_ draws slowly (0.66 against 2.1 ms forward and backward for [5, 100, 512] here)."""
+    """Dropout with masks from torch.rand_like: on the CPU much faster than F.dropout, whose
+    bernoulli_ draws slowly (BENCHMARKS.md, dropout masks)."""
     if not training:
         return x
     return x * ((torch.rand_like(x) >= rate) / (1 - rate))  # (in-place ops here have no rule under vmap)
@@ -134,8 +134,8 @@ def stacked_dropout(x: torch.Tensor, rate: torch.Tensor, training: bool) -> torc
     """Dropout for the stacked MLP (outside vmap), x [K, B, width], rate [K, 1, 1]: each element is kept
     with probability q = 1 - round(rate * 2^15) / 2^15 (within 2^-16 of 1 - rate) and scaled by 1 / q,
     so each output's expectation is its input exactly. Its masks take 15 random bits per element, four
-    elements to one int64 draw of torch's generator: a [5, 100, 512] layer's dropout, forward and
-    backward, 0.79 -> 0.43 ms here against member_dropout's one float draw per element."""
+    elements to one int64 draw of torch's generator, about half the time of member_dropout's one float
+    draw per element (BENCHMARKS.md, dropout masks)."""
     if not training:
         return x
     count = x.numel()
@@ -245,15 +245,15 @@ def _input_grad(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 def _weight_grad(grad: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """grad [K, n, p]^T @ h [K, n, m]: each member's weight gradient [K, p, m], in the weights' layout.
-    oneDNN takes grad^T as a contiguous copy: with it as a transposed view its time varied 2x between
-    processes here (5 x [512, 100] @ [100, 512]: 1.0 ms with the copy, 1.6-2.2 without, MKL 1.6)."""
+    oneDNN takes grad^T as a contiguous copy: with it as a transposed view its time varied between
+    processes, and the copy was faster than both that and MKL (BENCHMARKS.md, oneDNN)."""
     if use_onednn(grad, grad.shape[1] * grad.shape[2] * h.shape[2]):
         return onednn_linear(grad.transpose(1, 2).contiguous(), h.transpose(1, 2))
     return member_matmul(grad.transpose(1, 2), h)
 
 
 GEMM_CHOICES = ("auto", "mkl", "onednn")
-ONEDNN_MACS = 2**22  # per member and product; below it oneDNN's per-call cost (~15 us) outweighs its kernel
+ONEDNN_MACS = 2**22  # per member and product; below it oneDNN's per-call cost outweighs its kernel (BENCHMARKS.md)
 
 
 def gemm_backend() -> str:
@@ -308,13 +308,13 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 def _packed(t: torch.Tensor) -> torch.Tensor:
     """t [K, a, b] with each member's matrix packed, row- or column-major (a transposed view), as
     oneDNN's fast kernels take it; anything else is copied. A view across members (batch norm leaves
-    its outputs so) sent oneDNN to a reference kernel here: 1.4 s for a product that takes 1 ms."""
+    its outputs so) sends oneDNN to a reference kernel, about a thousand times slower."""
     rows, cols = t.shape[1:]
     stride = t.stride()[1:]
     return t if stride in ((cols, 1), (1, rows)) else t.contiguous()
 
 
-SPLIT_MACS = 2**21  # per member; the crossover measured here was 1-2 M (a 100 x 100 x 100 product: no gain)
+SPLIT_MACS = 2**21  # per member; the crossover measured was 1-2 M multiply-adds (BENCHMARKS.md)
 
 
 def member_matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -322,7 +322,7 @@ def member_matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = 
 
     On the CPU, bmm hands each thread whole members, each a one-thread gemm, so 5 members on 2 threads
     take as long as 6. Here the members past the last full round of threads each run as one gemm over
-    all threads: a 5-member 40-512-512-10 MLP's matmuls, forward and backward, 5.2 -> 4.4 ms here. The
+    all threads, which keeps every thread busy (BENCHMARKS.md, member_matmul). The
     forward still gives each member what its own nn.Linear gives (addmm); a gemm over more threads may
     sum in another order, so backward products can differ from bmm's by float rounding. Below SPLIT_MACS
     multiply-adds per member the extra calls cost what the balance gains."""

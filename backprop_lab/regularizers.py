@@ -105,8 +105,8 @@ class Regularization:
     @torch.no_grad()
     def add_penalty_gradients_(self) -> None:
         """Add l1 * sign(w) + l2 * w to each regularised parameter's gradient: what backward of the L1 / L2
-        terms of penalty() adds, in one pass. Autograd took 1.5 ms a step for them on a 5-member
-        40-512-512-10 MLP here, as much as its dropout; this takes 0.1 ms."""
+        terms of penalty() adds, in one pass: a small fraction of what autograd takes for the same
+        terms (BENCHMARKS.md)."""
         assert self._l1_on or self._l2_on, "called only when a penalty is on (adds_to_gradients)"
         for p in self._params():
             if p.grad is None:

@@ -84,8 +84,8 @@ def _job_dir(config: DictConfig) -> Path:
 class ComposedOnce:
     """Hydra's config loader, but a job's config is composed once, not twice: the sweeper composes each
     job of a batch to check it (Sweeper.validate_batch_is_legal), then the launcher composes it again,
-    and a compose takes about 0.2 s here (the YAML files parsed anew each time): half the set-up of a
-    sweep of small runs. The loader keeps what the check composed; `take` hands it to the launcher."""
+    and each compose parses the YAML files anew: about half the set-up of a sweep of small runs
+    (BENCHMARKS.md). The loader keeps what the check composed; `take` hands it to the launcher."""
 
     def __init__(self, loader: Any) -> None:
         self.loader = loader
