@@ -61,9 +61,10 @@ def test_the_sweeps_last_table_shows_the_overrides_in_which_its_jobs_differ(swee
 def test_a_rate_grid_on_the_vectorized_launcher_shows_its_rates(tmp_path):
     r = cli(
         tmp_path, "train", "-m", "hydra/launcher=vectorized", *FAST, "optimizer.lr=0.001,0.03", "seed=0,1",
-        f"hydra.sweep.dir={tmp_path / 'sw'}",
+        f"hydra.sweep.dir={tmp_path / 'sw'}", "trainer.progress=plain",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "[train, job 0, member 1 of 4: optimizer.lr=0.001 seed=0] step 3/6" in r.stdout  # whose line it is
     for title in ("4 runs trained as one batched model", "sweep: 4 jobs in "):
         table = r.stdout[r.stdout.index(title) :]
         header = next(line for line in table.splitlines() if "status" in line)
@@ -160,6 +161,7 @@ def test_a_study_in_miniature_on_the_users_own_data_says_both(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "miniature: 2 seeds x 8 steps" in r.stdout.splitlines()[0] and "report: st/report.md" in r.stdout
     assert "### Summary" not in r.stdout and "— (miniature)" in r.stdout  # the claims' table, not the report
+    assert "[activations] grid: 24/24 jobs ended" in r.stdout  # each sweep's progress
     report = (tmp_path / "st" / "report.md").read_text()
     assert "**Setting:** your own: data=npz, model=mlp, from `data=npz data.path=textures.npz`" in report
     assert "MNIST-1D (generated" not in report
@@ -169,3 +171,20 @@ def test_a_study_in_miniature_on_the_users_own_data_says_both(tmp_path):
     again = cli(tmp_path, "study", "activations", "--report-only", "--out", "st")
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "st" / "report.md").read_text().split("### Sweeps")[0] == report.split("### Sweeps")[0]
+
+
+def test_the_default_run_is_the_published_recipe_and_says_where_it_stands():
+    from backprop_lab.job_check import compose_train
+    from backprop_lab.published import note
+
+    assert compose_train([]).optimizer.lr == 0.01  # the MNIST-1D paper's Adam
+    assert compose_train(["model=cnn1d"]).optimizer.lr == 0.01
+    assert compose_train(["optimizer=sgd"]).optimizer.lr == 0.1  # another optimizer keeps its own
+    assert compose_train(["data=digits"]).optimizer.lr == 0.001  # another data set: Adam's usual rate
+    assert compose_train(["experiment=study_regularization"]).optimizer.lr == 0.001  # a preset's own wins
+    assert compose_train(["optimizer.lr=0.003"]).optimizer.lr == 0.003
+    summary = {"status": "completed", "metrics": {"test/acc": 0.655}, "steps": 6000, "best_step": 4500}
+    said = note(compose_train([]), summary)
+    assert said is not None and "65.5%" in said and "MLP 68%, CNN 94%" in said and "this mlp: -2.5 points" in said
+    assert "not comparable" in (note(compose_train(["trainer=smoke"]), {**summary, "steps": 30}) or "")
+    assert note(compose_train(["data.num_samples=1000"]), summary) is None  # not the published data set
