@@ -201,8 +201,6 @@ def current_job(cfg: DictConfig) -> Any:
 
     hc = HydraConfig.get()
     choices = {g: str(hc.runtime.choices.get(g)) for g in GROUPS if hc.runtime.choices.get(g) is not None}
-    if hc.runtime.choices.get("recipe"):  # (train.yaml's published recipe for the model, data and optimizer)
-        choices["recipe"] = str(hc.runtime.choices["recipe"])
     for group in ("regularizer", "logger"):  # Hydra records no list choice such as regularizer=[l2,dropout]
         if group not in choices:
             picked = [o.split("=", 1)[1] for o in hc.overrides.task if o.startswith(f"{group}=")]
@@ -212,7 +210,29 @@ def current_job(cfg: DictConfig) -> Any:
     from .search import trial_of_job
 
     sweep_dir = str(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None
-    return Job(cfg, Path(hc.runtime.output_dir), choices, list(hc.overrides.task), sweep_dir, trial_of_job(hc))
+    run_dir, overrides = Path(hc.runtime.output_dir), list(hc.overrides.task)
+    return Job(cfg, run_dir, choices, overrides, sweep_dir, trial_of_job(hc), applied_recipe(hc))
+
+
+def applied_recipe(hc: Any) -> str | None:
+    """The recipe train.yaml applied (`optional recipe: ${model}_${data}_${optimizer}`), or None: Hydra
+    records the name it looked for whether or not such a file exists in a config source."""
+    name = hc.runtime.choices.get("recipe")
+    if not name:
+        return None
+    for source in hc.runtime.config_sources:
+        if source.schema == "pkg" and source.path:
+            try:
+                found = (resources.files(source.path) / "recipe" / f"{name}.yaml").is_file()
+            except (ModuleNotFoundError, TypeError):
+                found = False
+        elif source.schema == "file":
+            found = (Path(source.path) / "recipe" / f"{name}.yaml").is_file()
+        else:
+            found = False
+        if found:
+            return str(name)
+    return None
 
 
 def run_value(summary: dict[str, Any]) -> float | None:

@@ -54,21 +54,29 @@ def sorted_rows(rows: list[Row]) -> list[Row]:
 
 def _plain_ticks(ax: Any, log: bool, integer_x: bool = False) -> None:
     """Tick labels as plain numbers (1.4, not 1.4x10^0), on log axes too; whole numbers on an index axis."""
-    from matplotlib.ticker import FuncFormatter, MaxNLocator
+    from matplotlib.ticker import LogFormatter, MaxNLocator
+
+    class Plain(LogFormatter):
+        """matplotlib's choice of which log ticks to label (minor ones only where the axis spans about a
+        decade or less, so none overlap), written as plain numbers: 0.01, 0.2, 3."""
+
+        def __call__(self, x: float, pos: Any = None) -> str:
+            return f"{x:g}" if super().__call__(x, pos) else ""
 
     if log:
-        plain = FuncFormatter(lambda v, _: f"{v:.3g}")
-        ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(plain)
+        ax.yaxis.set_major_formatter(Plain(labelOnlyBase=False))
+        ax.yaxis.set_minor_formatter(Plain(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
     if integer_x:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _legend_below(fig: Any, ax: Any) -> None:
-    """The legend under the panels, never on the data, its entries in the table's order."""
+    """The legend under the panels, never on the data, its entries in the table's order, in as many
+    columns (up to 3) as the figure's width holds at the longest label."""
     handles, labels = ax.get_legend_handles_labels()
     if labels:
-        columns = min(3, len(labels))
+        chars = fig.get_figwidth() * 16  # (8-point text: about 16 characters an inch)
+        columns = max(1, min(3, len(labels), int(chars // (max(map(len, labels)) + 6))))
         fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=8, frameon=False)
         rows = -(-len(labels) // columns)
         fig.tight_layout(rect=(0, min(0.45, 0.035 * rows + 0.02), 1, 1))
@@ -120,7 +128,10 @@ def _plot_band(
     """Each series' mean with a band of ± one std; `labels` fixes each setting's colour across panels."""
     for label, (x, mean, std) in data.items():
         style = _style(labels.index(label), len(x))
-        ax.fill_between(x, mean - std, mean + std, alpha=0.15, color=style["color"], linewidth=0)
+        low = mean - std
+        if log:  # (a band reaching 0 would leave holes on a log axis: there, as far below in ratio as above)
+            low = np.where(low > 0, low, mean**2 / (mean + std))
+        ax.fill_between(x, low, mean + std, alpha=0.15, color=style["color"], linewidth=0)
         ax.plot(x, mean, label=label, **style)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
@@ -194,6 +205,7 @@ def gap_plot(rows: list[Row], out: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(8, 5.5))
     labels = [_label(row.setting) for row in rows]
     _plot_band(ax, data, "train - validation accuracy (generalisation gap)", "step", labels)
+    ax.set_xlim(left=0)  # (a single evaluation sits where it is in the run, not alone on its axis)
     _legend_below(fig, ax)
     path = out / "gap.png"
     fig.savefig(path, dpi=100)

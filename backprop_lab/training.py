@@ -173,6 +173,7 @@ class Job:
     overrides: list[str]
     sweep_dir: str | None = None  # the sweep's folder, for a job of a sweep (MLflow's experiment)
     trial: dict[str, Any] | None = None  # the Optuna trial this job is (search.trial_of_job)
+    recipe: str | None = None  # the published recipe train.yaml applied (configs/recipe/), if any
 
 
 def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list[str]) -> dict[str, Any]:
@@ -232,7 +233,7 @@ def _resume(run_dir: Path) -> dict[str, Any]:
             )
         ],
     )
-    job = Job(cfg, run_dir, previous.get("choices", {}), previous.get("overrides", []))
+    job = Job(cfg, run_dir, previous.get("choices", {}), previous.get("overrides", []), recipe=previous.get("recipe"))
     resumed = [
         *previous.get("resumed", []),
         {
@@ -258,6 +259,8 @@ def _first_summary(job: Job, k: int, jobs: list[Job], resume_from: Any, differin
         "run_dir": str(job.run_dir),
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if job.recipe:
+        summary["recipe"] = job.recipe
     if count > 1:
         summary["vectorized"] = {"member": k, "members": count, "seeds": [j.cfg.get("seed") for j in jobs]}
         if differing:
@@ -521,7 +524,7 @@ def _run_members(
             summary["regularizers_active"] = active_regularizers(job.cfg.regularizer)
         seeds = [job.cfg.seed for job in jobs]
         show_choices(
-            jobs[0].choices,
+            {**jobs[0].choices, **({"recipe": jobs[0].recipe} if jobs[0].recipe else {})},
             {
                 "seed": seeds[0] if count == 1 else f"{seeds} (vectorized)",
                 **({"lr": [job.cfg.optimizer.get("lr") for job in jobs]} if count > 1 else {}),

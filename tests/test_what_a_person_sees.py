@@ -188,3 +188,13 @@ def test_the_default_run_is_the_published_recipe_and_says_where_it_stands():
     assert said is not None and "65.5%" in said and "MLP 68%, CNN 94%" in said and "this mlp: -2.5 points" in said
     assert "not comparable" in (note(compose_train(["trainer=smoke"]), {**summary, "steps": 30}) or "")
     assert note(compose_train(["data.num_samples=1000"]), summary) is None  # not the published data set
+
+
+def test_a_sweep_records_the_recipe_only_where_one_was_applied(tmp_path):
+    sweep = ["-m", "optimizer=sgd,adam", "trainer=smoke", "trainer.progress=off", "hydra.sweep.dir=sw"]
+    r = cli(tmp_path, "train", *sweep)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summaries = [json.loads((tmp_path / "sw" / str(k) / "summary.json").read_text()) for k in (0, 1)]
+    assert [s.get("recipe") for s in summaries] == [None, "mlp_mnist1d_adam"]
+    assert not any("recipe" in s["choices"] for s in summaries)  # (compare groups by choices: no extra column)
+    assert [s["choices"]["optimizer"] for s in summaries] == ["sgd", "adam"]
