@@ -630,19 +630,41 @@ class SweepProgress:
         shown = -1
         while not self.stop.wait(1.0):
             done = self.done()
-            if done != shown:
+            if self.bar is not None:
+                self.bar.update(self.task, completed=done)
+            elif done != shown:
                 shown = done
-                self.console.print(self.line(done), markup=False, end="\r" if self.console.is_terminal else "\n")
+                self.console.print(self.line(done), markup=False)
 
     def __enter__(self) -> SweepProgress:
+        from rich.markup import escape
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
         self.started = time.time()
+        self.bar: Progress | None = None
+        if self.console.is_terminal and self.total:  # a bar: jobs done of the total, elapsed, estimate
+            columns = (TextColumn(escape(self.label)), BarColumn(), MofNCompleteColumn(), TextColumn("jobs"))
+            self.bar = Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), console=self.console)
+            self.task = self.bar.add_task(self.label, total=self.total)
+            self.bar.start()
         self.thread.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.stop.set()
         self.thread.join()
-        self.console.print(self.line(self.done()).replace("jobs done", "jobs ended"), markup=False)
+        if self.bar is not None:
+            self.bar.update(self.task, completed=self.done())
+            self.bar.stop()
+        else:
+            self.console.print(self.line(self.done()).replace("jobs done", "jobs ended"), markup=False)
 
 
 def show_summary(report: Path) -> None:
