@@ -269,21 +269,19 @@ class SweepOutcomes(Callback):
 
         from .console import show_jobs
 
-        ran = []
+        jobs = []
         for path in sorted(Path(str(config.hydra.sweep.dir)).glob("**/summary.json")):
             try:
                 summary = json.loads(path.read_text())
                 started = datetime.fromisoformat(summary["started_at"]).timestamp()
             except (OSError, ValueError, KeyError):
                 continue
-            if started < int(self.started):
-                continue
-            ran.append(summary)
-            if summary.get("status") not in ("completed", "pruned"):
+            jobs.append(summary)  # (a resumed sweep's kept and resumed jobs too)
+            if started >= int(self.started) and summary.get("status") not in ("completed", "pruned"):
                 _unfinished.append((str(path.parent), summary.get("status", "unknown")))
-        if len(ran) > 1:  # the sweep's jobs side by side, with the overrides in which they differ
-            ran.sort(key=lambda s: (len(Path(s["run_dir"]).name), Path(s["run_dir"]).name))
-            show_jobs(ran, f"sweep: {len(ran)} jobs in {config.hydra.sweep.dir}", folder="job")
+        if len(jobs) > 1:  # the sweep's jobs side by side, with the overrides in which they differ
+            jobs.sort(key=lambda s: (len(Path(s["run_dir"]).name), Path(s["run_dir"]).name))
+            show_jobs(jobs, f"sweep: {len(jobs)} jobs in {config.hydra.sweep.dir}", folder="job")
 
 
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")

@@ -115,20 +115,25 @@ def show_results(status: str, stages: list[dict[str, Any]], run_dir: str) -> Non
 
 
 def show_jobs(summaries: list[dict[str, Any]], title: str, folder: str = "run folder") -> None:
-    """One row per job: the overrides in which the jobs differ (seed always), then the outcome."""
+    """One row per job: its folder (a sweep's job number first; a run folder last), the seed and the
+    overrides in which the jobs differ, then the outcome."""
     differ = differing_overrides([s.get("overrides") or [] for s in summaries])
     differ.pop("seed", None)
+    first = folder != "run folder"
     table = Table(title=title)
-    for col in ("seed", *differ, "status", "steps", "best step", "val/acc", "test/acc", folder):
-        table.add_column(Text(col), justify="left" if col in ("status", folder) else "right")
+    columns = (*((folder,) if first else ()), "seed", *differ, "status", "steps", "best step", "val/acc", "test/acc")
+    for col in (*columns, *(() if first else (folder,))):
+        table.add_column(Text(col), justify="left" if col in ("status", folder, *differ) else "right")
     for k, s in enumerate(summaries):
         m = s.get("metrics") or {}
+        where = Path(str(s.get("run_dir")))
         table.add_row(
+            *((Text(where.name),) if first else ()),
             *(Text(str(v)) for v in (s.get("seed"), *(values[k] for values in differ.values()), s.get("status"))),
             str(s.get("steps", "-")),
             str(s.get("best_step") or "-"),
             *("-" if m.get(key) is None else f"{m[key]:.4f}" for key in ("val/acc", "test/acc")),
-            Text(str(s.get("run_dir")) if folder == "run folder" else Path(str(s.get("run_dir"))).name),
+            *(() if first else (Text(str(where)),)),
         )
     console.print(table)
 

@@ -341,6 +341,7 @@ def test_an_interrupted_sweep_is_finished_by_one_resume(tmp_path, launcher, caps
         printed = capsys.readouterr().out
     kept, resumed = (1, 1) if launcher == "basic" else (0, 2)
     assert len(re.findall(r"resumed from step \d+ \(stage train\)", printed)) == resumed
+    assert "sweep: 4 jobs in " in printed  # the whole sweep, kept jobs too, side by side
     assert f"kept {kept}, resumed {resumed}, started {4 - kept - resumed}; now 4 completed" in printed
     for k, (reference, alone) in enumerate(uninterrupted):
         summary = json.loads((sweep_dir / str(k) / "summary.json").read_text())
