@@ -10,14 +10,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .api import load_runs, train
+    from backprop_lab.api import load_runs, train
 
 __all__ = ["train", "load_runs"]
 
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from . import api
+        from backprop_lab import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'backprop_lab' has no attribute {name!r}")

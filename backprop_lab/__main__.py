@@ -1,5 +1,5 @@
 """python -m backprop_lab: the same command as backprop-lab."""
 
-from .cli import main
+from backprop_lab.cli import main
 
 main()

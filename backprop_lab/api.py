@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import RefusedError
+from backprop_lab.errors import RefusedError
 
 if TYPE_CHECKING:
     import pandas
@@ -26,13 +26,14 @@ def train(*overrides: str, config_dir: str | Path | None = None, run_dir: str | 
     (--config-dir); `run_dir` is the run folder (default: outputs/DATE/TIME, as the CLI).
     Bad input raises RefusedError with the one-line message the CLI prints; a run that diverged or
     failed returns its summary (status diverged / failed) as the CLI would exit 1."""
-    from . import cli
-    from .plugin_configs import register
+    from backprop_lab.plugin_configs import register
+    from backprop_lab.run import app
+    from backprop_lab.run.job_check import precheck
 
     if any(o.startswith("-") for o in overrides):  # -m, --config-dir, ...: not overrides
         raise RefusedError("train() takes overrides only (one run); for a sweep call it in a loop, or use the CLI's -m")
     args = [*(["--config-dir", str(Path(config_dir).resolve())] if config_dir is not None else []), *overrides]
-    problem = cli.precheck(args)
+    problem = precheck(args)
     if problem:
         raise RefusedError(problem)
     if run_dir is not None:
@@ -40,15 +41,14 @@ def train(*overrides: str, config_dir: str | Path | None = None, run_dir: str | 
     register()
     saved_argv = sys.argv
     sys.argv = ["backprop-lab", *args]
-    cli.last_summary = None
+    app.outcomes().reset()
     try:
-        cli.train_app()
+        app.train_app()
     except SystemExit as exit:  # Hydra reports its own errors and exits; none should be left here
         raise RefusedError(f"Hydra stopped with exit status {exit.code} (see the messages above)") from None
     finally:
         sys.argv = saved_argv
-        cli._unfinished.clear()
-    summary = cli.last_summary
+    summary = app.outcomes().last_summary
     if summary is None:
         raise RefusedError("the run did not start (see the messages above)")
     if summary.get("refused"):
@@ -62,7 +62,7 @@ def load_runs(*paths: str | Path) -> pandas.DataFrame:
     metric of summary.json named as there (`test/acc`, `val/loss`, ...)."""
     import pandas as pd
 
-    from .compare import find_runs
+    from backprop_lab.lab.compare import find_runs
 
     runs = find_runs([Path(p) for p in (paths or (".",))])
     rows = []

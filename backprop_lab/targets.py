@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .errors import ConfigError
+from backprop_lab.errors import ConfigError
 
 TARGET = "_target_"
 # Keys of a target option that the lab reads itself, per group; everything else is an argument.
@@ -57,7 +57,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "layout": "auto",
     },
 }
-GROUPS = tuple(OWN_KEYS)
+TARGET_GROUPS = tuple(OWN_KEYS)  # the groups whose option may name a _target_
 
 
 def is_target(node: Any) -> bool:

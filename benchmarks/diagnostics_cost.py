@@ -15,8 +15,8 @@ import statistics
 import torch
 from hydra import compose, initialize_config_module
 
-from backprop_lab.data import load_arrays
-from backprop_lab.pretrain import fit_stage, plan
+from backprop_lab.data.datasets import load_arrays
+from backprop_lab.run.pretrain import fit_stage, plan
 
 
 class _Silent:

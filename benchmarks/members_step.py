@@ -20,9 +20,9 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-import backprop_lab.members as members_module
-from backprop_lab.members import Members
-from backprop_lab.models import build_mlp
+import backprop_lab.vectorized.members as members_module
+from backprop_lab.components.models import build_mlp
+from backprop_lab.vectorized.members import Members
 
 SHAPES = [(5, 100), (8, 100), (49, 100), (5, 512), (2, 512)]  # (members, width): the studies' groups
 

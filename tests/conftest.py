@@ -15,7 +15,8 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
-from backprop_lab.training import GROUPS, run
+from backprop_lab.groups import GROUPS
+from backprop_lab.run.training import run
 
 FAST = [
     "data=synthetic",

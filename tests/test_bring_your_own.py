@@ -18,11 +18,12 @@ from test_cli import EXE
 from test_launchers import assert_same_rows, rows, sweep
 from torch import nn
 
-from backprop_lab.cli import compose_train
-from backprop_lab.models import Classifier, build_model
-from backprop_lab.optimizers import MuonWithAdamW, build_optimizer
-from backprop_lab.regularizers import Regularization
-from backprop_lab.training import GROUPS, run
+from backprop_lab.components.models import Classifier, build_model
+from backprop_lab.components.optimizers import MuonWithAdamW, build_optimizer
+from backprop_lab.components.regularizers import Regularization
+from backprop_lab.groups import GROUPS
+from backprop_lab.run.job_check import compose_train
+from backprop_lab.run.training import run
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -236,7 +237,7 @@ def test_vectorized_batches_every_optimizer_with_each_members_own_numbers(lab):
     an optimizer of its own. All six jobs are one batched model; members end where their own runs end."""
     from omegaconf import OmegaConf
 
-    from backprop_lab.member_optimizers import needs_own_optimizers
+    from backprop_lab.vectorized.member_optimizers import needs_own_optimizers
 
     declared = OmegaConf.create({"_target_": "mylab.SignSGD", "lr": 0.001, "elementwise": True})
     undeclared = OmegaConf.create({"_target_": "mylab.SignSGD", "lr": 0.001})

@@ -165,7 +165,7 @@ def test_a_refused_value_is_refused_before_torch_starts(tmp_path):
     r = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert r.returncode == 2 and "error: optimizer.lr=-1 is not valid: must be a number in (0, inf]" in r.stderr
     imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
-    assert "backprop_lab.validate" in imported and "torch" not in imported
+    assert "backprop_lab.run.validate" in imported and "torch" not in imported
     assert not (tmp_path / "run").exists()
 
 
@@ -268,7 +268,7 @@ def test_mnist_idx_files_train_from_an_empty_folder(tmp_path, monkeypatch):
 
 GC_PROBE = """
 import gc, sys
-import backprop_lab.training as training
+import backprop_lab.run.training as training
 prepare, train = training._prepare, training._train
 def probed_prepare(*args, **kwargs):
     print("start-up, collector on:", gc.isenabled())
@@ -285,7 +285,7 @@ main()
 
 def test_the_command_pauses_the_garbage_collector_during_start_up_only(tmp_path, monkeypatch, capsys):
     """As its own process, `backprop-lab train` starts with Python's cyclic collector paused and trains
-    with it on, the start-up objects frozen (backprop_lab.gc_pause); cli.main given its arguments, as
+    with it on, the start-up objects frozen (backprop_lab.run.gc_pause); cli.main given its arguments, as
     a caller's process calls it, leaves the collector alone."""
     import gc
 

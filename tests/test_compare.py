@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from test_cli import EXE
 
-from backprop_lab.compare import compare, find_runs, main, pooled
+from backprop_lab.lab.compare import compare, find_runs, main, pooled
 
 T_975_DF2 = 4.302652729911275  # Student t quantile, 0.975, 2 degrees of freedom (printed tables: 4.303)
 

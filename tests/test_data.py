@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import make_cfg
 
-from backprop_lab import data
+from backprop_lab.data import datasets as data
 
 
 def test_cached_mnist1d_is_identical_to_fresh_generation(tmp_path, monkeypatch):
@@ -40,7 +40,7 @@ def test_cached_scikit_learn_data_is_scikit_learns_and_needs_no_scikit_learn_the
 
     cfg = {"shape": [6], "num_samples": 90, "num_classes": 4, "split_seed": 4, "test_fraction": 0.2}
     probe = (
-        "import sys, numpy as np; from omegaconf import OmegaConf; from backprop_lab import data; "
+        "import sys, numpy as np; from omegaconf import OmegaConf; from backprop_lab.data import datasets as data; "
         f"a = data.load_{name}(OmegaConf.create({cfg!r})); "
         "np.savez(sys.argv[1], x=np.concatenate([a.x, a.x_test]), y=np.concatenate([a.y, a.y_test])); "
         "print('sklearn' in sys.modules)"
@@ -92,7 +92,8 @@ def test_cached_split_is_scikit_learns_split_and_needs_no_scikit_learn_the_secon
         np.testing.assert_array_equal(a, b)
     assert len(list(tmp_path.glob("splits/*.npz"))) == 1
     probe = (
-        "import sys, numpy as np; from backprop_lab.data import split_indices; rng = np.random.default_rng(0); "
+        "import sys, numpy as np; from backprop_lab.data.datasets import split_indices; "
+        "rng = np.random.default_rng(0); "
         "rng.normal(size=(300, 5)); y = rng.integers(0, 4, 300); split_indices(y, 0.2, 3); "
         "print('sklearn' in sys.modules)"
     )

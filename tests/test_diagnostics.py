@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from conftest import make_cfg
 
-from backprop_lab.diagnostics import Diagnostics
-from backprop_lab.models import build_model
+from backprop_lab.components.models import build_model
+from backprop_lab.engine.diagnostics import Diagnostics
 
 
 def _tiny(act: str):

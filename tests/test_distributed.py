@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cfg
 
-from backprop_lab.runlog import read_metrics
+from backprop_lab.run.runlog import read_metrics
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "backprop_lab"]
 SMALL = [

@@ -17,7 +17,8 @@ import pytest
 from conftest import make_cfg, run_cfg
 from fake_files import IDX_NAMES, random_cifar, write_cifar_binary, write_idx_set
 
-from backprop_lab import data, image_sets
+from backprop_lab.data import datasets as data
+from backprop_lab.data import image_sets
 from backprop_lab.errors import ConfigError
 
 

@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 from conftest import Quiet, Rows, make_cfg
 
-from backprop_lab.data import load_arrays
-from backprop_lab.engine import fit
-from backprop_lab.optimizers import build_optimizer
-from backprop_lab.pretrain import plan
-from backprop_lab.regularizers import Regularization
-from backprop_lab.runlog import read_metrics
+from backprop_lab.components.optimizers import build_optimizer
+from backprop_lab.components.regularizers import Regularization
+from backprop_lab.data.datasets import load_arrays
+from backprop_lab.engine.loop import fit
+from backprop_lab.run.pretrain import plan
+from backprop_lab.run.runlog import read_metrics
 
 
 def test_one_full_batch_step_matches_a_hand_written_step():
@@ -81,8 +81,8 @@ def test_divergence_is_a_status_not_a_crash(train):
 
 
 def test_a_loss_that_blows_up_but_stays_finite_completes_with_a_warning(train, tmp_path, capsys):
-    from backprop_lab.compare import compare, find_runs
-    from backprop_lab.report import write_report
+    from backprop_lab.lab.compare import compare, find_runs
+    from backprop_lab.lab.report import write_report
 
     chance = math.log(4)  # synthetic data: 4 classes
     wild, wild_dir = train("optimizer=rmsprop", "optimizer.lr=0.3", "trainer.max_steps=30", "trainer.log_every=5")
@@ -106,7 +106,7 @@ def test_a_loss_that_blows_up_but_stays_finite_completes_with_a_warning(train, t
 
 
 def test_loss_warnings_draw_the_line_at_ten_times_chance(tmp_path):
-    from backprop_lab.instability import loss_warnings
+    from backprop_lab.run.instability import loss_warnings
 
     line = 10 * math.log(10)
     assert loss_warnings({"test/loss": line * 0.99}, 10, tmp_path / "none.jsonl", "train") == []

@@ -21,7 +21,8 @@ from fake_files import (
     write_png_folder,
 )
 
-from backprop_lab import data, formats, image_sets
+from backprop_lab.data import datasets as data
+from backprop_lab.data import formats, image_sets
 from backprop_lab.errors import ConfigError
 
 QUICK = [

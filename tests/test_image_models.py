@@ -13,11 +13,11 @@ from fake_files import random_cifar, write_cifar_binary, write_idx_set
 from test_launchers import _jobs
 from test_resume import comparable, kill_mid_run
 
-from backprop_lab.augment import Augment
-from backprop_lab.data import load_arrays
+from backprop_lab.components.models import build_model
+from backprop_lab.data.augment import Augment
+from backprop_lab.data.datasets import load_arrays
 from backprop_lab.errors import ConfigError
-from backprop_lab.models import build_model
-from backprop_lab.training import resume, run_members
+from backprop_lab.run.training import resume, run_members
 
 SMALL = [
     "trainer.max_steps=12",

@@ -16,12 +16,17 @@ import pytest
 import torch
 from conftest import FAST, Quiet, Rows, make_cfg, run_cfg, sweep_here, sweep_printed
 
-import backprop_lab.members as members_module
-from backprop_lab.compare import compare, find_runs
-from backprop_lab.data import load_arrays
-from backprop_lab.engine import fit
+import backprop_lab.vectorized.members as members_module
+from backprop_lab.components.optimizers import build_optimizer
+from backprop_lab.components.regularizers import Regularization
+from backprop_lab.data.datasets import load_arrays
+from backprop_lab.engine.loop import fit
 from backprop_lab.errors import RefusedError
-from backprop_lab.members import (
+from backprop_lab.groups import GROUPS
+from backprop_lab.lab.compare import compare, find_runs
+from backprop_lab.run.pretrain import plan
+from backprop_lab.run.training import Job, run_members
+from backprop_lab.vectorized.members import (
     SPLIT_MACS,
     MemberLinear,
     Members,
@@ -30,10 +35,6 @@ from backprop_lab.members import (
     stacked_dropout,
     why_not_batched,
 )
-from backprop_lab.optimizers import build_optimizer
-from backprop_lab.pretrain import plan
-from backprop_lab.regularizers import Regularization
-from backprop_lab.training import GROUPS, Job, run_members
 
 CLI = [sys.executable, "-m", "backprop_lab", "train"]
 
@@ -164,8 +165,8 @@ def test_init_schemes_train_as_one_batched_model_with_each_runs_numbers(tmp_path
 def test_a_member_checkpoint_holds_the_rates_of_its_own_run():
     """A member trained at rate factor f(t) is saved with its own rates: the optimizer's and the
     schedule's state equal those of an optimizer and schedule built at its rate."""
-    from backprop_lab.member_optimizers import member_optimizer_state, scaled_rates
-    from backprop_lab.optimizers import build_scheduler
+    from backprop_lab.components.optimizers import build_scheduler
+    from backprop_lab.vectorized.member_optimizers import member_optimizer_state, scaled_rates
 
     states = []
     for lr in (1.0, 0.02):
@@ -224,7 +225,7 @@ def test_each_members_own_optimizer_steps_as_a_separate_one():
     same optimizer states. Members 0-1 (momentum 0.5 with weight decay, two rates) step as one family at
     rate 1 with their updates scaled, member 2 (momentum 0.9) alone, members 3-4 (Adam with betas of its
     own, one rate) as a family at that rate."""
-    from backprop_lab.member_optimizers import MemberOptimizers, families, needs_own_optimizers
+    from backprop_lab.vectorized.member_optimizers import MemberOptimizers, families, needs_own_optimizers
 
     cfgs = [
         make_cfg(*FAST, "optimizer=momentum", "optimizer.momentum=0.5", "optimizer.weight_decay=0.01"),
@@ -439,7 +440,7 @@ def test_an_mlp_runs_without_vmap_and_computes_what_each_members_own_model_compu
         masks.append(keep)
         return x * keep
 
-    monkeypatch.setattr("backprop_lab.members.stacked_dropout", recorded)
+    monkeypatch.setattr("backprop_lab.vectorized.members.stacked_dropout", recorded)
     cfg = make_cfg(*FAST, *overrides)
     arrays = load_arrays(cfg.data)
     models = []

@@ -54,7 +54,7 @@ def test_a_sweep_is_one_experiment_whose_runs_hold_the_run_folders_numbers(tmp_p
 def test_a_resumed_run_goes_on_in_its_mlflow_run(tmp_path):
     from test_resume import LONG, kill_mid_run
 
-    from backprop_lab.training import resume
+    from backprop_lab.run.training import resume
 
     store = f"sqlite:///{tmp_path / 'store.db'}"
     run_dir = tmp_path / "run"

@@ -10,12 +10,12 @@ import pytest
 import torch
 from fake_files import random_cifar, write_cifar_binary, write_idx_set, write_png_folder
 
-from backprop_lab.activations import ACTIVATIONS
-from backprop_lab.cli import group_options
-from backprop_lab.data import DATASETS
-from backprop_lab.models import MODELS
-from backprop_lab.optimizers import OPTIMIZERS, SCHEDULERS
-from backprop_lab.pretrain import PRETRAIN_STRATEGIES
+from backprop_lab.components.activations import ACTIVATIONS
+from backprop_lab.components.models import MODELS
+from backprop_lab.components.optimizers import OPTIMIZERS, SCHEDULERS
+from backprop_lab.data.datasets import DATASETS
+from backprop_lab.groups import group_options
+from backprop_lab.run.pretrain import PRETRAIN_STRATEGIES
 
 OPTIONS = group_options()
 # What an option needs besides itself to run on small data.
@@ -149,7 +149,7 @@ def test_without_torchs_private_fused_check_the_foreach_kernels_are_used(monkeyp
     foreach kernels, which give the same steps (compared with the fused ones on the same gradients)."""
     from conftest import make_cfg
 
-    from backprop_lab import optimizers
+    from backprop_lab.components import optimizers
 
     cfg = make_cfg("optimizer=adam", "optimizer.lr=0.01")
     models = [torch.nn.Linear(4, 3) for _ in range(2)]

@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import FAST, make_cfg, sweep_here
 
+from backprop_lab.components.models import build_model
 from backprop_lab.errors import ConfigError
-from backprop_lab.models import build_model
-from backprop_lab.pretrain import finetune_hook, load_weights
+from backprop_lab.run.pretrain import finetune_hook, load_weights
 
 TRANSFER = ["pretrain=supervised", "data.source_classes=[0,1]", "data.target_classes=[2,3]"]
 
@@ -129,8 +129,8 @@ def test_kept_pretraining_stages_stay_within_their_byte_budget(tmp_path, monkeyp
     stage_reuse.KEPT_BYTES; older ones are dropped and trained again when asked for."""
     from collections import OrderedDict
 
-    from backprop_lab import stage_reuse
-    from backprop_lab.engine import StageResult
+    from backprop_lab.engine.loop import StageResult
+    from backprop_lab.run import stage_reuse
 
     monkeypatch.setattr(stage_reuse, "_trained", OrderedDict())
     monkeypatch.setattr(stage_reuse, "KEPT_BYTES", 1000)

@@ -43,7 +43,7 @@ def test_the_bring_your_own_files_and_command_run_as_written_from_an_empty_folde
 
 
 def test_the_layout_list_names_every_module():
-    modules = sorted(p.name for p in (REPO / "backprop_lab").glob("*.py") if p.name != "__init__.py")
+    modules = sorted(p.name for p in (REPO / "backprop_lab").rglob("*.py") if p.name != "__init__.py")
     missing = [m for m in modules if f"`{m}`" not in README]
     assert missing == [], f"README's Development > Layout does not list {missing}"
 

@@ -8,10 +8,10 @@ from conftest import make_cfg
 from omegaconf import OmegaConf
 from torch import nn
 
-from backprop_lab.members import Members
-from backprop_lab.models import build_model
-from backprop_lab.optimizers import build_optimizer
-from backprop_lab.regularizers import Regularization, active_regularizers
+from backprop_lab.components.models import build_model
+from backprop_lab.components.optimizers import build_optimizer
+from backprop_lab.components.regularizers import Regularization, active_regularizers
+from backprop_lab.vectorized.members import Members
 
 
 def _model(*overrides: str) -> nn.Module:

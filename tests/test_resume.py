@@ -17,9 +17,9 @@ import pytest
 import torch
 from conftest import FAST, run_cfg, sweep_here
 
-from backprop_lab.compare import compare, find_runs
 from backprop_lab.errors import RefusedError
-from backprop_lab.training import resume as resume_run
+from backprop_lab.lab.compare import compare, find_runs
+from backprop_lab.run.training import resume as resume_run
 
 CLI = [sys.executable, "-m", "backprop_lab"]
 # dropout and a schedule, so resuming must restore the RNG and the scheduler too

@@ -42,7 +42,7 @@ def _results(folder: Path) -> dict:
 def test_the_search_space_in_hydras_grammar_becomes_optunas_distributions():
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    from backprop_lab.search import search_space
+    from backprop_lab.run.search import search_space
 
     space, fixed = search_space(
         ["optimizer.lr=tag(log, interval(1e-4, 1e-1))", "model.width=range(32,160,32)", "act=choice(relu,tanh)",

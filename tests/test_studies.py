@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from test_cli import EXE
 
-from backprop_lab.compare import find_runs
+from backprop_lab.lab.compare import find_runs
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 EXPECTED = {  # --smoke: 2 seeds per setting
@@ -35,7 +35,7 @@ def test_study_in_miniature(tmp_path, name):
         r = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path)
         assert r.returncode == 0, r.stderr
     else:  # what it runs, in this process
-        from backprop_lab.studies import main
+        from backprop_lab.lab.studies import main
 
         assert main([name, "--smoke", "--out", str(out)]) == 0
     report = (out / "report.md").read_text()
@@ -67,7 +67,7 @@ B = [0.88, 0.90, 0.87, 0.91, 0.86]
 def test_welch_difference_interval_and_p_match_scipy():
     from scipy import stats
 
-    from backprop_lab.statistics import welch
+    from backprop_lab.lab.statistics import welch
 
     two = welch(A, B)
     reference = stats.ttest_ind(A, B, equal_var=False)
@@ -79,7 +79,7 @@ def test_welch_difference_interval_and_p_match_scipy():
 
 
 def test_holm_adjusts_as_the_textbook_does():
-    from backprop_lab.statistics import holm
+    from backprop_lab.lab.statistics import holm
 
     # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> monotone: 0.06
     assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
@@ -88,7 +88,7 @@ def test_holm_adjusts_as_the_textbook_does():
 
 
 def test_a_family_of_tests_says_no_where_single_tests_would_say_yes():
-    from backprop_lab.statistics import Family
+    from backprop_lab.lab.statistics import Family
 
     family = Family()
     tests = [family.compare([0.54, 0.52, 0.56], [0.50, 0.49, 0.52]) for _ in range(10)]
@@ -108,7 +108,7 @@ def test_a_family_of_tests_says_no_where_single_tests_would_say_yes():
 def test_the_summary_has_a_row_per_claim_with_its_adjusted_outcome():
     from scipy import stats
 
-    from backprop_lab.statistics import Family
+    from backprop_lab.lab.statistics import Family
 
     family = Family()
     family.claim("a threshold", lambda: True, "3.1e-03 vs 1.8e+00")
@@ -136,7 +136,7 @@ def test_intervals_of_positive_quantities_stay_positive_and_the_area_is_the_trap
     import numpy as np
     from scipy import stats
 
-    from backprop_lab.statistics import area_under, positive_interval
+    from backprop_lab.lab.statistics import area_under, positive_interval
 
     steps = [200, 250, 900, 1500, 180]
     geo, low, high = positive_interval(steps)
@@ -186,7 +186,7 @@ def fake_mnist_and_fashion(root: Path) -> Path:
 def test_pretraining_study_in_its_real_setting(tmp_path):
     """`backprop-lab study pretraining --setting real`: Fashion-MNIST -> MNIST, both in IDX files; the
     report names the setting, and --report-only recomputes it from the folder alone."""
-    from backprop_lab.studies import main
+    from backprop_lab.lab.studies import main
 
     data = fake_mnist_and_fashion(tmp_path / "data")
     out = tmp_path / "study"
@@ -206,8 +206,8 @@ def test_pretraining_study_in_its_real_setting(tmp_path):
 
 @pytest.mark.parametrize("name", ["activations", "regularization", "optimizers", "pretraining"])
 def test_each_real_setting_composes_and_reads_its_files(tmp_path, name):
-    from backprop_lab.cli import compose_train
-    from backprop_lab.studies import STUDIES, setting_problem
+    from backprop_lab.lab.studies import STUDIES, setting_problem
+    from backprop_lab.run.job_check import compose_train
 
     data = fake_mnist_and_fashion(tmp_path)
     assert setting_problem(name, "real", [f"data.root={data}"], None) is None
@@ -225,7 +225,7 @@ def test_each_real_setting_composes_and_reads_its_files(tmp_path, name):
     ],
 )
 def test_a_real_setting_without_its_files_is_one_line(tmp_path, monkeypatch, capsys, name, present, message):
-    from backprop_lab.studies import main
+    from backprop_lab.lab.studies import main
 
     root = fake_mnist_and_fashion(tmp_path / "data")
     for folder in ("MNIST", "FashionMNIST"):
@@ -240,7 +240,7 @@ def test_a_real_setting_without_its_files_is_one_line(tmp_path, monkeypatch, cap
 
 @pytest.mark.parametrize("override", ["hydra.sweep.dir=elsewhere", "hydra.run.dir=x", "hydra.sweep.subdir=y"])
 def test_a_study_refuses_hydras_folders_and_points_to_out(tmp_path, monkeypatch, capsys, override):
-    from backprop_lab.studies import main
+    from backprop_lab.lab.studies import main
 
     monkeypatch.chdir(tmp_path)
     assert main(["optimizers", "--smoke", override]) == 2
@@ -260,7 +260,7 @@ def test_a_study_refuses_hydras_folders_and_points_to_out(tmp_path, monkeypatch,
     ],
 )
 def test_a_study_refuses_a_bad_override_before_any_sweep(tmp_path, monkeypatch, capsys, name, override, message):
-    from backprop_lab.studies import main
+    from backprop_lab.lab.studies import main
 
     monkeypatch.chdir(tmp_path)
     assert main([name, "--smoke", override]) == 2
@@ -270,7 +270,7 @@ def test_a_study_refuses_a_bad_override_before_any_sweep(tmp_path, monkeypatch, 
 
 
 def test_the_learning_rate_search_breaks_a_tie_by_the_larger_rate_as_a_number():
-    from backprop_lab.studies import best_rate
+    from backprop_lab.lab.studies import best_rate
 
     assert best_rate([(0.63, "0.003"), (0.635, "0.001"), (0.635, "0.01")]) == "0.01"
     assert best_rate([(0.5, "0.01"), (0.5, "1e-3")]) == "0.01"  # (as strings, "1e-3" would win)

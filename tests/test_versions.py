@@ -49,8 +49,8 @@ def test_optimizers_keep_no_config_objects_in_their_state():
     from conftest import make_cfg
     from omegaconf import OmegaConf
 
-    from backprop_lab.models import build_model
-    from backprop_lab.optimizers import OPTIMIZERS, build_optimizer
+    from backprop_lab.components.models import build_model
+    from backprop_lab.components.optimizers import OPTIMIZERS, build_optimizer
 
     cfg = make_cfg("data=synthetic")
     model = build_model(cfg, (20,), 3)

@@ -119,8 +119,8 @@ def test_every_series_shows_in_every_panel_with_a_single_evaluation(sweep, tmp_p
     each panel, unless another setting has the very same value there (its marker is on top)."""
     from matplotlib.image import imread
 
-    from backprop_lab.compare import compare, find_runs
-    from backprop_lab.report import PALETTE, _label, series, sorted_rows
+    from backprop_lab.lab.compare import compare, find_runs
+    from backprop_lab.lab.report import PALETTE, _label, series, sorted_rows
 
     folder, _ = sweep
     r = cli(folder.parent, "report", str(folder), "--out", str(tmp_path))
@@ -175,8 +175,8 @@ def test_a_study_in_miniature_on_the_users_own_data_says_both(tmp_path):
 
 
 def test_the_default_run_is_the_published_recipe_and_says_where_it_stands():
-    from backprop_lab.job_check import compose_train
-    from backprop_lab.published import note
+    from backprop_lab.run.job_check import compose_train
+    from backprop_lab.run.published import note
 
     assert compose_train([]).optimizer.lr == 0.01  # the MNIST-1D paper's Adam
     assert compose_train(["model=cnn1d"]).optimizer.lr == 0.01

@@ -6,7 +6,7 @@ ends with status `pruned`. With `hydra.sweeper.storage` (e.g. sqlite:///study.db
 that database: running the same command again resumes it up to n_trials, and a trial whose sweep
 was killed is run again.
 
-The search space, sampler and pruner are built by backprop_lab.search; backprop_lab's CLI stores this
+The search space, sampler and pruner are built by backprop_lab.run.search; backprop_lab's CLI stores this
 config under hydra/sweeper=optuna (plugin_configs) with its values from plugin_configs/optuna.yaml.
 """
 
@@ -29,7 +29,7 @@ IN_PROCESS_LAUNCHERS = ("BasicLauncher", "VectorizedLauncher")  # jobs that shar
 
 @dataclass
 class SamplerConf:
-    name: str = "tpe"  # tpe | random | qmc | gp (backprop_lab.search.SAMPLERS)
+    name: str = "tpe"  # tpe | random | qmc | gp (backprop_lab.run.search.SAMPLERS)
     seed: int | None = None  # the same seed asks the same trials
 
 
@@ -73,7 +73,7 @@ class OptunaSweeper(Sweeper):
         import optuna
 
         from backprop_lab.errors import ConfigError
-        from backprop_lab.search import ACTIVE_STUDIES, TRIAL_ENV, override_value
+        from backprop_lab.run.search import ACTIVE_STUDIES, TRIAL_ENV, override_value
 
         assert self.config is not None, "Hydra calls setup() before sweep()"
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines below say what happens
@@ -114,7 +114,7 @@ class OptunaSweeper(Sweeper):
         import optuna
 
         from backprop_lab.errors import ConfigError
-        from backprop_lab.search import make_pruner, make_sampler, search_space
+        from backprop_lab.run.search import make_pruner, make_sampler, search_space
 
         s = self.settings
         for key, ok in (("n_trials", int(s.n_trials) >= 1), ("n_jobs", int(s.n_jobs) >= 1)):

@@ -1,12 +1,12 @@
 """hydra/launcher=vectorized: the jobs of a sweep that differ only in `seed` and the values of
-backprop_lab.members.BATCHED_KEYS (optimizer, schedule, l1, l2, dropout rate, init) train as one
+backprop_lab.vectorized.members.BATCHED_KEYS (optimizer, schedule, l1, l2, dropout rate, init) train as one
 batched model.
 
     backprop-lab train -m hydra/launcher=vectorized 'seed=range(8)' act=relu,tanh
     backprop-lab train -m hydra/launcher=vectorized optimizer.lr=0.001,0.003,0.01,0.03 seed=0,1   # one group of 8
 
 groups the jobs by their config without the seed (here: relu x 8 seeds, tanh x 8 seeds), trains each
-group in one process as backprop_lab.members.Members, and gives every job its own ordinary run folder
+group in one process as backprop_lab.vectorized.members.Members, and gives every job its own ordinary run folder
 (.hydra/, metrics.jsonl, summary.json, weights/), so compare and report cannot tell them from jobs the
 basic launcher ran. Jobs with a pretraining stage pretrain one after another, then fine-tune as one
 batched model. A job with no partner, or a group that cannot be batched (gradual unfreezing, a model
@@ -43,7 +43,7 @@ ConfigStore.instance().store(
 
 def _collect_into(jobs: list[Any]) -> Any:
     """A task function that, instead of running, appends the job Hydra prepared to `jobs`."""
-    from backprop_lab.cli import current_job
+    from backprop_lab.run.app import current_job
 
     return lambda cfg: jobs.append(current_job(cfg))
 
@@ -58,9 +58,9 @@ def _task_config(config: DictConfig) -> DictConfig:
 
 def _all_but_seed(task_config: DictConfig) -> str:
     """The group a job belongs to (given its _task_config): its config without the seed, and without the
-    values members may hold each their own (backprop_lab.members.batched_keys: optimizer, schedule, l1,
+    values members may hold each their own (backprop_lab.vectorized.members.batched_keys: optimizer, schedule, l1,
     l2, dropout, init)."""
-    from backprop_lab.members import batched_keys
+    from backprop_lab.vectorized.members import batched_keys
 
     task = OmegaConf.to_container(task_config, resolve=False)
     assert isinstance(task, dict)
@@ -131,10 +131,10 @@ class VectorizedLauncher(Launcher):
         return ret
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from backprop_lab.cli import run_value
-        from backprop_lab.members import BATCHED_KEYS, differing_values, why_not_batched
-        from backprop_lab.sweep_resume import action, clear, resuming
-        from backprop_lab.training import run_members
+        from backprop_lab.run.app import run_value
+        from backprop_lab.run.sweep_resume import action, clear, resuming
+        from backprop_lab.run.training import run_members
+        from backprop_lab.vectorized.members import BATCHED_KEYS, differing_values, why_not_batched
 
         setup_globals()
         assert self.config is not None and self.hydra_context is not None

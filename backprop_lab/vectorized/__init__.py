@@ -1,0 +1,1 @@
+"""Many runs as one batched model: stacked members, their kernels and their optimizers."""
