@@ -12,7 +12,7 @@ from conftest import Quiet, Rows, make_cfg
 from backprop_lab.components.optimizers import build_optimizer
 from backprop_lab.components.regularizers import Regularization
 from backprop_lab.data.datasets import load_arrays
-from backprop_lab.engine.loop import fit
+from backprop_lab.engine.loop import StageSettings, fit
 from backprop_lab.run.pretrain import plan
 from backprop_lab.run.runlog import read_metrics
 
@@ -44,19 +44,17 @@ def test_one_full_batch_step_matches_a_hand_written_step():
     expected = {n: t - 0.5 * g for (n, t), g in zip(params.items(), grads, strict=True)}
 
     opt = build_optimizer(model, cfg.optimizer, decay_all=False)
-    fit(
-        model,
-        p.target,
+    settings = StageSettings(
         stage="train",
         optimizer=opt,
         scheduler=None,
         regularization=Regularization(model, cfg.regularizer),
         trainer=cfg.trainer,
         max_steps=1,
-        seeds=[0],
         logs=[Rows()],
         progress=Quiet(),
     )
+    fit(model, p.target, [0], settings)
     # fit restores the best weights, which after one step are the weights after that step
     for n, t in model.named_parameters():
         torch.testing.assert_close(t.detach(), expected[n].detach(), rtol=1e-5, atol=1e-6)

@@ -20,7 +20,7 @@ import backprop_lab.vectorized.members as members_module
 from backprop_lab.components.optimizers import build_optimizer
 from backprop_lab.components.regularizers import Regularization
 from backprop_lab.data.datasets import load_arrays
-from backprop_lab.engine.loop import fit
+from backprop_lab.engine.loop import StageSettings, fit
 from backprop_lab.errors import RefusedError
 from backprop_lab.groups import GROUPS
 from backprop_lab.lab.compare import compare, find_runs
@@ -371,20 +371,18 @@ def test_a_diverging_member_stops_alone(tmp_path):
     with torch.no_grad():
         members.stacked[0][1].fill_(float("inf"))  # member 1's first weight matrix
     logs = [Rows(), Rows()]
-    results = fit(
-        members,
-        split,
+    settings = StageSettings(
         stage="train",
         optimizer=build_optimizer(members, cfg.optimizer, False),
         scheduler=None,
         regularization=Regularization(members, cfg.regularizer),
         trainer=cfg.trainer,
         max_steps=cfg.trainer.max_steps,
-        seeds=[0, 1],
         logs=logs,
         progress=Quiet(),
         act_name="relu",
     )
+    results = fit(members, split, [0, 1], settings)
     assert results[1].status == "diverged" and results[1].steps == 1
     assert [r["split"] for r in logs[1].rows] == ["train"]
     assert results[0].status == "completed" and results[0].steps == cfg.trainer.max_steps

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -18,29 +19,59 @@ except ImportError:  # then the foreach kernels, which every torch >= 2.0 has (s
 from backprop_lab import targets
 from backprop_lab.errors import ConfigError
 
-# Every key of the `optimizer` node except `name` is passed to the class as it is, so
-# configs/optimizer/<name>.yaml names exactly the arguments of the torch optimizer.
-OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    "sgd": torch.optim.SGD,
-    "momentum": torch.optim.SGD,
-    "nesterov": torch.optim.SGD,
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
-    "rmsprop": torch.optim.RMSprop,
-    "adagrad": torch.optim.Adagrad,
-    "adadelta": torch.optim.Adadelta,
-    "nadam": torch.optim.NAdam,
-    "radam": torch.optim.RAdam,
-    "adamax": torch.optim.Adamax,
-    "adafactor": torch.optim.Adafactor,  # factored second moments (Shazeer & Stern 2018)
-    "muon": torch.optim.Muon,  # on the hidden 2-D weights, AdamW on the rest: MuonWithAdamW
+# Schedules that scale every member's rate by the same factor at each step (a cosine's min_lr must be
+# 0), so members at different rates of a rate-linear optimizer may share one: members.lr_batchable.
+LR_PROPORTIONAL_SCHEDULES = ("constant", "step", "multistep", "onecycle", "cosine", "warmup_cosine")
+
+
+@dataclass(frozen=True)
+class OptimInfo:
+    """What the lab knows of one optimizer; every batching decision reads it (in the spirit of timm's
+    OptimInfo). Every key of the `optimizer` node except `name` goes to `factory` as it is, so
+    configs/optimizer/<name>.yaml names exactly the arguments of the torch optimizer."""
+
+    factory: type[torch.optim.Optimizer]
+    # Each element's update depends on that element alone (no factored moment, no orthogonalised
+    # matrix): a stacked tensor of several members steps as each member alone, so they may share one.
+    elementwise: bool
+    # The update is linear in the rate (w <- w - lr * u, decoupled decay included), so members at
+    # different rates may share one built at rate 1 (under LR_PROPORTIONAL_SCHEDULES).
+    lr_linear: bool
+    fixed: dict[str, Any] = field(default_factory=dict)  # arguments the name implies
+
+    @property
+    def own_instances(self) -> bool:
+        """Must members of a batched group each step with an instance of their own?"""
+        return not self.elementwise
+
+
+OPTIMIZERS: dict[str, OptimInfo] = {
+    "sgd": OptimInfo(torch.optim.SGD, elementwise=True, lr_linear=True),
+    "momentum": OptimInfo(torch.optim.SGD, elementwise=True, lr_linear=True),
+    "nesterov": OptimInfo(torch.optim.SGD, elementwise=True, lr_linear=True, fixed={"nesterov": True}),
+    "adam": OptimInfo(torch.optim.Adam, elementwise=True, lr_linear=True),
+    "adamw": OptimInfo(torch.optim.AdamW, elementwise=True, lr_linear=True),
+    "rmsprop": OptimInfo(torch.optim.RMSprop, elementwise=True, lr_linear=True),
+    "adagrad": OptimInfo(torch.optim.Adagrad, elementwise=True, lr_linear=True),  # (lr_decay > 0: not linear)
+    "adadelta": OptimInfo(torch.optim.Adadelta, elementwise=True, lr_linear=True),
+    "nadam": OptimInfo(torch.optim.NAdam, elementwise=True, lr_linear=True),
+    "radam": OptimInfo(torch.optim.RAdam, elementwise=True, lr_linear=True),
+    "adamax": OptimInfo(torch.optim.Adamax, elementwise=True, lr_linear=True),
+    # factored second moments (Shazeer & Stern 2018): an element's update reads its row and column
+    "adafactor": OptimInfo(torch.optim.Adafactor, elementwise=False, lr_linear=False),
+    # on the hidden 2-D weights (an orthogonalised matrix), AdamW on the rest: MuonWithAdamW
+    "muon": OptimInfo(torch.optim.Muon, elementwise=False, lr_linear=False),
 }
-_FIXED_KWARGS = {"nesterov": {"nesterov": True}}
 _TUPLES = ("betas", "eps")  # YAML lists that torch takes as tuples (Adafactor's eps is a pair)
-# Optimizers whose update of one element depends on others (a factored moment, an orthogonalised
-# matrix): a stacked tensor of several members would not step as each member alone, so the
-# vectorized launcher runs them one by one. A user option says `elementwise: true` to be batched.
-NOT_ELEMENTWISE = ("adafactor", "muon")
+
+
+def optim_info(opt_cfg: Any) -> OptimInfo | None:
+    """The record of an `optimizer` node: a shipped name's, or, for an option of the user's own
+    (`_target_`), one its YAML declares (`elementwise: true` lets members share one); None for a name
+    no record has (validate refuses it)."""
+    if targets.is_target(opt_cfg):
+        return OptimInfo(torch.optim.Optimizer, elementwise=bool(opt_cfg.get("elementwise", False)), lr_linear=False)
+    return OPTIMIZERS.get(str(opt_cfg.get("name")))
 
 
 def is_decayed(name: str, param: nn.Parameter) -> bool:
@@ -72,11 +103,12 @@ def build_optimizer(model: nn.Module, opt_cfg: Any, decay_all: bool) -> torch.op
     kwargs: dict[str, Any] = {
         str(k): (tuple(v) if k in _TUPLES and isinstance(v, list) else v) for k, v in values.items() if k != "name"
     }
-    kwargs.update(_FIXED_KWARGS.get(opt_cfg["name"], {}))
+    info = OPTIMIZERS[opt_cfg["name"]]
+    kwargs.update(info.fixed)
     weight_decay = float(kwargs.pop("weight_decay", 0.0))
     if opt_cfg["name"] == "muon":
         return _muon(model, kwargs, weight_decay, decay_all)
-    cls = OPTIMIZERS[opt_cfg["name"]]
+    cls = info.factory
     groups = param_groups(model, weight_decay, decay_all)
     try:
         if "fused" in kwargs or "foreach" in kwargs:  # the user chose the kernel: +optimizer.fused=false

@@ -197,35 +197,64 @@ class LoopState:
         self.elapsed_before = saved["elapsed_s"]
 
 
-class Stage:
-    """One stage's training: the settings `fit` was given, what follows from them, the loop state and
-    each member's result. Its methods are the parts of the loop that `fit` runs top to bottom."""
+@dataclass(frozen=True)
+class Reconstruction:
+    """The autoencoder stage's part: the model reconstructs its inputs (loss: their mean squared error)
+    from inputs with Gaussian noise of std `noise` (a denoising autoencoder when > 0)."""
 
-    # what fit was given (see fit)
-    stage: str
+    noise: float = 0.0
+
+
+@dataclass(frozen=True)
+class MemberRates:
+    """The batched members' part, when their optimizer is built at rate 1: each member's own learning
+    rate ([K]), by which its update is scaled (Stage.lr)."""
+
+    rates: torch.Tensor
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """Everything one stage trains with (what `fit` is given besides the model, the data and the seeds).
+    Three modes are parts of their own: `reconstruction` (the autoencoder's stage), `member_rates`
+    (members of a batched model at their own rates) and `world` (torchrun's processes)."""
+
+    stage: str  # train | pretrain | finetune
     optimizer: torch.optim.Optimizer
     scheduler: Any
     regularization: Regularization
-    trainer: Any
+    trainer: Any  # the trainer node (batch_size, eval_every, log_every, monitor, ...)
     max_steps: int
-    logs: list[Any]
+    logs: list[Any]  # one run log per member
     progress: Any
-    reconstruct: bool
-    noise: float
-    on_step: Callable[[int], None] | None
-    act_name: str | None
-    act_class: type[nn.Module] | None
-    checkpoint: Any
-    world: World
-    augment: Augment | None
-    member_lr: torch.Tensor | None  # [K] each member's rate, when the optimizer steps at factor f(t)
+    on_step: Callable[[int], None] | None = None  # called with the step before each one (gradual unfreezing)
+    act_name: str | None = None  # the activation, for the diagnostics (None: no blocks to look into)
+    act_class: type[nn.Module] | None = None
+    checkpoint: Any = None  # a checkpoint.Checkpointer (for members, one per member), or None
+    augment: Augment | None = None
+    reconstruction: Reconstruction | None = None
+    member_rates: MemberRates | None = None
+    world: World = SINGLE
 
-    def __init__(self, model: nn.Module, split: Split, seeds: list[int], **settings: Any):
-        self.model, self.split, self.count = model, split, len(seeds)
-        self.__dict__.update(settings)  # stage, optimizer, scheduler, regularization, trainer, ... (see fit)
+
+class Stage:
+    """One stage's training: its settings, what follows from them, the loop state and each member's
+    result. Its methods are the parts of the loop that `fit` runs top to bottom."""
+
+    def __init__(self, model: nn.Module, split: Split, seeds: list[int], settings: StageSettings):
+        self.model, self.split, self.count, self.settings = model, split, len(seeds), settings
+        self.stage, self.optimizer, self.scheduler = settings.stage, settings.optimizer, settings.scheduler
+        self.regularization, self.max_steps = settings.regularization, settings.max_steps
+        self.logs, self.progress, self.on_step = settings.logs, settings.progress, settings.on_step
+        self.act_name, self.act_class = settings.act_name, settings.act_class
+        self.checkpoint, self.augment, self.world = settings.checkpoint, settings.augment, settings.world
+        self.reconstruct = settings.reconstruction is not None
+        self.noise = settings.reconstruction.noise if settings.reconstruction is not None else 0.0
+        self.member_lr = settings.member_rates.rates if settings.member_rates is not None else None
         # the trainer's values as plain attributes: the loop reads some every step, and reading a
         # DictConfig's attribute costs a noticeable share of a small MLP's step (BENCHMARKS.md)
-        self.trainer = SimpleNamespace(**OmegaConf.to_container(self.trainer, resolve=True))  # type: ignore[arg-type]
+        trainer_values = OmegaConf.to_container(settings.trainer, resolve=True)
+        self.trainer = SimpleNamespace(**trainer_values)  # type: ignore[arg-type]
         trainer, world, device = self.trainer, self.world, split.x_train.device
         self.device = device
         n = len(split.x_train)
@@ -526,47 +555,24 @@ class Stage:
 def fit(
     model: nn.Module,
     split: Split,
-    *,
-    stage: str,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    regularization: Regularization,
-    trainer: Any,
-    max_steps: int,
     seeds: list[int],
-    logs: list[Any],
-    progress: Any,
-    reconstruct: bool = False,
-    noise: float = 0.0,
-    on_step: Callable[[int], None] | None = None,
-    act_name: str | None = None,
-    act_class: type[nn.Module] | None = None,
-    checkpoint: Any = None,
+    settings: StageSettings,
     resume: dict[str, Any] | None = None,
-    world: World = SINGLE,
-    augment: Augment | None = None,
-    member_lr: torch.Tensor | None = None,
 ) -> list[StageResult]:
-    """Train `model` on `split` for `max_steps` steps; validate every `trainer.eval_every` steps,
+    """Train `model` on `split` for `settings.max_steps` steps; validate every `trainer.eval_every` steps,
     keep the best weights by `trainer.monitor`, stop early or on a non-finite loss, then test the best.
-    Returns one StageResult per member (`seeds[k]` orders member k's data, `logs[k]` gets its rows).
-    `checkpoint` (a checkpoint.Checkpointer; for members, one per member) is written periodically and
-    when interrupted; a single model continues from `resume` (such a checkpoint) to the numbers it
-    would have had. A member's checkpoint is an ordinary single-model one (its slice of the stacked
-    weights and optimizer state), so an interrupted member resumes as an ordinary run.
-    `augment` (augment.Augment) transforms each training batch, drawn from the members' generators.
-    `member_lr` ([K]): the members' own learning rates, for an optimizer built at rate 1 (see Stage.lr)."""
-    run = Stage(
-        model, split, seeds, stage=stage, optimizer=optimizer, scheduler=scheduler, regularization=regularization,
-        trainer=trainer, max_steps=max_steps, logs=logs, progress=progress, reconstruct=reconstruct, noise=noise,
-        on_step=on_step, act_name=act_name, act_class=act_class, checkpoint=checkpoint, world=world, augment=augment,
-        member_lr=member_lr,
-    )  # fmt: skip
+    Returns one StageResult per member (`seeds[k]` orders member k's data, `settings.logs[k]` gets its
+    rows). The checkpoint (for members, one per member) is written periodically and when interrupted; a
+    single model continues from `resume` (such a checkpoint) to the numbers it would have had. A
+    member's checkpoint is an ordinary single-model one (its slice of the stacked weights and optimizer
+    state), so an interrupted member resumes as an ordinary run."""
+    run = Stage(model, split, seeds, settings)
+    max_steps, progress, world = settings.max_steps, settings.progress, settings.world
     s = run.state
     model.train()
     if resume is not None:
         run.restore(resume)
-    progress.start_stage(stage, max_steps)
+    progress.start_stage(settings.stage, max_steps)
     with interrupts.deferred():  # Ctrl-C / SIGTERM: finish the step, checkpoint, then stop
         while s.step < max_steps and run.running:
             batches = run.epoch_batches()

@@ -25,7 +25,8 @@ from backprop_lab.components.optimizers import build_optimizer, build_scheduler
 from backprop_lab.components.regularizers import Regularization
 from backprop_lab.data.augment import Augment
 from backprop_lab.data.datasets import Arrays, Split, all_classes, make_split
-from backprop_lab.engine.loop import StageResult, fit
+from backprop_lab.engine.distributed import SINGLE, World
+from backprop_lab.engine.loop import MemberRates, Reconstruction, StageResult, StageSettings, fit
 from backprop_lab.errors import ConfigError
 
 PRETRAIN_STRATEGIES = ("none", "supervised", "autoencoder", "checkpoint")
@@ -252,7 +253,12 @@ def fit_members(
     logs: list[Any],
     progress: Any,
     member_cfgs: list[Any] | None = None,
-    **kwargs: Any,
+    *,
+    checkpoint: Any = None,
+    resume: dict[str, Any] | None = None,
+    on_step: Callable[[int], None] | None = None,
+    reconstruction: Reconstruction | None = None,
+    world: World = SINGLE,
 ) -> list[StageResult]:
     """fit_stage for K members at once (`module` is a members.Members when K > 1). `member_cfgs`: the
     members' own configs, whose optimizer, schedule, l1 and l2 may differ (members.batched_keys). Each
@@ -277,24 +283,25 @@ def fit_members(
         optimizer = build_optimizer(module, opt_cfg, decay_all)
         scheduler = build_scheduler(optimizer, cfg.scheduler, steps)
     augment = Augment(cfg.data.augment, cfg.data.crop_padding) if cfg.data.get("augment") else None
-    return fit(
-        module,
-        split,
+    settings = StageSettings(
         stage=stage,
         optimizer=optimizer,
         scheduler=scheduler,
         regularization=Regularization(module, cfg.regularizer, [c.regularizer for c in cfgs] if member_cfgs else None),
         trainer=cfg.trainer,
         max_steps=steps,
-        seeds=seeds,
         logs=logs,
         progress=progress,
+        on_step=on_step,
         act_name=cfg.act.name if has_blocks(_network(module)) else None,
         act_class=activation_class(cfg.act),
+        checkpoint=checkpoint,
         augment=augment,
-        member_lr=member_lr,
-        **kwargs,
+        reconstruction=reconstruction,
+        member_rates=MemberRates(member_lr) if member_lr is not None else None,
+        world=world,
     )
+    return fit(module, split, seeds, settings, resume)
 
 
 def _pretrain(
@@ -315,8 +322,7 @@ def _pretrain(
         log,
         progress,
         resume=resume,
-        reconstruct=True,
-        noise=cfg.pretrain.noise,
+        reconstruction=Reconstruction(noise=cfg.pretrain.noise),
         **shared,
     )
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from backprop_lab.components.optimizers import NOT_ELEMENTWISE, build_optimizer, build_scheduler
+from backprop_lab.components.optimizers import build_optimizer, build_scheduler, optim_info
 from backprop_lab.vectorized.members import Members
 
 
@@ -42,9 +42,8 @@ def needs_own_optimizers(optimizers: list[Any], schedulers: list[Any]) -> bool:
         return repr(sorted((k, v) for k, v in values.items() if k not in drop))
 
     first, schedule = optimizers[0], schedulers[0]
-    if first.get("_target_") is not None and not first.get("elementwise", False):
-        return True
-    if first.get("_target_") is None and first.get("name") in NOT_ELEMENTWISE:
+    info = optim_info(first)
+    if info is None or info.own_instances:
         return True
     if schedule.get("name") == "plateau" or len({plain(s) for s in schedulers}) > 1:
         return True  # (plateau follows each member's own validation score)

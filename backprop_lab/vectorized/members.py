@@ -407,24 +407,6 @@ def why_not_batched(cfg: Any) -> str | None:
     return None
 
 
-# Shipped optimizers whose step is linear in the learning rate (the update u does not depend on it:
-# w <- w - lr * u, decoupled decay included), so members may train at different rates: see lr_batchable.
-LR_LINEAR = (
-    "sgd",
-    "momentum",
-    "nesterov",
-    "adam",
-    "adamw",
-    "rmsprop",
-    "adagrad",
-    "adadelta",
-    "nadam",
-    "radam",
-    "adamax",
-)
-LR_PROPORTIONAL_SCHEDULES = ("constant", "step", "multistep", "onecycle", "cosine", "warmup_cosine")
-
-
 # What members of one group may each hold their own of, besides the seed: the whole optimizer and
 # schedule (each member steps with its own where they differ: member_optimizers), l1 and l2 (each
 # member's penalty or decoupled decay with its own coefficient), the dropout rate (MemberDropout; a
@@ -460,8 +442,11 @@ def lr_batchable(cfg: Any) -> bool:
     same factor (a cosine's min_lr must be 0): the engine then steps with rate factor f(t) and scales
     each member's update by its own rate, which is what each member's own run computes. Otherwise each
     member steps with an optimizer of its own (member_optimizers.needs_own_optimizers)."""
+    from backprop_lab.components.optimizers import LR_PROPORTIONAL_SCHEDULES, optim_info
+
     opt, sched = cfg.optimizer, cfg.scheduler
-    if opt.get("_target_") is not None or opt.get("name") not in LR_LINEAR or opt.get("lr_decay", 0):
+    info = optim_info(opt)
+    if info is None or not info.lr_linear or opt.get("lr_decay", 0):  # (Adagrad's lr_decay: not linear)
         return False
     if sched.get("_target_") is not None or sched.get("name") not in LR_PROPORTIONAL_SCHEDULES:
         return False
