@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.exit(compare_main(rest))
     if command == "study":
-        from backprop_lab.lab.studies import main as study_main
+        from backprop_lab.lab.studies.command import main as study_main
 
         sys.exit(study_main(rest))
     if command == "report":

@@ -66,7 +66,7 @@ def handle(request: str) -> tuple[str | None, list[str] | None]:
         prefix = words[1] if len(words) == 2 else ""
         return separator.join(c for c in SUBCOMMANDS if c.startswith(prefix)) + "\n", None
     if words[1] == "study":
-        from backprop_lab.lab.studies import STUDIES
+        from backprop_lab.lab.studies.registry import STUDIES
 
         names = [name for name in STUDIES if name.startswith(words[-1])] if len(words) == 3 else []
         return separator.join(names) + "\n", None

@@ -35,7 +35,7 @@ def test_study_in_miniature(tmp_path, name):
         r = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path)
         assert r.returncode == 0, r.stderr
     else:  # what it runs, in this process
-        from backprop_lab.lab.studies import main
+        from backprop_lab.lab.studies.command import main
 
         assert main([name, "--smoke", "--out", str(out)]) == 0
     report = (out / "report.md").read_text()
@@ -186,7 +186,7 @@ def fake_mnist_and_fashion(root: Path) -> Path:
 def test_pretraining_study_in_its_real_setting(tmp_path):
     """`backprop-lab study pretraining --setting real`: Fashion-MNIST -> MNIST, both in IDX files; the
     report names the setting, and --report-only recomputes it from the folder alone."""
-    from backprop_lab.lab.studies import main
+    from backprop_lab.lab.studies.command import main
 
     data = fake_mnist_and_fashion(tmp_path / "data")
     out = tmp_path / "study"
@@ -206,7 +206,8 @@ def test_pretraining_study_in_its_real_setting(tmp_path):
 
 @pytest.mark.parametrize("name", ["activations", "regularization", "optimizers", "pretraining"])
 def test_each_real_setting_composes_and_reads_its_files(tmp_path, name):
-    from backprop_lab.lab.studies import STUDIES, setting_problem
+    from backprop_lab.lab.studies.registry import STUDIES
+    from backprop_lab.lab.studies.runner import setting_problem
     from backprop_lab.run.job_check import compose_train
 
     data = fake_mnist_and_fashion(tmp_path)
@@ -225,7 +226,7 @@ def test_each_real_setting_composes_and_reads_its_files(tmp_path, name):
     ],
 )
 def test_a_real_setting_without_its_files_is_one_line(tmp_path, monkeypatch, capsys, name, present, message):
-    from backprop_lab.lab.studies import main
+    from backprop_lab.lab.studies.command import main
 
     root = fake_mnist_and_fashion(tmp_path / "data")
     for folder in ("MNIST", "FashionMNIST"):
@@ -240,7 +241,7 @@ def test_a_real_setting_without_its_files_is_one_line(tmp_path, monkeypatch, cap
 
 @pytest.mark.parametrize("override", ["hydra.sweep.dir=elsewhere", "hydra.run.dir=x", "hydra.sweep.subdir=y"])
 def test_a_study_refuses_hydras_folders_and_points_to_out(tmp_path, monkeypatch, capsys, override):
-    from backprop_lab.lab.studies import main
+    from backprop_lab.lab.studies.command import main
 
     monkeypatch.chdir(tmp_path)
     assert main(["optimizers", "--smoke", override]) == 2
@@ -260,7 +261,7 @@ def test_a_study_refuses_hydras_folders_and_points_to_out(tmp_path, monkeypatch,
     ],
 )
 def test_a_study_refuses_a_bad_override_before_any_sweep(tmp_path, monkeypatch, capsys, name, override, message):
-    from backprop_lab.lab.studies import main
+    from backprop_lab.lab.studies.command import main
 
     monkeypatch.chdir(tmp_path)
     assert main([name, "--smoke", override]) == 2
@@ -270,7 +271,7 @@ def test_a_study_refuses_a_bad_override_before_any_sweep(tmp_path, monkeypatch, 
 
 
 def test_the_learning_rate_search_breaks_a_tie_by_the_larger_rate_as_a_number():
-    from backprop_lab.lab.studies import best_rate
+    from backprop_lab.lab.studies.optimizers import best_rate
 
     assert best_rate([(0.63, "0.003"), (0.635, "0.001"), (0.635, "0.01")]) == "0.01"
     assert best_rate([(0.5, "0.01"), (0.5, "1e-3")]) == "0.01"  # (as strings, "1e-3" would win)
