@@ -214,6 +214,9 @@ def test_wheel_contains_every_config(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for yaml in (REPO / "backprop_lab" / "configs").rglob("*.yaml"):
         assert f"backprop_lab/configs/{yaml.relative_to(REPO / 'backprop_lab' / 'configs').as_posix()}" in names
+    modules = [*(REPO / "backprop_lab").rglob("*.py"), *(REPO / "hydra_plugins").rglob("*.py")]
+    missing = [m.relative_to(REPO).as_posix() for m in modules if m.relative_to(REPO).as_posix() not in names]
+    assert missing == [], "modules the wheel leaves out (pyproject's packages)"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
