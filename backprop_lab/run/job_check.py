@@ -53,9 +53,7 @@ def job_overrides(overrides: list[str], multirun: bool) -> list[list[Any]] | Non
         return None
 
 
-def check_jobs(
-    overrides: list[str], multirun: bool, groups: tuple[str, ...], config_dir: str | None = None
-) -> str | None:
+def check_jobs(overrides: list[str], multirun: bool, config_dir: str | None = None) -> str | None:
     """One line for the first job whose settings a run would refuse (an unknown key, `+key` that
     nothing reads, a value out of its range, a missing file), else None."""
     jobs = job_overrides(overrides, multirun)
@@ -63,7 +61,7 @@ def check_jobs(
     for job in jobs or []:
         if any(o.package is not None or o.is_delete() for o in job):
             continue  # (rare forms: Hydra and the run check them)
-        shape = tuple(o.input_line for o in job if o.key_or_group in groups)  # the options chosen decide the rest
+        shape = tuple(o.input_line for o in job if o.key_or_group in GROUPS)  # the options chosen decide the rest
         if shape not in composed:
             try:
                 composed[shape] = compose_train(list(shape), config_dir)
@@ -75,7 +73,7 @@ def check_jobs(
         cfg = base.copy()
         try:
             for o in job:
-                if o.key_or_group not in groups:
+                if o.key_or_group not in GROUPS:
                     _set(cfg, o)
             _check(cfg)
         except RefusedError as err:
@@ -109,19 +107,10 @@ def _set(cfg: DictConfig, override: Any) -> None:
 
 
 def _check(cfg: DictConfig) -> None:
-    """What a run checks before its data loads (training._prepare), and the files it will read."""
-    from backprop_lab import targets
-    from backprop_lab.run.training import registered_names
-    from backprop_lab.run.validate import validate
+    """What a run checks before its data loads (training.check_settings), and the files it will read."""
+    from backprop_lab.run.training import check_settings
 
-    targets.complete(cfg, {})
-    values = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(values, dict)
-    validate(values, registered_names)
-    for group in targets.TARGET_GROUPS:  # a target that does not import is refused before any data loads
-        if targets.is_target(cfg[group]):
-            targets.resolve(group, cfg[group])
-    _check_paths(values)
+    _check_paths(check_settings(cfg, {}))
 
 
 def _check_paths(values: dict[Any, Any]) -> None:
@@ -225,7 +214,7 @@ def precheck(args: list[str]) -> str | None:
         problem = check_plugins(parsed.overrides) or check_group_choices(parsed.overrides)
     if problem or parsed.cfg or parsed.info or parsed.help or parsed.hydra_help or parsed.shell_completion:
         return problem  # (printing a config or help trains nothing: no values to check, torch not imported)
-    return check_jobs(parsed.overrides, parsed.multirun, GROUPS, parsed.config_dir)
+    return check_jobs(parsed.overrides, parsed.multirun, parsed.config_dir)
 
 
 def check_output_folder(overrides: list[str], multirun: bool) -> str | None:

@@ -271,23 +271,30 @@ def _first_summary(job: Job, k: int, jobs: list[Job], resume_from: Any, differin
     return summary
 
 
+def check_settings(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
+    """What a run checks of its config before any data loads, as ConfigErrors: the values (validate.py)
+    and that every `_target_` imports. Returns the config as plain values."""
+    from backprop_lab import targets
+    from backprop_lab.run.validate import validate
+
+    targets.complete(cfg, choices)
+    values = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(values, dict)  # the composed config is a mapping
+    validate(values, registered_names)
+    for group in targets.TARGET_GROUPS:  # a target that does not import is refused before any data loads
+        if targets.is_target(cfg[group]):
+            targets.resolve(group, cfg[group])
+    return {str(k): v for k, v in values.items()}
+
+
 def _prepare(
     jobs: list[Job], runlogs: list[RunLog], summaries: list[dict[str, Any]], previous: dict[str, Any] | None
 ) -> tuple[Any, Any, Any, list[Any]]:
     """Validate every job, then set up: device, torchrun's world, the trackers (a resumed run's
     `previous` summary names its MLflow run), torch, the data and each member's plan (built under its
     own seed, as its own run would be). Returns (device, world, arrays, plans)."""
-    from backprop_lab import targets
-    from backprop_lab.run.validate import validate
-
     for job in jobs:
-        targets.complete(job.cfg, job.choices)
-        values = OmegaConf.to_container(job.cfg, resolve=True)
-        assert isinstance(values, dict)  # the composed config is a mapping
-        validate(values, registered_names)
-        for group in targets.TARGET_GROUPS:  # a target that does not import is refused before any data loads
-            if targets.is_target(job.cfg[group]):
-                targets.resolve(group, job.cfg[group])
+        check_settings(job.cfg, job.choices)
     import torch
 
     from backprop_lab.data.datasets import load_arrays
