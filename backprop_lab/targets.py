@@ -18,7 +18,7 @@ from backprop_lab.errors import ConfigError
 TARGET = "_target_"
 # Keys of a target option that the lab reads itself, per group; everything else is an argument.
 OWN_KEYS: dict[str, frozenset[str]] = {
-    "optimizer": frozenset({"name", TARGET, "weight_decay", "elementwise"}),
+    "optimizer": frozenset({"name", TARGET, "weight_decay", "elementwise", "search"}),
     "scheduler": frozenset({"name", TARGET}),
     "act": frozenset({"name", TARGET, "init"}),
     "regularizer": frozenset({TARGET, "weight", "l1", "l2", "l2_mode", "dropout", "batchnorm", "decay_bias_and_norm"}),

@@ -11,14 +11,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from backprop_lab.components.optimizers import _TUPLES, OPTIMIZERS, optim_info
+from backprop_lab.components.optimizers import _TUPLES, NOT_ARGUMENTS, OPTIMIZERS, optim_info
 from backprop_lab.groups import group_options
 
 
 def make(name: str, params: list[torch.Tensor], lr: float | None = None) -> torch.optim.Optimizer:
     """The shipped option's torch optimizer over `params`, with its YAML's arguments (at `lr` if given)."""
     yaml = OmegaConf.load(resources.files("backprop_lab.configs") / "optimizer" / f"{name}.yaml")
-    args = {k: (tuple(v) if k in _TUPLES and isinstance(v, list) else v) for k, v in yaml.items() if k != "name"}
+    args = {k: (tuple(v) if k in _TUPLES and isinstance(v, list) else v) for k, v in yaml.items() if k not in NOT_ARGUMENTS}
     args.update(OPTIMIZERS[name].fixed, **({"lr": lr} if lr is not None else {}))
     return OPTIMIZERS[name].factory(params, **args)
 

@@ -27,7 +27,7 @@ LR_PROPORTIONAL_SCHEDULES = ("constant", "step", "multistep", "onecycle", "cosin
 @dataclass(frozen=True)
 class OptimInfo:
     """What the lab knows of one optimizer; every batching decision reads it (in the spirit of timm's
-    OptimInfo). Every key of the `optimizer` node except `name` goes to `factory` as it is, so
+    OptimInfo). Every key of the `optimizer` node except NOT_ARGUMENTS goes to `factory` as it is, so
     configs/optimizer/<name>.yaml names exactly the arguments of the torch optimizer."""
 
     factory: type[torch.optim.Optimizer]
@@ -63,6 +63,9 @@ OPTIMIZERS: dict[str, OptimInfo] = {
     "muon": OptimInfo(torch.optim.Muon, elementwise=False, lr_linear=False),
 }
 _TUPLES = ("betas", "eps")  # YAML lists that torch takes as tuples (Adafactor's eps is a pair)
+# Keys of an `optimizer` node that are the lab's, not the optimizer's arguments: its name, and the
+# search space --tuning budget:N draws trials from (lab/studies/tuning.py)
+NOT_ARGUMENTS = ("name", "search")
 
 
 def optim_info(opt_cfg: Any) -> OptimInfo | None:
@@ -101,7 +104,7 @@ def build_optimizer(model: nn.Module, opt_cfg: Any, decay_all: bool) -> torch.op
     values = OmegaConf.to_container(opt_cfg, resolve=True) if OmegaConf.is_config(opt_cfg) else dict(opt_cfg)
     assert isinstance(values, dict)  # an option node is a mapping
     kwargs: dict[str, Any] = {
-        str(k): (tuple(v) if k in _TUPLES and isinstance(v, list) else v) for k, v in values.items() if k != "name"
+        str(k): (tuple(v) if k in _TUPLES and isinstance(v, list) else v) for k, v in values.items() if k not in NOT_ARGUMENTS
     }
     info = OPTIMIZERS[opt_cfg["name"]]
     kwargs.update(info.fixed)

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from backprop_lab.errors import RefusedError
 from backprop_lab.groups import GROUPS, group_options
@@ -90,9 +90,13 @@ def _set(cfg: DictConfig, override: Any) -> None:
     node = OmegaConf.select(cfg, parent) if parent else cfg
     # `leaf in node` is False for a key whose value is ??? (required); keys() lists it
     exists = isinstance(node, DictConfig) and leaf in node.keys()  # noqa: SIM118
+    if isinstance(node, ListConfig) and leaf.isdigit():  # an element of a list: optimizer.betas.0=0.95
+        exists = int(leaf) < len(node)
     adding = override.is_add() or override.is_force_add()
     if not exists and not (adding and isinstance(node, DictConfig) and node.get("_target_") is not None):
         where = f"'{parent}'" if parent else "the config"
+        if isinstance(node, ListConfig):
+            raise RefusedError(f"{key} is not an element of {parent}: it holds {len(node)} (from 0)")
         if not isinstance(node, DictConfig):
             raise RefusedError(f"{key} is not a key of the config ({parent} holds no keys)")
         keys = ", ".join(str(k) for k in node)

@@ -77,6 +77,29 @@ def make_sampler(name: str, seed: int | None) -> Any:
     return getattr(optuna.samplers, SAMPLERS[name])(seed=seed)
 
 
+def qmc_points(space: dict[str, Any], seed: int | None, start: int, count: int) -> list[dict[str, Any]]:
+    """Points start .. start+count-1 of Optuna's scrambled Sobol sequence over `space` (QMCSampler's own
+    draws). Asked one at a time, a QMCSampler draws its study's first trial at random, before any trial
+    tells it the space, and so every trial of a batch asked at once; here one finished trial tells it
+    first, in a study of its own, and the sweeper enqueues the points."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import create_trial
+
+    if count <= 0:
+        return []
+    sampler = optuna.samplers.QMCSampler(scramble=True, seed=seed, warn_independent_sampling=False)
+    study = optuna.create_study(sampler=sampler)
+    known = {k: d.choices[0] if isinstance(d, CategoricalDistribution) else d.low for k, d in space.items()}
+    study.add_trial(create_trial(params=known, distributions=space, value=0.0))
+    points = []
+    for _ in range(start + count):
+        trial = study.ask(space)
+        study.tell(trial, 0.0)
+        points.append(trial.params)
+    return points[start:]
+
+
 def make_pruner(name: str, kwargs: dict[str, Any]) -> Any:
     import optuna
 

@@ -90,7 +90,7 @@ class OptunaSweeper(Sweeper):
         self.job_idx = max(numbered, default=-1) + 1  # a resumed study in the same folder: new folders
         to_go = int(s.n_trials) - len(_finished(study)) + len(self.retried)  # (run again: not counted)
         while to_go > 0:
-            trials = [study.ask(space) for _ in range(min(int(s.n_jobs), to_go))]
+            trials = self._ask(study, space, min(int(s.n_jobs), to_go))
             overrides: list[list[str]] = []
             for trial in trials:
                 trial.set_user_attr("sweeper", f"{socket.gethostname()}:{os.getpid()}")
@@ -108,6 +108,21 @@ class OptunaSweeper(Sweeper):
                 log.error(f"stopping the study: {failed} failed trials, over hydra.sweeper.max_failure_rate")
                 break
         self._write_results(study, sweep_dir)
+
+    def _ask(self, study: Any, space: dict[str, Any], count: int) -> list[Any]:
+        """`count` trials; with the qmc sampler, the next points of its sequence (search.qmc_points),
+        enqueued after any trial a killed sweep left to run again, so a batch is quasirandom throughout."""
+        import optuna
+
+        from backprop_lab.run.search import qmc_points
+
+        if str(self.settings.sampler.name) == "qmc":
+            trials = study.get_trials(deepcopy=False)
+            waiting = sum(t.state == optuna.trial.TrialState.WAITING for t in trials)
+            drawn = sum("qmc_index" in t.user_attrs for t in trials)
+            for i, params in enumerate(qmc_points(space, self.settings.sampler.seed, drawn, count - waiting)):
+                study.enqueue_trial(params, user_attrs={"qmc_index": drawn + i})
+        return [study.ask(space) for _ in range(count)]
 
     def _study(self, arguments: list[str]) -> tuple[Any, dict[str, Any], list[str]]:
         """The study (created, or loaded from its storage), the search space and the fixed overrides."""
