@@ -104,7 +104,9 @@ def build_optimizer(model: nn.Module, opt_cfg: Any, decay_all: bool) -> torch.op
     values = OmegaConf.to_container(opt_cfg, resolve=True) if OmegaConf.is_config(opt_cfg) else dict(opt_cfg)
     assert isinstance(values, dict)  # an option node is a mapping
     kwargs: dict[str, Any] = {
-        str(k): (tuple(v) if k in _TUPLES and isinstance(v, list) else v) for k, v in values.items() if k not in NOT_ARGUMENTS
+        str(k): (tuple(v) if k in _TUPLES and isinstance(v, list) else v)
+        for k, v in values.items()
+        if k not in NOT_ARGUMENTS
     }
     info = OPTIMIZERS[opt_cfg["name"]]
     kwargs.update(info.fixed)

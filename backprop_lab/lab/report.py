@@ -52,7 +52,7 @@ def sorted_rows(rows: list[Row]) -> list[Row]:
     return sorted(rows, key=lambda r: tuple(_natural(v) for v in r.setting.values()))
 
 
-def _plain_ticks(ax: Any, log: bool, integer_x: bool = False) -> None:
+def _plain_ticks(ax: Any, log: bool, integer_x: bool = False, log_x: bool = False) -> None:
     """Tick labels as plain numbers (1.4, not 1.4x10^0), on log axes too; whole numbers on an index axis."""
     from matplotlib.ticker import LogFormatter, MaxNLocator
 
@@ -66,6 +66,9 @@ def _plain_ticks(ax: Any, log: bool, integer_x: bool = False) -> None:
     if log:
         ax.yaxis.set_major_formatter(Plain(labelOnlyBase=False))
         ax.yaxis.set_minor_formatter(Plain(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
+    if log_x:
+        ax.xaxis.set_major_formatter(Plain(labelOnlyBase=False))
+        ax.xaxis.set_minor_formatter(Plain(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
     if integer_x:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 

@@ -167,7 +167,10 @@ class Family:
         two_sided: bool = False,
         label: str = "",
     ) -> Comparison:
-        test = Comparison(list(a), list(b), higher=higher, points=points, two_sided=two_sided, label=label)
+        return self.add(Comparison(list(a), list(b), higher=higher, points=points, two_sided=two_sided, label=label))
+
+    def add(self, test: Comparison) -> Comparison:
+        """A test made elsewhere (survival.TimeComparison) joins the family."""
         self.tests.append(test)
         self.rows.append(test)
         return test
@@ -197,7 +200,8 @@ class Family:
     def note(self) -> str:
         tested = sum(t.result is not None for t in self.tests)
         return (
-            f"_{tested} tests in this study form one family: each line gives the raw Welch p and the "
-            f"Holm-Bonferroni adjusted p, and a claim holds only when the adjusted p < {ALPHA}. Differences "
-            "are mean(first) - mean(second) with their Welch 95% confidence interval._"
+            f"_{tested} tests in this study form one family: each line gives the raw p (Welch's; the log-rank "
+            f"test's for times to a target) and the Holm-Bonferroni adjusted p, and a claim holds only when the "
+            f"adjusted p < {ALPHA}. Differences are mean(first) - mean(second) with their Welch 95% confidence "
+            "interval; times to a target are Kaplan-Meier medians, runs that never reach it censored._"
         )

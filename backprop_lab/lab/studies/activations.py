@@ -8,7 +8,7 @@ import statistics
 from backprop_lab.lab.compare import Run
 from backprop_lab.lab.statistics import Family, mark
 from backprop_lab.lab.studies.readers import completed, init_gradient_ratio, values
-from backprop_lab.lab.studies.study import RunSweep, Setting
+from backprop_lab.lab.studies.study import Plan, RunSweep
 from backprop_lab.lab.studies.verdicts import Lines, candidate_lines, fmt, render, table
 
 # ------------------------------------------------------------------ the four studies
@@ -16,12 +16,14 @@ ACTS = ["sigmoid", "tanh", "relu", "leaky_relu", "gelu", "selu"]
 RELU_FAMILY = ["relu", "leaky_relu", "gelu", "selu"]
 
 
-def activations_sweeps(run_sweep: RunSweep, smoke: bool, candidate: str | None, seeds: str, setting: Setting) -> None:
+def activations_sweeps(run_sweep: RunSweep, plan: Plan) -> None:
+    candidate, seeds = plan.candidate, plan.seeds
     acts = [*ACTS, *([candidate] if candidate else [])]  # model.init=null: each activation's own init
     run_sweep("grid", [f"act={','.join(acts)}", "model.init=null,torch", f"seed={seeds}"])
 
 
-def activations_verdict(runs: list[Run], candidate: str | None = None) -> str:
+def activations_verdict(runs: list[Run], plan: Plan) -> str:
+    candidate = plan.candidate
     rows: list[list[str]] = []
     ratio: dict[str, list[float]] = {}
     acc: dict[str, list[float]] = {}

@@ -8,8 +8,9 @@ import time
 from pathlib import Path
 
 from backprop_lab.lab.studies.registry import STUDIES
-from backprop_lab.lab.studies.runner import candidate_problem, run_study, setting_problem, show_summary
-from backprop_lab.lab.studies.study import SEEDS, SETTINGS
+from backprop_lab.lab.studies.runner import candidate_problem, setting_problem, show_summary
+from backprop_lab.lab.studies.sections import Request, run_study
+from backprop_lab.lab.studies.study import SEEDS, SETTINGS, Ruleset
 
 
 def main(argv: list[str]) -> int:
@@ -25,7 +26,26 @@ def main(argv: list[str]) -> int:
         "--setting",
         default="mnist1d",
         choices=SETTINGS,
-        help="where the claim is measured: MNIST-1D (default), or a real image set per study (docs/studies.md)",
+        help="where the claim is measured: MNIST-1D (default), scikit-learn's digits, or a real image set per study "
+        "(docs/studies.md)",
+    )
+    parser.add_argument(
+        "--settings",
+        metavar="A,B,...",
+        help=f"several workloads ({', '.join(SETTINGS)}), a section each; the optimizers study: a performance profile",
+    )
+    parser.add_argument(
+        "--tuning",
+        metavar="RULESET[,...]",
+        help="the optimizers study's tuning ruleset(s): oneshot, lr (default) or budget:N (docs/studies.md)",
+    )
+    parser.add_argument(
+        "--target", type=float, metavar="ACC", help="the validation accuracy of time-to-target (default: AlgoPerf's)"
+    )
+    parser.add_argument(
+        "--variants",
+        action="store_true",
+        help="with --candidate: re-measure it on held-out variants (width x2, depth +1, another activation, data set)",
     )
     parser.add_argument("--report-only", action="store_true", help="recompute the report of an existing --out folder")
     parser.add_argument(
@@ -61,26 +81,24 @@ def main(argv: list[str]) -> int:
     if args.config_dir is not None and not args.config_dir.is_dir():
         print(f"error: --config-dir={args.config_dir} is not a folder", file=sys.stderr)
         return 2
-    problem = candidate_problem(args.name, args.candidate, args.config_dir) if args.candidate else None
-    if not problem and not args.report_only:
-        problem = setting_problem(args.name, args.setting, args.overrides, args.config_dir)
+    settings = tuple(args.settings.split(",")) if args.settings else (args.setting,)
+    rulesets = rulesets_of(args.name, args.tuning) if args.tuning else []
+    problem = rulesets if isinstance(rulesets, str) else options_problem(args, settings)
+    if not problem and args.candidate:
+        problem = candidate_problem(args.name, args.candidate, args.config_dir, rulesets)  # type: ignore[arg-type]
+    for setting in settings if not problem and not args.report_only else ():
+        problem = problem or setting_problem(args.name, setting, args.overrides, args.config_dir)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    assert isinstance(rulesets, list)
     out = args.out or Path("studies") / args.name / time.strftime("%Y-%m-%d_%H-%M-%S")
+    request = Request(
+        args.name, out, args.overrides, args.smoke, args.report_only, args.launcher, args.candidate,
+        args.config_dir, args.seeds, settings, tuple(rulesets), args.target, args.variants,
+    )  # fmt: skip
     try:
-        report = run_study(
-            args.name,
-            out,
-            args.overrides,
-            args.smoke,
-            args.report_only,
-            args.launcher,
-            args.candidate,
-            args.config_dir,
-            args.seeds,
-            args.setting,
-        )
+        report = run_study(request)
     except FileNotFoundError:
         print(f"error: the study's sweeps made no runs; their logs are in {out}", file=sys.stderr)
         return 1
@@ -92,3 +110,47 @@ def main(argv: list[str]) -> int:
         return 130
     show_summary(report)
     return 0
+
+
+def rulesets_of(name: str, text: str) -> list[Ruleset] | str:
+    """--tuning's rulesets, or why the study cannot take them (one line)."""
+    from backprop_lab.lab.studies.tuning import parse_rulesets
+
+    found = parse_rulesets(text)
+    takes = STUDIES[name].rulesets
+    if isinstance(found, str):
+        return found
+    for ruleset in found:
+        if ruleset.name not in (r.partition(":")[0] for r in takes):
+            return (
+                f"--tuning={text}: study {name} runs each arm at its preset's settings ({', '.join(takes)}); "
+                "only the optimizers study tunes"
+            )
+        if ruleset.name == "budget":
+            import importlib.util
+
+            if importlib.util.find_spec("optuna") is None:
+                return (
+                    f"--tuning={ruleset.label} draws its trials with Optuna, which is not installed: "
+                    "pip install 'backprop-lab[search]'"
+                )
+    return found
+
+
+def options_problem(args: argparse.Namespace, settings: tuple[str, ...]) -> str | None:
+    """Why --settings, --target or --variants cannot be, as one line; None when they can."""
+    for setting in settings:
+        if setting not in SETTINGS:
+            return f"--settings: '{setting}' is not a setting; choose from {', '.join(SETTINGS)}"
+        if setting == "digits" and args.name == "pretraining":
+            return (
+                "--settings: digits is too small for the pretraining study's label budgets (1000 of 5 classes); "
+                "choose mnist1d or real"
+            )
+    if len(set(settings)) < len(settings):
+        return f"--settings={args.settings}: a setting is named twice"
+    if args.target is not None and not 0 < args.target <= 1:
+        return f"--target={args.target} is not valid: a validation accuracy in (0, 1]"
+    if args.variants and not args.candidate:
+        return "--variants re-measures a candidate on held-out variants: give --candidate GROUP=OPTION too"
+    return None

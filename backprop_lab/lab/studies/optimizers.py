@@ -1,58 +1,67 @@
-"""Study "optimizers": adaptive optimizers (Adam, RMSprop, Adagrad) converge faster than SGD."""
+"""Study "optimizers": adaptive optimizers (Adam, RMSprop, Adagrad) converge faster than SGD.
+
+Every arm is tuned under one declared ruleset (tuning.py), then measured at seeds 0..N-1: train loss
+at a step and over the run, time to a validation target (runs that never reach it censored), test
+accuracy. Self-tuning optimizers (schedule-free AdamW, Prodigy) join at zero tuning budget where their
+packages are installed."""
 
 from __future__ import annotations
 
+import importlib.util
+import math
 import statistics
+from pathlib import Path
 
-from backprop_lab.lab.compare import Run, find_runs, metrics_rows
-from backprop_lab.lab.statistics import Family, area_under, mark, positive_interval
+from backprop_lab.lab.compare import Run, metrics_rows
+from backprop_lab.lab.statistics import Family, area_under, mark
 from backprop_lab.lab.studies.readers import completed, row_at, train_row, values
-from backprop_lab.lab.studies.study import RunSweep, Setting
+from backprop_lab.lab.studies.study import Plan, RunSweep
+from backprop_lab.lab.studies.tuning import LR_GRID, SEARCH_SEEDS, search_space, trials_of, tune
 from backprop_lab.lab.studies.verdicts import Lines, candidate_lines, fmt, render, table
+from backprop_lab.lab.survival import Reach, TimeComparison, median_time, steps_text
 
 OPTIMIZERS = ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
-LR_GRID = ["0.0003", "0.001", "0.003", "0.01", "0.03", "0.1", "0.3"]
 ADAPTIVE = ["adam", "rmsprop", "adagrad"]
+# no hyperparameter to tune, measured at zero tuning budget: option -> the package it needs
+SELF_TUNING = {"schedulefree_adamw": "schedulefree", "prodigy": "prodigyopt"}
+EXTRA = "pip install 'backprop-lab[selftuning]'"
 
 
-def optimizers_sweeps(run_sweep: RunSweep, smoke: bool, candidate: str | None, seeds: str, setting: Setting) -> None:
-    grid = LR_GRID[2:4] if smoke else LR_GRID
-    optimizers = [*OPTIMIZERS, *([candidate] if candidate else [])]  # the candidate's lr: the same search
-    search = run_sweep(
-        "lr_search",
-        [
-            f"optimizer={','.join(optimizers)}",
-            f"optimizer.lr={','.join(grid)}",
-            "seed=100",
-            *([] if smoke else [f"trainer.max_steps={setting.search_steps}"]),  # (--smoke's own steps otherwise)
-        ],
-        note=f"learning-rate search: one seed (100, not used below), {setting.search_steps} steps, best val/acc "
-        "wins, a tie the larger rate",
-    )
-    runs = find_runs([search])
-    for opt in optimizers:
-        tried = [
-            (r.metrics.get("val/acc", -1.0), r.settings.get("optimizer.lr", "")) for r in completed(runs, optimizer=opt)
-        ]
-        lr = best_rate(tried) if tried else "0.001"
-        run_sweep(f"final_{opt}", [f"optimizer={opt}", f"optimizer.lr={lr}", f"seed={seeds}"])
+def self_tuning() -> list[str]:
+    """The self-tuning options whose packages are installed."""
+    return [name for name, package in SELF_TUNING.items() if importlib.util.find_spec(package) is not None]
 
 
-def best_rate(tried: list[tuple[float, str]]) -> str:
-    """The rate of the best (validation accuracy, rate) pair; a tie goes to the larger rate, compared as
-    numbers ("1e-3" < "0.01")."""
-    return max(tried, key=lambda t: (t[0], float(t[1] or 0)))[1]
+def optimizers_sweeps(run_sweep: RunSweep, plan: Plan) -> None:
+    tuned = [*OPTIMIZERS, *([plan.candidate] if plan.candidate else [])]
+    spaces = {arm: search_space(arm, plan.config_dir) for arm in tuned} if plan.ruleset.name == "budget" else {}
+    chosen = tune(run_sweep, plan, tuned, spaces)
+    for arm in [*OPTIMIZERS, *self_tuning(), *([plan.candidate] if plan.candidate else [])]:
+        overrides = chosen[arm].overrides if arm in chosen else []
+        run_sweep(f"final_{arm}", [f"optimizer={arm}", *overrides, f"seed={plan.seeds}"])
 
 
-TARGET_FRACTION = 0.95  # time-to-result target: this fraction of the best baseline's validation accuracy
-
-
-def time_to_target(run: Run, target: float) -> tuple[float, float] | None:
-    """(steps, seconds) at the first evaluation whose validation accuracy reaches `target`; None if none did."""
+def reach(run: Run, target: float) -> Reach | None:
+    """The step at which the run's validation accuracy first reached `target`, or the last step it was
+    evaluated at (censored there: a run that diverged or stopped early never reached it); None for a
+    run with no evaluation."""
+    last = None
     for r in metrics_rows(run.path):
-        if r.get("split") == "val" and isinstance(r.get("acc"), (int, float)) and r["acc"] >= target:
-            return float(r["step"]), float(r.get("elapsed_s") or 0.0)
-    return None
+        if r.get("split") == "val" and isinstance(r.get("acc"), (int, float)):
+            if r["acc"] >= target:
+                return Reach(float(r["step"]), True)
+            last = float(r["step"])
+    return None if last is None else Reach(last, False)
+
+
+def default_target(runs: list[Run]) -> float | None:
+    """AlgoPerf's target: the median best validation accuracy of the best tuned baseline (the baseline
+    with the highest median), over its measured seeds."""
+    final = [r for r in runs if r.path.parent.name.startswith("final_")]
+    medians = {
+        opt: statistics.median(v) for opt in OPTIMIZERS if (v := values(completed(final, optimizer=opt), "val/acc"))
+    }
+    return max(medians.values()) if medians else None
 
 
 def train_loss_auc(run: Run) -> float | None:
@@ -61,82 +70,103 @@ def train_loss_auc(run: Run) -> float | None:
     return area_under([r["step"] for r in rows], [r["loss"] for r in rows])
 
 
-def positive(vals: list[float]) -> str:
-    """Geometric mean [95% CI on the log scale] of positive values: bounds never below zero."""
-
-    def num(v: float) -> str:
-        return f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}"
-
-    found = positive_interval(vals)
-    if found is None:
-        return f"{num(vals[0])} (n=1)" if len(vals) == 1 else "-"
-    return f"{num(found[0])} [{num(found[1])}, {num(found[2])}]"
+def chosen_text(run: Run | None) -> str:
+    """The hyperparameters an arm was measured at, as its runs' overrides say (its YAML's: "defaults")."""
+    if run is None:
+        return "-"
+    own = [f"{k.removeprefix('optimizer.')}={v}" for k, v in run.settings.items() if k.startswith("optimizer.")]
+    return " ".join(own) or "defaults"
 
 
-def optimizers_verdict(runs: list[Run], candidate: str | None = None) -> str:
-    final = [r for r in runs if "lr_search" not in str(r.path)]
+def protocol_lines(plan: Plan, arms: list[str], tuned: list[str], searched: int, target: float, whence: str) -> Lines:
+    ruleset = plan.ruleset
+    if ruleset.name == "oneshot":
+        how = "**oneshot**: every optimizer at its YAML's defaults, no tuning run"
+    elif ruleset.name == "lr":
+        how = (
+            f"**lr**: each optimizer's learning rate from the log grid {', '.join(LR_GRID)}, each rate at seeds "
+            f"{', '.join(map(str, SEARCH_SEEDS))} for {searched} steps; the best mean validation accuracy wins "
+            "(a tie: the larger rate)"
+        )
+    else:
+        how = (
+            f"**budget:{ruleset.trials}**: {ruleset.trials} quasirandom trials per optimizer (Optuna's QMC sampler, "
+            f"scrambled Sobol, seed {SEARCH_SEEDS[0]}) over the search space its YAML declares, {searched} steps "
+            "each; the best validation accuracy wins"
+        )
+    own = [a for a in arms if a not in tuned]
+    lines: Lines = [
+        "### Protocol",
+        "",
+        f"Tuning ruleset {how}. Then every optimizer runs the measured seeds at what it chose. "
+        + (
+            f"Self-tuning, at zero tuning budget: {', '.join(own)}. "
+            if own
+            else f"Self-tuning arms: none installed ({EXTRA}). "
+        )
+        + f"Time to target: the first evaluation whose validation accuracy reaches {target:.4f} ({whence}); "
+        "a run that never does is censored at its last evaluation (Kaplan-Meier median, log-rank test).",
+    ]
+    if ruleset.name == "budget":
+        lines += ["", "Search spaces (each optimizer's `search:`):", ""]
+        for arm in tuned:
+            space = search_space(arm, plan.config_dir)
+            lines.append(f"- {arm}: " + (", ".join(f"`{k}`: {v}" for k, v in space.items()) or "none declared"))
+    return lines
+
+
+def optimizers_verdict(runs: list[Run], plan: Plan) -> str:
+    candidate = plan.candidate
+    final = [r for r in runs if r.path.parent.name.startswith("final_")]
+    tuning = [r for r in runs if not r.path.parent.name.startswith("final_")]
     last_steps = [train_row(r, -1).get("step", 0) for r in final if r.status == "completed"]
-    searched = max((train_row(r, -1).get("step", 0) for r in runs if "lr_search" in str(r.path)), default=1000)
+    searched = max((train_row(r, -1).get("step", 0) for r in tuning), default=plan.setting.search_steps)
     probe = searched if last_steps and min(last_steps) >= searched else min(last_steps, default=0)
-    names = [*OPTIMIZERS, *([candidate] if candidate else [])]
-    groups = {opt: completed(final, optimizer=opt) for opt in names}
-    best_val = {opt: statistics.fmean(values(g, "val/acc")) for opt, g in groups.items() if values(g, "val/acc")}
-    baseline = max((o for o in OPTIMIZERS if o in best_val), key=lambda o: best_val[o], default=None)
-    target = TARGET_FRACTION * best_val[baseline] if baseline else 1.0
-    loss, auc, acc, rows = {}, {}, {}, []
-    for opt in names:
+    installed = [a for a in SELF_TUNING if any(r.settings.get("optimizer") == a for r in final)]
+    tuned = [*OPTIMIZERS, *([candidate] if candidate else [])]
+    arms = [*OPTIMIZERS, *installed, *([candidate] if candidate else [])]
+    groups = {opt: completed(final, optimizer=opt) for opt in arms}
+    target, whence = plan.target, plan.target_source
+    if target is None:  # (a variant's section: its own runs set it)
+        target = default_target(runs)
+        whence = "AlgoPerf's: the median best validation accuracy of the best tuned baseline"
+    target = 1.0 if target is None else target
+    loss, auc, acc, times, rows = {}, {}, {}, {}, []
+    for opt in arms:
         group = groups[opt]
-        lr = group[0].settings.get("optimizer.lr", "-") if group else "-"
         loss[opt] = [v for v in (row_at(r, "train", probe, "loss") for r in group) if v is not None]
         auc[opt] = [v for v in (train_loss_auc(r) for r in group) if v is not None]
         acc[opt] = values(group, "test/acc")
-        reached = [t for t in (time_to_target(r, target) for r in group) if t is not None]
+        times[opt] = [t for t in (reach(r, target) for r in final if r.settings.get("optimizer") == opt) if t]
         rows.append(
             [
                 opt,
-                lr,
+                chosen_text(group[0] if group else None),
+                str(trials_of(tuning, opt)) if opt in tuned else "0 (self-tuning)",
                 fmt(loss[opt], 4),
                 fmt(auc[opt], 4),
-                f"{len(reached)}/{len(group)}",
-                positive([t[0] for t in reached]),
-                positive([t[1] for t in reached]),
+                f"{sum(t.reached for t in times[opt])}/{len(times[opt])}",
+                steps_text(median_time(times[opt])),
                 fmt(acc[opt]),
             ]
         )
-    seeds = sorted({r.seed for r in final if r.seed is not None})
+    header = ["optimizer", "measured at", "tuning runs", f"train loss @ {probe}", "train loss AUC", "reached target"]
     out: Lines = [
-        "### Protocol",
-        "",
-        f"Each optimizer's learning rate was picked from the log grid {', '.join(LR_GRID)} by the best validation "
-        f"accuracy of a {searched}-step run with seed 100 (a tie: the larger rate). The comparison then runs seeds "
-        f"{', '.join(map(str, seeds))} at that rate. Time to result: the first evaluation reaching "
-        f"{TARGET_FRACTION:.0%} of the best baseline's "
-        f"mean best validation accuracy ({baseline}: {best_val.get(baseline or '', float('nan')):.4f}, "
-        f"target {target:.4f}), as AlgoPerf sets its targets.",
+        *protocol_lines(plan, arms, tuned, searched, target, whence),
         "",
         "### Measurements",
         "",
         f"Train loss at step {probe} and its mean over the run (area under the train-loss curve / steps), mean "
-        "[95% CI]; runs reaching the target, and their steps and seconds to it (geometric mean [95% CI on the log "
-        "scale]); test accuracy.",
+        "[95% CI]; runs reaching the target and the median steps to it [95% CI] (runs that never reach it "
+        "censored; 'never': the median is not reached); test accuracy.",
         "",
-        table(
-            [
-                "optimizer",
-                "lr",
-                f"train loss @ {probe}",
-                "train loss AUC",
-                "reached",
-                "steps to target",
-                "seconds to target",
-                "test/acc",
-            ],
-            rows,
-        ),  # fmt: skip
-        "",
-        "### Verdict",
+        table([*header, "median steps to target", "test/acc"], rows),
         "",
     ]
+    picture = sensitivity_plot(tuning, tuned, plan)
+    if picture:
+        out += [f"![learning-rate sensitivity]({picture})", ""]
+    out += ["### Verdict", ""]
     family = Family()
     for opt in ADAPTIVE:
         at_probe = family.compare(
@@ -145,16 +175,100 @@ def optimizers_verdict(runs: list[Run], candidate: str | None = None) -> str:
         overall = family.compare(
             auc.get(opt, []), auc.get("sgd", []), higher=False, label=f"{opt}: train-loss AUC < sgd's"
         )
+        sooner = family.add(TimeComparison(times[opt], times["sgd"], label=f"{opt}: reaches the target before sgd"))
         out.append(
-            lambda opt=opt, at_probe=at_probe, overall=overall: (
+            lambda opt=opt, at_probe=at_probe, overall=overall, sooner=sooner: (
                 f"- {opt} converges faster than sgd: lower train "
                 f"loss at step {probe} ({fmt(loss.get(opt, []), 4)} vs {fmt(loss.get('sgd', []), 4)}; "
                 f"{at_probe.effect()}): {mark(at_probe.holds)}; lower train loss over the run (AUC "
                 f"{fmt(auc.get(opt, []), 4)} vs {fmt(auc.get('sgd', []), 4)}; {overall.effect()}): "
-                f"{mark(overall.holds)}."
+                f"{mark(overall.holds)}; reaches the target sooner ({sooner.effect()}): {mark(sooner.holds)}."
             )
         )
     if candidate:
         out += candidate_lines(family, candidate, loss, OPTIMIZERS, f"train loss at step {probe}", higher=False)
         out += candidate_lines(family, candidate, acc, OPTIMIZERS, "test/acc", points=True)
+        for base in OPTIMIZERS:
+            test = family.add(
+                TimeComparison(times[candidate], times[base], f"candidate {candidate} reaches the target before {base}")
+            )
+            out.append(
+                lambda base=base, test=test: (
+                    f"- candidate {candidate} reaches the target before {base}: {test.effect()}: {test.outcome()}."
+                )
+            )
     return render(family, out)
+
+
+def sensitivity_plot(tuning: list[Run], arms: list[str], plan: Plan) -> str | None:
+    """DeepOBS's learning-rate sensitivity: each optimizer's best validation accuracy against the rate
+    of its tuning runs (mean over the search seeds, the band their range; a budget's trials as points,
+    their other hyperparameters varying too), in plan.folder; its link from report.md, or None."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from backprop_lab.lab.report import _legend_below, _plain_ticks, _style
+
+    if plan.folder is None or not tuning:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, arm in enumerate(arms):
+        by_rate: dict[float, list[float]] = {}
+        for run in completed(tuning, optimizer=arm):
+            if isinstance(run.metrics.get("val/acc"), float):
+                by_rate.setdefault(float(run.settings.get("optimizer.lr", "nan")), []).append(run.metrics["val/acc"])
+        rates = sorted(r for r in by_rate if r == r)
+        if not rates:
+            continue
+        style = _style(i, len(rates))
+        if plan.ruleset.name == "budget":
+            ax.plot(rates, [max(by_rate[r]) for r in rates], label=arm, **{**style, "linestyle": "none", "marker": "o"})
+            continue
+        means = [statistics.fmean(by_rate[r]) for r in rates]
+        ax.fill_between(
+            rates,
+            [min(by_rate[r]) for r in rates],
+            [max(by_rate[r]) for r in rates],
+            color=style["color"],
+            alpha=0.15,
+            linewidth=0,
+        )
+        ax.plot(rates, means, label=arm, **style)
+    ax.set_xscale("log")
+    _plain_ticks(ax, log=False, log_x=True)
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("best validation accuracy")
+    seeds = (
+        "seed " + str(SEARCH_SEEDS[0])
+        if plan.ruleset.name == "budget"
+        else f"mean of seeds {', '.join(map(str, SEARCH_SEEDS))}, band: their range"
+    )
+    ax.set_title(f"learning-rate sensitivity ({plan.ruleset.label} tuning runs, {seeds})", fontsize=10)
+    ax.grid(alpha=0.3)
+    _legend_below(fig, ax)
+    path = Path(plan.folder) / "lr_sensitivity.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return plan.link + path.name
+
+
+def median_steps(runs: list[Run], plan: Plan) -> dict[str, float]:
+    """Each arm's Kaplan-Meier median steps to the target (inf: fewer than half its runs reach it): the
+    times a performance profile compares."""
+    final = [r for r in runs if r.path.parent.name.startswith("final_")]
+    target = plan.target if plan.target is not None else default_target(runs)
+    arms = dict.fromkeys(r.settings.get("optimizer", "") for r in final)
+    found = {}
+    for arm in arms:
+        times = [
+            t
+            for t in (
+                reach(r, target if target is not None else 1.0) for r in final if r.settings.get("optimizer") == arm
+            )
+            if t
+        ]
+        median = median_time(times)
+        found[arm] = median[0] if median else math.inf
+    return found

@@ -7,7 +7,7 @@ import statistics
 from backprop_lab.lab.compare import Run
 from backprop_lab.lab.statistics import Comparison, Family, mark
 from backprop_lab.lab.studies.readers import completed, values
-from backprop_lab.lab.studies.study import RunSweep, Setting
+from backprop_lab.lab.studies.study import Plan, RunSweep
 from backprop_lab.lab.studies.verdicts import Lines, fmt, render, table
 
 BUDGETS = ["100", "300", "1000"]
@@ -20,7 +20,8 @@ STRATEGIES = [
 ]
 
 
-def pretraining_sweeps(run_sweep: RunSweep, smoke: bool, candidate: str | None, seeds: str, setting: Setting) -> None:
+def pretraining_sweeps(run_sweep: RunSweep, plan: Plan) -> None:
+    smoke, seeds = plan.smoke, plan.seeds
     budgets = f"data.n_train={','.join(SMOKE_BUDGETS if smoke else BUDGETS)}"
     short = ["pretrain.steps=8"] if smoke else []
     run_sweep("scratch", ["pretrain=none", budgets, f"seed={seeds}"])
@@ -28,7 +29,7 @@ def pretraining_sweeps(run_sweep: RunSweep, smoke: bool, candidate: str | None, 
     run_sweep("autoencoder", ["pretrain=autoencoder", "pretrain.finetune=full", budgets, f"seed={seeds}", *short])
 
 
-def pretraining_verdict(runs: list[Run], candidate: str | None = None) -> str:
+def pretraining_verdict(runs: list[Run], plan: Plan) -> str:
     acc: dict[tuple[str, str], list[float]] = {}
     budgets = sorted({r.settings["data.n_train"] for r in runs if "data.n_train" in r.settings}, key=int)
     for name, settings in STRATEGIES:

@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 from backprop_lab.lab.studies.activations import activations_sweeps, activations_verdict
-from backprop_lab.lab.studies.optimizers import optimizers_sweeps, optimizers_verdict
+from backprop_lab.lab.studies.optimizers import (
+    OPTIMIZERS,
+    SELF_TUNING,
+    default_target,
+    optimizers_sweeps,
+    optimizers_verdict,
+)
 from backprop_lab.lab.studies.pretraining import pretraining_sweeps, pretraining_verdict
 from backprop_lab.lab.studies.regularization import regularization_sweeps, regularization_verdict
 from backprop_lab.lab.studies.study import Setting, Study
 
 
 def setting_of(name: str, setting: str) -> Setting:
-    """Study `name`'s setting: mnist1d (its own preset on MNIST-1D) or real (STUDIES[name].real)."""
+    """Study `name`'s setting: mnist1d (its own preset on MNIST-1D), digits (that protocol on
+    scikit-learn's 8x8 digits) or real (STUDIES[name].real)."""
     if setting == "real":
         return STUDIES[name].real
+    if setting == "digits":
+        return Setting(
+            f"study_{name}",
+            "scikit-learn's 8x8 digits (1797 images, bundled with scikit-learn), on the MNIST-1D protocol",
+            ("data=digits",),
+        )
     return Setting(f"study_{name}", "MNIST-1D (generated locally by the mnist1d package)")
 
 
@@ -48,6 +61,9 @@ STUDIES: dict[str, Study] = {
             "MNIST, the two-hidden-layer ReLU MLP of Kingma & Ba 2015 at batch 128 (narrowed to 256 units)",
             search_steps=500,
         ),
+        arms=(*OPTIMIZERS, *SELF_TUNING),
+        rulesets=("lr", "oneshot", "budget:N"),
+        target=default_target,
     ),
     "pretraining": Study(
         "Pretraining and transfer help when labels are few.",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from backprop_lab.lab.compare import Run, metrics_rows
 from backprop_lab.lab.statistics import Family, mark
 from backprop_lab.lab.studies.readers import train_row, values
-from backprop_lab.lab.studies.study import RunSweep, Setting
+from backprop_lab.lab.studies.study import Plan, RunSweep
 from backprop_lab.lab.studies.verdicts import Lines, candidate_lines, fmt, render, table
 
 # Each regularizer in its own sweep, so its strength applies to it alone.
@@ -19,9 +19,8 @@ REGULARIZERS = {
 }
 
 
-def regularization_sweeps(
-    run_sweep: RunSweep, smoke: bool, candidate: str | None, seeds: str, setting: Setting
-) -> None:
+def regularization_sweeps(run_sweep: RunSweep, plan: Plan) -> None:
+    candidate, seeds = plan.candidate, plan.seeds
     for reg, strengths in _regularizers(candidate).items():
         label = reg.strip("[]").replace(",", "+")
         run_sweep(label, [f"regularizer={reg}", *strengths, f"seed={seeds}"])
@@ -37,7 +36,8 @@ def _final_gap(run: Run) -> float | None:
     return rows[-1]["gap/acc"] if rows else None
 
 
-def regularization_verdict(runs: list[Run], candidate: str | None = None) -> str:
+def regularization_verdict(runs: list[Run], plan: Plan) -> str:
+    candidate = plan.candidate
     gaps, accs, rows = {}, {}, []
     for reg in _regularizers(candidate):
         group = [r for r in runs if r.status == "completed" and _reg_choice(r) == reg]

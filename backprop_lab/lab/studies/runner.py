@@ -7,10 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backprop_lab.lab.compare import Run, find_runs
-from backprop_lab.lab.statistics import unjudged
+from backprop_lab.lab.compare import Run
 from backprop_lab.lab.studies.registry import STUDIES, setting_of
-from backprop_lab.lab.studies.study import SEEDS, SMOKE, Setting
+from backprop_lab.lab.studies.study import SEEDS, SMOKE, Plan, RunSweep, Setting
 
 
 def count_jobs(train_args: list[str]) -> int | None:
@@ -140,7 +139,7 @@ def _sweep_in_process(train_args: list[str], log_path: Path) -> int:
     return code
 
 
-def candidate_problem(study: str, candidate: str, config_dir: Path | None) -> str | None:
+def candidate_problem(study: str, candidate: str, config_dir: Path | None, rulesets: list[Any] = ()) -> str | None:  # type: ignore[assignment]
     """Why `--candidate GROUP=OPTION` cannot join this study, as one line; None when it can."""
     from backprop_lab.run.job_check import check_composition, compose_train
 
@@ -155,6 +154,11 @@ def candidate_problem(study: str, candidate: str, config_dir: Path | None) -> st
         return f"--candidate={candidate}: {problem}"
     if study == "optimizers" and "lr" not in compose_train([candidate], config_dir).optimizer:
         return f"--candidate={candidate}: its YAML has no lr, which the optimizers study tunes (add lr: 0.001)"
+    if any(r.name == "budget" for r in rulesets) and not compose_train([candidate], config_dir).optimizer.get("search"):
+        return (
+            f"--candidate={candidate}: --tuning budget:N draws its trials from the search space its YAML declares, "
+            "and it declares none (add search: {lr: 'tag(log, interval(1e-4, 1e-1))'})"
+        )
     return None
 
 
@@ -200,60 +204,21 @@ def setting_problem(name: str, setting: str, extra: list[str], config_dir: Path 
     return None
 
 
-def run_study(
-    name: str,
-    out: Path,
-    extra: list[str],
-    smoke: bool,
-    report_only: bool = False,
-    launcher: str = "vectorized",
-    candidate: str | None = None,
-    config_dir: Path | None = None,
-    seeds: int | None = None,
-    setting: str = "mnist1d",
-) -> Path:
-    """Run the study's sweeps into `out` (unless `report_only`), then write its report there.
-    The vectorized launcher trains each setting's seeds as one batched model. `candidate`
-    (GROUP=OPTION, shipped or from `config_dir`) joins the study under its protocol. `seeds`: per
-    setting (default SEEDS, 2 with `smoke`). `setting`: mnist1d or real (setting_of)."""
-    import json
-
-    from backprop_lab.lab.report import write_report
-
-    study = STUDIES[name]
-    out.mkdir(parents=True, exist_ok=True)
-    commands: list[str] = []
-    commands_file = out / "commands.md"
-    started = time.time()
-    setup = out / "study.json"  # what --report-only needs to recompute the same verdict
-    where = setting_of(name, setting)
-    small = None if report_only else miniature(where, smoke, seeds or (2 if smoke else SEEDS), extra, config_dir)
-    if report_only and setup.is_file():
-        saved = json.loads(setup.read_text())
-        candidate = candidate or saved.get("candidate")
-        setting = saved.get("setting", setting)
-        where = setting_of(name, setting)
-        small, extra = saved.get("miniature"), saved.get("overrides", extra)
-    elif not report_only:
-        chosen = {
-            "study": name,
-            "setting": setting,
-            "candidate": candidate,
-            "config_dir": str(config_dir or ""),
-            "overrides": extra,
-            "miniature": small,  # (None: the study's own protocol ran)
-        }
-        setup.write_text(json.dumps(chosen))
-    if small:
-        print(f"[{name}] {small}", flush=True)
-    option = candidate.partition("=")[2] if candidate else None
-    own = ["--config-dir", str(config_dir.resolve())] if config_dir is not None else []
+def sweep_runner(req: Any, plan: Plan, extra: list[str], commands: list[str], commands_file: Path) -> RunSweep:
+    """The `run_sweep` a study's sweeps call for one section (`req`: sections.Request): each sweep
+    `backprop-lab train -m` in this process, into plan.folder/LABEL, its command added to commands.md."""
+    where, launcher = plan.setting, req.launcher
+    own = ["--config-dir", str(req.config_dir.resolve())] if req.config_dir is not None else []
+    assert plan.folder is not None
+    out = plan.folder
 
     def run_sweep(label: str, overrides: list[str], note: str | None = None) -> Path:
         folder = out / label
         staged = not any(o == "pretrain=none" for o in overrides)  # pretrain.* overrides only where there is a stage
-        own_data = setting != "mnist1d" or any(o.startswith("data=") for o in extra)
-        smoke_args = [a for a in SMOKE if not (own_data and a.startswith("data.num_samples"))] if smoke else []
+        own_data = plan.setting.experiment.endswith("_real") or any(
+            o.startswith("data=") for o in [*where.overrides, *extra]
+        )
+        smoke_args = [a for a in SMOKE if not (own_data and a.startswith("data.num_samples"))] if plan.smoke else []
         args = [
             "train",
             "-m",
@@ -264,11 +229,12 @@ def run_study(
             *smoke_args,
             *[e for e in [*where.overrides, *extra] if staged or not e.startswith("pretrain.")],
         ]
-        shown = "backprop-lab " + " ".join(f"'{a}'" if "[" in a else a for a in args)
+        shown = "backprop-lab " + " ".join(f"'{a}'" if "[" in a or "(" in a or a.startswith("~") else a for a in args)
         commands.append(f"- `{shown}`" + (f" ({note})" if note else ""))
         commands_file.write_text("\n".join(commands) + "\n")
-        print(f"[{name}] {label}: {shown}", flush=True)
-        with SweepProgress(f"[{name}] {label}", folder, count_jobs(args[2:])):
+        name = req.name
+        print(f"[{name}] {folder.relative_to(req.out)}: {shown}", flush=True)
+        with SweepProgress(f"[{name}] {folder.relative_to(req.out)}", folder, count_jobs(args[2:])):
             code = _sweep_in_process([*args[1:], f"hydra.sweep.dir={folder}"], out / f"{label}.log")
         if code == 130:  # Ctrl-C / SIGTERM: the runs checkpointed and stopped; so does the study
             raise KeyboardInterrupt
@@ -276,26 +242,7 @@ def run_study(
             print(f"[{name}] {label}: some runs did not complete (see {out / (label + '.log')})", flush=True)
         return folder
 
-    if report_only:
-        commands = commands_file.read_text().splitlines() if commands_file.is_file() else []
-    else:
-        count = seeds or (2 if smoke else SEEDS)
-        study.sweeps(run_sweep, smoke, option, ",".join(str(seed) for seed in range(count)), where)
-    runs = find_runs([out])
-    wall = "" if report_only else f"\n\nWall time of the sweeps: {time.time() - started:.0f} s."
-    entered = f"**Candidate:** `{candidate}`, under the study's own protocol.\n\n" if candidate else ""
-    measured = f"**Setting:** {setting_line(setting, where, extra, runs)}\n\n"
-    judged = study.verdict(runs, option)
-    banner = f"> **{small}**\n\n" if small else ""
-    verdict = (
-        f"{banner}**Claim:** {study.claim}\n\n{measured}{entered}{unjudged(judged) if small else judged}"
-        + "\n\n### Sweeps (Hydra multiruns)\n\n"
-        + "\n".join(commands)
-        + wall
-        + "\n\n"
-        + reproduce(name, out, runs)
-    )
-    return write_report([out], out, ["test/acc"], title=f"Study: {name}", verdict=verdict)
+    return run_sweep
 
 
 def miniature(where: Setting, smoke: bool, seeds: int, extra: list[str], config_dir: Path | None) -> str | None:

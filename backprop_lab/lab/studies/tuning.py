@@ -1,0 +1,138 @@
+"""The tuning rulesets (--tuning) of the optimizers study: the search each arm gets before its seeds
+are measured, the same for every arm, and what it chose. Self-tuning optimizers get none.
+
+- oneshot: each optimizer at its YAML's defaults (Crowded Valley's "one-shot" budget).
+- lr: the learning rate from LR_GRID, each rate at SEARCH_SEEDS; the best mean validation accuracy
+  wins, a tie the larger rate (DeepOBS's protocol: a log grid, then the seeds at the best).
+- budget:N: N quasirandom trials (Optuna's QMC sampler, scrambled Sobol, seed SEARCH_SEEDS[0]) over
+  the search space the arm's YAML declares (`search:`); the best validation accuracy wins (AlgoPerf's
+  external tuning ruleset, with its quasirandom search).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from backprop_lab.lab.compare import Run, canonical, find_runs
+from backprop_lab.lab.studies.readers import completed
+from backprop_lab.lab.studies.study import Plan, Ruleset, RunSweep
+
+LR_GRID = ["0.0003", "0.001", "0.003", "0.01", "0.03", "0.1", "0.3"]
+SEARCH_SEEDS = (100, 101)  # the tuning runs' seeds: none of the measured ones (0, 1, ...)
+RULESETS = ("oneshot", "lr", "budget:N")
+
+
+def parse_rulesets(text: str) -> list[Ruleset] | str:
+    """--tuning lr or --tuning oneshot,budget:8 -> the rulesets; a string: why the text is not valid."""
+    found: list[Ruleset] = []
+    for item in text.split(","):
+        name, _, count = item.strip().partition(":")
+        if name in ("oneshot", "lr") and not count:
+            found.append(Ruleset(name))
+        elif name == "budget" and count.isdigit() and int(count) >= 1:
+            found.append(Ruleset("budget", int(count)))
+        else:
+            return f"--tuning={text}: '{item}' is not a ruleset; choose from oneshot, lr, budget:N (N >= 1 trials)"
+    if len({r.label for r in found}) < len(found):
+        return f"--tuning={text}: a ruleset is named twice"
+    return found
+
+
+@dataclass
+class Tuned:
+    """What tuning chose for one arm: its overrides (optimizer.lr=..., ...), and the runs it took."""
+
+    overrides: list[str]
+    trials: int
+
+
+def search_space(option: str, config_dir: Path | None) -> dict[str, str]:
+    """The `search:` of an optimizer option's YAML: key -> Hydra sweep grammar ({} if it declares none)."""
+    from omegaconf import OmegaConf
+
+    from backprop_lab.run.job_check import compose_train
+
+    node = compose_train([f"optimizer={option}"], config_dir).optimizer.get("search")
+    values = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+    assert isinstance(values, dict)
+    return {str(k): str(v) for k, v in values.items()}
+
+
+def tune(run_sweep: RunSweep, plan: Plan, arms: list[str], spaces: dict[str, dict[str, str]]) -> dict[str, Tuned]:
+    """Run the ruleset's tuning sweeps for `arms` (those the ruleset tunes), and what each chose."""
+    if plan.ruleset.name == "oneshot" or not arms:
+        return {arm: Tuned([], 0) for arm in arms}
+    steps = [] if plan.smoke else [f"trainer.max_steps={plan.setting.search_steps}"]  # (--smoke's own otherwise)
+    seeds = ",".join(map(str, SEARCH_SEEDS))
+    if plan.ruleset.name == "lr":
+        grid = LR_GRID[2:4] if plan.smoke else LR_GRID
+        folder = run_sweep(
+            "lr_search",
+            [f"optimizer={','.join(arms)}", f"optimizer.lr={','.join(grid)}", f"seed={seeds}", *steps],
+            note=f"the lr ruleset: the grid at seeds {seeds}, {plan.setting.search_steps} steps; the best mean "
+            "validation accuracy wins, a tie the larger rate",
+        )
+        runs = find_runs([folder])
+        return {arm: _best_rate(completed(runs, optimizer=arm), len(grid) * len(SEARCH_SEEDS)) for arm in arms}
+    trials = plan.ruleset.trials
+    chosen = {}
+    for arm in arms:
+        space = [f"optimizer.{key}={value}" for key, value in spaces[arm].items()]
+        folder = run_sweep(
+            f"tune_{arm}",
+            [
+                "hydra/sweeper=optuna",
+                "~hydra/sweeper/params",  # (the sweeper's own preset space: the arm's declared one instead)
+                "hydra.sweeper.sampler.name=qmc",
+                f"hydra.sweeper.sampler.seed={SEARCH_SEEDS[0]}",
+                f"hydra.sweeper.n_trials={trials}",
+                f"hydra.sweeper.n_jobs={trials}",  # (one batch: the trials train as members of one model)
+                "hydra.sweeper.direction=maximize",
+                "trainer.monitor=val/acc",
+                f"optimizer={arm}",
+                *space,
+                f"seed={SEARCH_SEEDS[0]}",
+                *steps,
+            ],
+            note=f"budget:{trials}: {trials} quasirandom trials over {arm}'s declared space",
+        )
+        chosen[arm] = _best_trial(completed(find_runs([folder]), optimizer=arm), list(spaces[arm]), trials)
+    return chosen
+
+
+def _best_rate(runs: list[Run], trials: int) -> Tuned:
+    """The rate of the best mean validation accuracy over the search seeds; a tie: the larger rate."""
+    by_rate: dict[str, list[float]] = {}
+    for run in runs:
+        acc = run.metrics.get("val/acc")
+        by_rate.setdefault(run.settings.get("optimizer.lr", ""), []).append(acc if isinstance(acc, float) else -1.0)
+    if not by_rate:
+        return Tuned([], trials)  # (every trial failed: the defaults, and the report says so)
+    lr = best_rate([(statistics.fmean(accs), rate) for rate, accs in by_rate.items()])
+    return Tuned([f"optimizer.lr={lr}"], trials)
+
+
+def best_rate(tried: list[tuple[float, str]]) -> str:
+    """The rate of the best (validation accuracy, rate) pair; a tie goes to the larger rate, compared as
+    numbers ("1e-3" < "0.01")."""
+    return max(tried, key=lambda t: (t[0], float(t[1] or 0)))[1]
+
+
+def _best_trial(runs: list[Run], keys: list[str], trials: int) -> Tuned:
+    """The hyperparameters of the trial with the best validation accuracy (a tie: the earlier trial)."""
+    scored = [r for r in runs if isinstance(r.metrics.get("val/acc"), float)]
+    if not scored:
+        return Tuned([], trials)
+    best = max(scored, key=lambda r: (r.metrics["val/acc"], -int(r.path.name) if r.path.name.isdigit() else 0))
+    return Tuned([f"optimizer.{k}={best.settings[f'optimizer.{k}']}" for k in keys], trials)
+
+
+def trials_of(runs: list[Run], arm: str) -> int:
+    """How many tuning runs arm had, counted from their folders (lr_search/, tune_ARM/)."""
+    return sum(
+        1
+        for r in runs
+        if r.path.parent.name in ("lr_search", f"tune_{arm}") and r.settings.get("optimizer") == canonical(arm)
+    )
