@@ -20,7 +20,7 @@ def make(name: str, params: list[torch.Tensor], lr: float | None = None) -> torc
     yaml = OmegaConf.load(resources.files("backprop_lab.configs") / "optimizer" / f"{name}.yaml")
     args = {k: (tuple(v) if k in _TUPLES and isinstance(v, list) else v) for k, v in yaml.items() if k not in NOT_ARGUMENTS}
     args.update(OPTIMIZERS[name].fixed, **({"lr": lr} if lr is not None else {}))
-    return OPTIMIZERS[name].factory(params, **args)
+    return OPTIMIZERS[name].cls(params, **args)
 
 
 def walk(name: str, start: torch.Tensor, grads: list[torch.Tensor], lr: float | None = None) -> torch.Tensor:

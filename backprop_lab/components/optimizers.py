@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
 from dataclasses import dataclass, field
@@ -30,7 +31,8 @@ class OptimInfo:
     OptimInfo). Every key of the `optimizer` node except NOT_ARGUMENTS goes to `factory` as it is, so
     configs/optimizer/<name>.yaml names exactly the arguments of the torch optimizer."""
 
-    factory: type[torch.optim.Optimizer]
+    # the class, or "package.module:Class" of a package that is an optional extra (imported when built)
+    factory: type[torch.optim.Optimizer] | str
     # Each element's update depends on that element alone (no factored moment, no orthogonalised
     # matrix): a stacked tensor of several members steps as each member alone, so they may share one.
     elementwise: bool
@@ -38,6 +40,25 @@ class OptimInfo:
     # different rates may share one built at rate 1 (under LR_PROPORTIONAL_SCHEDULES).
     lr_linear: bool
     fixed: dict[str, Any] = field(default_factory=dict)  # arguments the name implies
+
+    extra: str | None = None  # the optional extra that installs a "package:Class" factory
+    # train()/eval() switch the weights between the training and the averaged point (schedule-free):
+    # the engine evaluates in eval mode (engine.loop.optimizer_mode)
+    has_modes: bool = False
+
+    @property
+    def cls(self) -> type[torch.optim.Optimizer]:
+        """The optimizer class; an optional package not installed is a ConfigError naming its extra."""
+        if not isinstance(self.factory, str):
+            return self.factory
+        module, _, name = self.factory.partition(":")
+        try:
+            return getattr(importlib.import_module(module), name)
+        except ImportError:
+            package = module.split(".")[0]
+            raise ConfigError(
+                "optimizer", module, f"needs the {package} package: pip install 'backprop-lab[{self.extra}]'"
+            ) from None
 
     @property
     def own_instances(self) -> bool:
@@ -61,6 +82,13 @@ OPTIMIZERS: dict[str, OptimInfo] = {
     "adafactor": OptimInfo(torch.optim.Adafactor, elementwise=False, lr_linear=False),
     # on the hidden 2-D weights (an orthogonalised matrix), AdamW on the rest: MuonWithAdamW
     "muon": OptimInfo(torch.optim.Muon, elementwise=False, lr_linear=False),
+    # self-tuning (the extra `selftuning`): schedule-free AdamW (Defazio et al. 2024, AlgoPerf's
+    # self-tuning winner) needs no schedule; Prodigy (Mishchenko & Defazio 2024) estimates its own rate
+    # from all the parameters at once (d), so it is not elementwise
+    "schedulefree_adamw": OptimInfo(
+        "schedulefree:AdamWScheduleFree", elementwise=True, lr_linear=False, extra="selftuning", has_modes=True
+    ),
+    "prodigy": OptimInfo("prodigyopt:Prodigy", elementwise=False, lr_linear=False, extra="selftuning"),
 }
 _TUPLES = ("betas", "eps")  # YAML lists that torch takes as tuples (Adafactor's eps is a pair)
 # Keys of an `optimizer` node that are the lab's, not the optimizer's arguments: its name, and the
@@ -113,7 +141,7 @@ def build_optimizer(model: nn.Module, opt_cfg: Any, decay_all: bool) -> torch.op
     weight_decay = float(kwargs.pop("weight_decay", 0.0))
     if opt_cfg["name"] == "muon":
         return _muon(model, kwargs, weight_decay, decay_all)
-    cls = info.factory
+    cls = info.cls
     groups = param_groups(model, weight_decay, decay_all)
     try:
         if "fused" in kwargs or "foreach" in kwargs:  # the user chose the kernel: +optimizer.fused=false
@@ -216,14 +244,15 @@ def _fastest(
 ) -> torch.optim.Optimizer:
     """The fused kernel where torch has one for this class and device (one kernel for all parameters,
     ~25% faster steps for a small MLP on CPU), else the foreach kernels; never the per-tensor loop."""
-    if "fused" in inspect.signature(cls).parameters and _device_dtype_check_for_fused is not None:
+    parameters = inspect.signature(cls).parameters
+    if "fused" in parameters and _device_dtype_check_for_fused is not None:
         try:  # torch's own check, which it would otherwise make only at the first step
             for p in (p for g in groups for p in g["params"]):
                 _device_dtype_check_for_fused(p, cuda_unsupported=cls is torch.optim.Adagrad)
             return cls(groups, **{**kwargs, "fused": True})
         except (RuntimeError, ValueError):  # not on this device or dtype, or not with these options
             pass
-    return cls(groups, **{**kwargs, "foreach": True})
+    return cls(groups, **({**kwargs, "foreach": True} if "foreach" in parameters else kwargs))
 
 
 def _warmup_cosine(warmup: int, total: int, floor: float):

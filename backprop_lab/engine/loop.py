@@ -484,6 +484,7 @@ class Stage:
     def validate(self) -> None:
         """Evaluate on the validation split; keep each member's best weights; stop early or on divergence."""
         s, split = self.state, self.split
+        optimizer_mode(self.optimizer, "eval")  # (schedule-free: the averaged weights are the ones evaluated)
         val = _per_member(
             evaluate(
                 self.model, split.x_val, split.y_val, self.reconstruct, self.autocast, self.world, prepare=split.prepare
@@ -520,6 +521,7 @@ class Stage:
                 self.finish(k, status=reason)
             elif self.trainer.early_stopping and s.evals_since_best[k] >= self.trainer.early_stopping:
                 self.finish(k, stopped_early=True)
+        optimizer_mode(self.optimizer, "train")
         self.progress.update(s.step, {f"val/{key}": v for key, v in val[0].items()})
 
     def test(self) -> list[StageResult]:
@@ -552,6 +554,14 @@ class Stage:
         return self.results
 
 
+def optimizer_mode(optimizer: Any, mode: str) -> None:
+    """A schedule-free optimizer's mode: "train" puts the weights at the point gradients are taken
+    at, "eval" at the averaged point that is evaluated and kept; other optimizers have no modes."""
+    switch = getattr(optimizer, mode, None)
+    if callable(switch):
+        switch()
+
+
 def fit(
     model: nn.Module,
     split: Split,
@@ -572,6 +582,7 @@ def fit(
     model.train()
     if resume is not None:
         run.restore(resume)
+    optimizer_mode(run.optimizer, "train")
     progress.start_stage(settings.stage, max_steps)
     with interrupts.deferred():  # Ctrl-C / SIGTERM: finish the step, checkpoint, then stop
         while s.step < max_steps and run.running:

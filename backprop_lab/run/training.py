@@ -281,6 +281,11 @@ def check_settings(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
     values = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(values, dict)  # the composed config is a mapping
     validate(values, registered_names)
+    from backprop_lab.groups import missing_package
+
+    missing = missing_package("optimizer", str(cfg.optimizer.get("name")))
+    if missing:
+        raise ConfigError("optimizer", cfg.optimizer.name, missing)
     for group in targets.TARGET_GROUPS:  # a target that does not import is refused before any data loads
         if targets.is_target(cfg[group]):
             targets.resolve(group, cfg[group])

@@ -173,6 +173,20 @@ class MemberOptimizers:
             family.take_grads(stacked)
             family.step()
 
+    def train(self) -> None:
+        """Schedule-free families: their training point (engine.loop.optimizer_mode)."""
+        self._mode("train")
+
+    def eval(self) -> None:
+        """Schedule-free families: their averaged point, the one evaluated."""
+        self._mode("eval")
+
+    def _mode(self, mode: str) -> None:
+        for family in self.families:
+            switch = getattr(family.optimizer, mode, None)
+            if callable(switch):
+                switch()
+
     def rates(self) -> torch.Tensor:
         """Each member's learning rate now, as a [K] tensor."""
         device = self.members.stacked[0].device

@@ -7,11 +7,11 @@ packages are installed."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import statistics
 from pathlib import Path
 
+from backprop_lab.groups import missing_package
 from backprop_lab.lab.compare import Run, metrics_rows
 from backprop_lab.lab.statistics import Family, area_under, mark
 from backprop_lab.lab.studies.readers import completed, row_at, train_row, values
@@ -22,14 +22,14 @@ from backprop_lab.lab.survival import Reach, TimeComparison, median_time, steps_
 
 OPTIMIZERS = ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
 ADAPTIVE = ["adam", "rmsprop", "adagrad"]
-# no hyperparameter to tune, measured at zero tuning budget: option -> the package it needs
-SELF_TUNING = {"schedulefree_adamw": "schedulefree", "prodigy": "prodigyopt"}
+# no hyperparameter to tune, measured at zero tuning budget (their packages: the extra `selftuning`)
+SELF_TUNING = ("schedulefree_adamw", "prodigy")
 EXTRA = "pip install 'backprop-lab[selftuning]'"
 
 
 def self_tuning() -> list[str]:
     """The self-tuning options whose packages are installed."""
-    return [name for name, package in SELF_TUNING.items() if importlib.util.find_spec(package) is not None]
+    return [name for name in SELF_TUNING if missing_package("optimizer", name) is None]
 
 
 def optimizers_sweeps(run_sweep: RunSweep, plan: Plan) -> None:
