@@ -18,7 +18,9 @@ from backprop_lab.groups import group_options
 def make(name: str, params: list[torch.Tensor], lr: float | None = None) -> torch.optim.Optimizer:
     """The shipped option's torch optimizer over `params`, with its YAML's arguments (at `lr` if given)."""
     yaml = OmegaConf.load(resources.files("backprop_lab.configs") / "optimizer" / f"{name}.yaml")
-    args = {k: (tuple(v) if k in _TUPLES and isinstance(v, list) else v) for k, v in yaml.items() if k not in NOT_ARGUMENTS}
+    args = {
+        k: (tuple(v) if k in _TUPLES and isinstance(v, list) else v) for k, v in yaml.items() if k not in NOT_ARGUMENTS
+    }
     args.update(OPTIMIZERS[name].fixed, **({"lr": lr} if lr is not None else {}))
     return OPTIMIZERS[name].cls(params, **args)
 

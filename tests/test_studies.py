@@ -14,15 +14,17 @@ from backprop_lab.lab.compare import find_runs
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 EXPECTED = {  # --smoke: 2 seeds per setting
-    "activations": ("Saturating activations starve early layers", 24 + 4),  # + the candidate, 2 inits x 2 seeds
+    # + the candidate, 2 inits x 2 seeds; the same again on each of 4 held-out variants (--variants)
+    "activations": ("Saturating activations starve early layers", (24 + 4) * 5),
     "regularization": ("reduces overfitting", 12),
     "optimizers": ("converges faster than sgd", 14 + 14),  # lr search: 7 optimizers x 2 rates, then 2 seeds each
     "pretraining": ("beats scratch", 24),
 }
 
 # activations: the gradient threshold, 4 act > sigmoid, 2 inits, 6 candidate lines; regularization: 5 x (gap,
-# test/acc); optimizers: 3 x (loss at the probe, AUC); pretraining: 3 strategies x 3 budgets + the gain's shape
-SUMMARY_ROWS = {"activations": 1 + 4 + 2 + 6, "regularization": 10, "optimizers": 6, "pretraining": 10}
+# test/acc); optimizers: 3 x (loss at the probe, AUC, time to target); pretraining: 3 strategies x 3 budgets +
+# the gain's shape
+SUMMARY_ROWS = {"activations": 1 + 4 + 2 + 6, "regularization": 10, "optimizers": 9, "pretraining": 10}
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))
@@ -30,7 +32,7 @@ def test_study_in_miniature(tmp_path, name):
     out = tmp_path / name
     if name == "activations":  # `backprop-lab study` end to end, with a candidate of the user's own
         shutil.copy(EXAMPLES / "mylab.py", tmp_path)  # examples/mylab.py's squareplus
-        candidate = ["--candidate", "act=squareplus", "--config-dir", str(EXAMPLES / "configs")]
+        candidate = ["--candidate", "act=squareplus", "--config-dir", str(EXAMPLES / "configs"), "--variants"]
         args = [EXE, "study", name, "--smoke", "--out", str(out), *candidate]
         r = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path)
         assert r.returncode == 0, r.stderr
@@ -44,6 +46,9 @@ def test_study_in_miniature(tmp_path, name):
         assert len(lines) == 6 and all("two-sided Welch p = " in line or "n too small" in line for line in lines)
         assert all("Holm p = " in line for line in lines if "Welch" in line)
         assert "| squareplus | matched |" in report
+        held_out = report.split("## Held-out variants")[1].split("###")[0]
+        assert "| claim | workload | width x2 | depth +1 | another optimizer | another data set |" in held_out
+        assert sum(line.startswith("| candidate squareplus vs ") for line in held_out.splitlines()) == 6
     phrase, n_runs = EXPECTED[name]
     assert phrase in report and "### Verdict" in report and "hydra/launcher=vectorized experiment=study_" in report
     # a miniature says so at the top, in study.json, and in place of every verdict
@@ -271,7 +276,7 @@ def test_a_study_refuses_a_bad_override_before_any_sweep(tmp_path, monkeypatch, 
 
 
 def test_the_learning_rate_search_breaks_a_tie_by_the_larger_rate_as_a_number():
-    from backprop_lab.lab.studies.optimizers import best_rate
+    from backprop_lab.lab.studies.tuning import best_rate
 
     assert best_rate([(0.63, "0.003"), (0.635, "0.001"), (0.635, "0.01")]) == "0.01"
     assert best_rate([(0.5, "0.01"), (0.5, "1e-3")]) == "0.01"  # (as strings, "1e-3" would win)

@@ -10,6 +10,7 @@ Optuna is imported only by a search.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 from backprop_lab.errors import ConfigError
@@ -74,7 +75,9 @@ def make_sampler(name: str, seed: int | None) -> Any:
 
     if name not in SAMPLERS:
         raise ConfigError("hydra.sweeper.sampler.name", name, f"choose one of: {', '.join(SAMPLERS)}")
-    return getattr(optuna.samplers, SAMPLERS[name])(seed=seed)
+    with warnings.catch_warnings():  # (QMCSampler is marked experimental)
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return getattr(optuna.samplers, SAMPLERS[name])(seed=seed)
 
 
 def qmc_points(space: dict[str, Any], seed: int | None, start: int, count: int) -> list[dict[str, Any]]:
@@ -88,7 +91,10 @@ def qmc_points(space: dict[str, Any], seed: int | None, start: int, count: int) 
 
     if count <= 0:
         return []
-    sampler = optuna.samplers.QMCSampler(scramble=True, seed=seed, warn_independent_sampling=False)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # (not a line per study made here)
+    with warnings.catch_warnings():  # QMCSampler is marked experimental; its draws are what is used
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.QMCSampler(scramble=True, seed=seed, warn_independent_sampling=False)
     study = optuna.create_study(sampler=sampler)
     known = {k: d.choices[0] if isinstance(d, CategoricalDistribution) else d.low for k, d in space.items()}
     study.add_trial(create_trial(params=known, distributions=space, value=0.0))

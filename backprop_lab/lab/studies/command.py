@@ -43,6 +43,12 @@ def main(argv: list[str]) -> int:
         "--target", type=float, metavar="ACC", help="the validation accuracy of time-to-target (default: AlgoPerf's)"
     )
     parser.add_argument(
+        "--self-tuning",
+        action="store_true",
+        help="the optimizers study: add schedule-free AdamW and Prodigy at zero tuning budget "
+        "(pip install 'backprop-lab[selftuning]')",
+    )
+    parser.add_argument(
         "--variants",
         action="store_true",
         help="with --candidate: re-measure it on held-out variants (width x2, depth +1, another activation, data set)",
@@ -95,7 +101,7 @@ def main(argv: list[str]) -> int:
     out = args.out or Path("studies") / args.name / time.strftime("%Y-%m-%d_%H-%M-%S")
     request = Request(
         args.name, out, args.overrides, args.smoke, args.report_only, args.launcher, args.candidate,
-        args.config_dir, args.seeds, settings, tuple(rulesets), args.target, args.variants,
+        args.config_dir, args.seeds, settings, tuple(rulesets), args.target, args.variants, args.self_tuning,
     )  # fmt: skip
     try:
         report = run_study(request)
@@ -151,6 +157,15 @@ def options_problem(args: argparse.Namespace, settings: tuple[str, ...]) -> str 
         return f"--settings={args.settings}: a setting is named twice"
     if args.target is not None and not 0 < args.target <= 1:
         return f"--target={args.target} is not valid: a validation accuracy in (0, 1]"
+    if args.self_tuning and args.name != "optimizers":
+        return f"--self-tuning: study {args.name} compares no optimizers; the optimizers study takes it"
+    if args.self_tuning:
+        from backprop_lab.groups import missing_package
+        from backprop_lab.lab.studies.optimizers import SELF_TUNING
+
+        missing = next((m for m in (missing_package("optimizer", o) for o in SELF_TUNING) if m), None)
+        if missing:
+            return f"--self-tuning: its optimizers are not installed: the option {missing}"
     if args.variants and not args.candidate:
         return "--variants re-measures a candidate on held-out variants: give --candidate GROUP=OPTION too"
     return None

@@ -2,8 +2,7 @@
 
 Every arm is tuned under one declared ruleset (tuning.py), then measured at seeds 0..N-1: train loss
 at a step and over the run, time to a validation target (runs that never reach it censored), test
-accuracy. Self-tuning optimizers (schedule-free AdamW, Prodigy) join at zero tuning budget where their
-packages are installed."""
+accuracy. With --self-tuning, schedule-free AdamW and Prodigy join at zero tuning budget."""
 
 from __future__ import annotations
 
@@ -11,12 +10,11 @@ import math
 import statistics
 from pathlib import Path
 
-from backprop_lab.groups import missing_package
 from backprop_lab.lab.compare import Run, metrics_rows
 from backprop_lab.lab.statistics import Family, area_under, mark
 from backprop_lab.lab.studies.readers import completed, row_at, train_row, values
 from backprop_lab.lab.studies.study import Plan, RunSweep
-from backprop_lab.lab.studies.tuning import LR_GRID, SEARCH_SEEDS, search_space, trials_of, tune
+from backprop_lab.lab.studies.tuning import LR_GRID, SEARCH_SEED, search_space, trials_of, tune
 from backprop_lab.lab.studies.verdicts import Lines, candidate_lines, fmt, render, table
 from backprop_lab.lab.survival import Reach, TimeComparison, median_time, steps_text
 
@@ -24,19 +22,13 @@ OPTIMIZERS = ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adam
 ADAPTIVE = ["adam", "rmsprop", "adagrad"]
 # no hyperparameter to tune, measured at zero tuning budget (their packages: the extra `selftuning`)
 SELF_TUNING = ("schedulefree_adamw", "prodigy")
-EXTRA = "pip install 'backprop-lab[selftuning]'"
-
-
-def self_tuning() -> list[str]:
-    """The self-tuning options whose packages are installed."""
-    return [name for name in SELF_TUNING if missing_package("optimizer", name) is None]
 
 
 def optimizers_sweeps(run_sweep: RunSweep, plan: Plan) -> None:
     tuned = [*OPTIMIZERS, *([plan.candidate] if plan.candidate else [])]
     spaces = {arm: search_space(arm, plan.config_dir) for arm in tuned} if plan.ruleset.name == "budget" else {}
     chosen = tune(run_sweep, plan, tuned, spaces)
-    for arm in [*OPTIMIZERS, *self_tuning(), *([plan.candidate] if plan.candidate else [])]:
+    for arm in [*OPTIMIZERS, *(SELF_TUNING if plan.self_tuning else ()), *([plan.candidate] if plan.candidate else [])]:
         overrides = chosen[arm].overrides if arm in chosen else []
         run_sweep(f"final_{arm}", [f"optimizer={arm}", *overrides, f"seed={plan.seeds}"])
 
@@ -84,14 +76,13 @@ def protocol_lines(plan: Plan, arms: list[str], tuned: list[str], searched: int,
         how = "**oneshot**: every optimizer at its YAML's defaults, no tuning run"
     elif ruleset.name == "lr":
         how = (
-            f"**lr**: each optimizer's learning rate from the log grid {', '.join(LR_GRID)}, each rate at seeds "
-            f"{', '.join(map(str, SEARCH_SEEDS))} for {searched} steps; the best mean validation accuracy wins "
-            "(a tie: the larger rate)"
+            f"**lr**: each optimizer's learning rate from the log grid {', '.join(LR_GRID)} at seed {SEARCH_SEED}, "
+            f"{searched} steps; the best validation accuracy wins (a tie: the larger rate)"
         )
     else:
         how = (
             f"**budget:{ruleset.trials}**: {ruleset.trials} quasirandom trials per optimizer (Optuna's QMC sampler, "
-            f"scrambled Sobol, seed {SEARCH_SEEDS[0]}) over the search space its YAML declares, {searched} steps "
+            f"scrambled Sobol, seed {SEARCH_SEED}) over the search space its YAML declares, {searched} steps "
             "each; the best validation accuracy wins"
         )
     own = [a for a in arms if a not in tuned]
@@ -99,11 +90,7 @@ def protocol_lines(plan: Plan, arms: list[str], tuned: list[str], searched: int,
         "### Protocol",
         "",
         f"Tuning ruleset {how}. Then every optimizer runs the measured seeds at what it chose. "
-        + (
-            f"Self-tuning, at zero tuning budget: {', '.join(own)}. "
-            if own
-            else f"Self-tuning arms: none installed ({EXTRA}). "
-        )
+        + (f"Self-tuning, at zero tuning budget: {', '.join(own)}. " if own else "")
         + f"Time to target: the first evaluation whose validation accuracy reaches {target:.4f} ({whence}); "
         "a run that never does is censored at its last evaluation (Kaplan-Meier median, log-rank test).",
     ]
@@ -163,7 +150,7 @@ def optimizers_verdict(runs: list[Run], plan: Plan) -> str:
         table([*header, "median steps to target", "test/acc"], rows),
         "",
     ]
-    picture = sensitivity_plot(tuning, tuned, plan)
+    picture = sensitivity_plot(tuning, final, tuned, plan, searched)
     if picture:
         out += [f"![learning-rate sensitivity]({picture})", ""]
     out += ["### Verdict", ""]
@@ -200,10 +187,11 @@ def optimizers_verdict(runs: list[Run], plan: Plan) -> str:
     return render(family, out)
 
 
-def sensitivity_plot(tuning: list[Run], arms: list[str], plan: Plan) -> str | None:
-    """DeepOBS's learning-rate sensitivity: each optimizer's best validation accuracy against the rate
-    of its tuning runs (mean over the search seeds, the band their range; a budget's trials as points,
-    their other hyperparameters varying too), in plan.folder; its link from report.md, or None."""
+def sensitivity_plot(tuning: list[Run], final: list[Run], arms: list[str], plan: Plan, searched: int) -> str | None:
+    """DeepOBS's learning-rate sensitivity: each optimizer's best validation accuracy within `searched`
+    steps against the rate of its tuning runs (seed SEARCH_SEED; a budget's trials as points, their other
+    hyperparameters varying too), and at the rate it chose, its measured seeds at the same step: their
+    mean and, as a bar, their range. Drawn in plan.folder; returns its link from report.md, or None."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -215,43 +203,45 @@ def sensitivity_plot(tuning: list[Run], arms: list[str], plan: Plan) -> str | No
         return None
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, arm in enumerate(arms):
-        by_rate: dict[float, list[float]] = {}
-        for run in completed(tuning, optimizer=arm):
-            if isinstance(run.metrics.get("val/acc"), float):
-                by_rate.setdefault(float(run.settings.get("optimizer.lr", "nan")), []).append(run.metrics["val/acc"])
-        rates = sorted(r for r in by_rate if r == r)
-        if not rates:
-            continue
-        style = _style(i, len(rates))
-        if plan.ruleset.name == "budget":
-            ax.plot(rates, [max(by_rate[r]) for r in rates], label=arm, **{**style, "linestyle": "none", "marker": "o"})
-            continue
-        means = [statistics.fmean(by_rate[r]) for r in rates]
-        ax.fill_between(
-            rates,
-            [min(by_rate[r]) for r in rates],
-            [max(by_rate[r]) for r in rates],
-            color=style["color"],
-            alpha=0.15,
-            linewidth=0,
+        tried = sorted(
+            (float(r.settings.get("optimizer.lr", "nan")), r.metrics["val/acc"])
+            for r in completed(tuning, optimizer=arm)
+            if isinstance(r.metrics.get("val/acc"), float)
         )
-        ax.plot(rates, means, label=arm, **style)
+        if not tried:
+            continue
+        style = _style(i, len(tried))
+        rates, accs = zip(*tried, strict=True)
+        ax.plot(rates, accs, label=arm, **(style if plan.ruleset.name == "lr" else {**style, "linestyle": "none"}))
+        seeds = [v for v in (best_until(r, searched) for r in completed(final, optimizer=arm)) if v is not None]
+        rate = next((float(r.settings["optimizer.lr"]) for r in final if r.settings.get("optimizer") == arm
+                     and "optimizer.lr" in r.settings), None)  # fmt: skip
+        if seeds and rate is not None:
+            mean = statistics.fmean(seeds)
+            ax.errorbar([rate], [mean], yerr=[[mean - min(seeds)], [max(seeds) - mean]], color=style["color"],
+                        marker="D", markersize=7, capsize=4, linestyle="none")  # fmt: skip
     ax.set_xscale("log")
     _plain_ticks(ax, log=False, log_x=True)
     ax.set_xlabel("learning rate")
-    ax.set_ylabel("best validation accuracy")
-    seeds = (
-        "seed " + str(SEARCH_SEEDS[0])
-        if plan.ruleset.name == "budget"
-        else f"mean of seeds {', '.join(map(str, SEARCH_SEEDS))}, band: their range"
+    ax.set_ylabel(f"best validation accuracy within {searched} steps")
+    ax.set_title(
+        f"learning-rate sensitivity: {plan.ruleset.label} tuning runs (seed {SEARCH_SEED}); "
+        "diamond: the measured seeds at the chosen rate, bar: their range",
+        fontsize=9,
     )
-    ax.set_title(f"learning-rate sensitivity ({plan.ruleset.label} tuning runs, {seeds})", fontsize=10)
     ax.grid(alpha=0.3)
     _legend_below(fig, ax)
     path = Path(plan.folder) / "lr_sensitivity.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return plan.link + path.name
+
+
+def best_until(run: Run, step: int) -> float | None:
+    """The best validation accuracy of a run up to `step` (the horizon of the tuning runs)."""
+    found = [r["acc"] for r in metrics_rows(run.path) if r.get("split") == "val" and r.get("step", 0) <= step
+             and isinstance(r.get("acc"), (int, float))]  # fmt: skip
+    return max(found) if found else None
 
 
 def median_steps(runs: list[Run], plan: Plan) -> dict[str, float]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from backprop_lab.lab.compare import Run, find_runs
-from backprop_lab.lab.statistics import unjudged
+from backprop_lab.lab.statistics import UNJUDGED, unjudged
 from backprop_lab.lab.studies.registry import STUDIES, setting_of
 from backprop_lab.lab.studies.study import SEEDS, Plan, Ruleset
 from backprop_lab.lab.studies.verdicts import fmt, table
@@ -35,6 +35,7 @@ class Request:
     rulesets: tuple[Ruleset, ...] = ()  # (): the study's default
     target: float | None = None
     variants: bool = False
+    self_tuning: bool = False
 
 
 @dataclass
@@ -77,8 +78,9 @@ def _plan(req: Request, setting: str, ruleset: Ruleset, seeds: str, parts: list[
     option = req.candidate.partition("=")[2] if req.candidate else None
     where = setting_of(req.name, setting)
     return Plan(
-        where, ruleset, seeds, req.smoke, option, req.target, config_dir=req.config_dir, folder=folder, link=link
-    )
+        where, ruleset, seeds, req.smoke, option, req.target, config_dir=req.config_dir, folder=folder, link=link,
+        self_tuning=req.self_tuning,
+    )  # fmt: skip
 
 
 def variants_of(name: str, setting: str, config_dir: Path | None) -> dict[str, list[str]]:
@@ -173,7 +175,7 @@ def _final_accuracies(runs: list[Run], group: str) -> dict[str, list[float]]:
     return measured
 
 
-def variants_table(req: Request, found: list[Section], texts: dict[int, str]) -> list[str]:
+def variants_table(req: Request, found: list[Section], texts: dict[int, str], small: bool) -> list[str]:
     """Where the candidate's verdict holds: each of its claims (the rows of the summary that name it)
     on the workload and on each held-out variant."""
     columns = [s for s in found if s.variant is None][:1] + [s for s in found if s.variant is not None]
@@ -183,7 +185,7 @@ def variants_table(req: Request, found: list[Section], texts: dict[int, str]) ->
     for claim in claims:
         cells = [o.get(claim, "-") for o in outcomes]
         same = sum(c == cells[0] for c in cells[1:])
-        rows.append([claim, *cells, f"{same} of {len(cells) - 1}"])
+        rows.append([claim, *cells, UNJUDGED if small else f"{same} of {len(cells) - 1}"])
     header = ["claim", "workload", *(f"{s.variant}" for s in columns[1:]), "variants agreeing"]
     overrides = "; ".join(f"{s.variant}: `{' '.join(s.overrides)}`" for s in columns[1:])
     return [
@@ -199,7 +201,7 @@ def variants_table(req: Request, found: list[Section], texts: dict[int, str]) ->
 def _candidate_claims(text: str) -> dict[str, str]:
     summary = text.split("### Summary", 1)[-1].split("###", 1)[0]
     cells = [line.strip("|").split(" | ") for line in summary.splitlines() if line.startswith("| candidate ")]
-    return {c[0].strip(): c[-1].strip().replace("**", "") for c in cells}
+    return {c[0].strip(): c[-1].strip() for c in cells}
 
 
 def profile_lines(req: Request, found: list[Section], runs_of: dict[int, list[Run]]) -> list[str]:
@@ -264,7 +266,7 @@ def assemble(req: Request, found: list[Section], small: str | None, commands: li
     if len(req.settings) > 1 and study.target is not None:
         lines += profile_lines(req, found, runs_of)
     if req.variants:
-        lines += variants_table(req, found, texts)
+        lines += variants_table(req, found, texts, bool(small))
     text = "\n".join(lines)
     text = unjudged(text) if small else text
     return (
@@ -294,6 +296,7 @@ def saved_request(req: Request) -> Request:
         rulesets=tuple(rulesets) if isinstance(rulesets, list) else (),
         target=saved.get("target"),
         variants=bool(saved.get("variants")),
+        self_tuning=bool(saved.get("self_tuning")),
         seeds=saved.get("seeds", req.seeds),
         config_dir=Path(saved["config_dir"]) if saved.get("config_dir") else req.config_dir,
     )
@@ -334,6 +337,7 @@ def run_study(req: Request) -> Path:
             "overrides": req.extra,
             "target": req.target,
             "variants": req.variants,
+            "self_tuning": req.self_tuning,
             "seeds": count,
             "miniature": small,  # (None: the study's own protocol ran)
         }

@@ -60,6 +60,7 @@ class Plan:
     candidate: str | None = None
     target: float | None = None
     target_source: str = "declared (--target)"  # where `target` came from, as the report says
+    self_tuning: bool = False  # the optimizers study: the self-tuning arms join (--self-tuning)
     config_dir: Path | None = None  # the user's own options (--config-dir)
     folder: Path | None = None  # where its sweeps' folders are (a verdict's plots go there)
     link: str = ""  # that folder as report.md links to it ("" or "digits/lr/")
