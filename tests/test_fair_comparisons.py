@@ -124,8 +124,10 @@ def test_reach_reads_a_real_run_and_censors_one_that_never_gets_there(tmp_path):
     (run,) = find_runs([tmp_path / "outputs"])
     val = [row for row in metrics_rows(run.path) if row.get("split") == "val"]
     first = val[0]
-    assert reach(run, first["acc"]) == Reach(float(first["step"]), True)
-    assert reach(run, 1.01) == Reach(float(val[-1]["step"]), False)  # never: censored at the last evaluation
+    assert reach(run, first["acc"]) == Reach(float(first["step"]), True, first["elapsed_s"])
+    never = reach(run, 1.01)  # never: censored at the last evaluation
+    assert never == Reach(float(val[-1]["step"]), False, val[-1]["elapsed_s"])
+    assert never.in_seconds() == Reach(val[-1]["elapsed_s"], False, val[-1]["elapsed_s"])
 
 
 # ------------------------------------------------------------------ performance profiles

@@ -14,11 +14,16 @@ from backprop_lab.lab.statistics import ALPHA, Comparison
 
 @dataclass(frozen=True)
 class Reach:
-    """One run: the step at which it first reached the target, or, when it never did, the last step
-    at which it was evaluated (censored there)."""
+    """One run: the step (and the seconds into training) at which it first reached the target, or,
+    when it never did, the last step at which it was evaluated (censored there)."""
 
     step: float
     reached: bool
+    seconds: float = math.nan
+
+    def in_seconds(self) -> Reach:
+        """The same event on the clock: seconds in place of steps."""
+        return Reach(self.seconds, self.reached, self.seconds)
 
 
 def _censored(times: list[Reach]) -> Any:
@@ -60,6 +65,13 @@ def steps_text(found: tuple[float, float, float] | None) -> str:
         return "never" if math.isinf(v) else f"{v:.0f}"
 
     return f"{num(found[0])} [{num(found[1])}, {num(found[2])}]"
+
+
+def seconds_text(found: tuple[float, float, float] | None) -> str:
+    """A Kaplan-Meier median of seconds, as the report writes it ("never" for inf; NaN: not recorded)."""
+    if found is None or math.isnan(found[0]):
+        return "-"
+    return "never" if math.isinf(found[0]) else f"{found[0]:.1f}"
 
 
 class TimeComparison(Comparison):

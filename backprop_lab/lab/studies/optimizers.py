@@ -16,7 +16,7 @@ from backprop_lab.lab.studies.readers import completed, row_at, train_row, value
 from backprop_lab.lab.studies.study import Plan, RunSweep
 from backprop_lab.lab.studies.tuning import LR_GRID, SEARCH_SEED, search_space, trials_of, tune
 from backprop_lab.lab.studies.verdicts import Lines, candidate_lines, fmt, render, table
-from backprop_lab.lab.survival import Reach, TimeComparison, median_time, steps_text
+from backprop_lab.lab.survival import Reach, TimeComparison, median_time, seconds_text, steps_text
 
 OPTIMIZERS = ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
 ADAPTIVE = ["adam", "rmsprop", "adagrad"]
@@ -34,16 +34,17 @@ def optimizers_sweeps(run_sweep: RunSweep, plan: Plan) -> None:
 
 
 def reach(run: Run, target: float) -> Reach | None:
-    """The step at which the run's validation accuracy first reached `target`, or the last step it was
-    evaluated at (censored there: a run that diverged or stopped early never reached it); None for a
-    run with no evaluation."""
+    """The step (and seconds) at which the run's validation accuracy first reached `target`, or the last
+    step it was evaluated at (censored there: a run that diverged or stopped early never reached it);
+    None for a run with no evaluation."""
     last = None
     for r in metrics_rows(run.path):
         if r.get("split") == "val" and isinstance(r.get("acc"), (int, float)):
+            seconds = float(r.get("elapsed_s") or math.nan)
             if r["acc"] >= target:
-                return Reach(float(r["step"]), True)
-            last = float(r["step"])
-    return None if last is None else Reach(last, False)
+                return Reach(float(r["step"]), True, seconds)
+            last = Reach(float(r["step"]), False, seconds)
+    return last
 
 
 def default_target(runs: list[Run]) -> float | None:
@@ -134,6 +135,7 @@ def optimizers_verdict(runs: list[Run], plan: Plan) -> str:
                 fmt(auc[opt], 4),
                 f"{sum(t.reached for t in times[opt])}/{len(times[opt])}",
                 steps_text(median_time(times[opt])),
+                seconds_text(median_time([t.in_seconds() for t in times[opt]])),
                 fmt(acc[opt]),
             ]
         )
@@ -145,9 +147,10 @@ def optimizers_verdict(runs: list[Run], plan: Plan) -> str:
         "",
         f"Train loss at step {probe} and its mean over the run (area under the train-loss curve / steps), mean "
         "[95% CI]; runs reaching the target and the median steps to it [95% CI] (runs that never reach it "
-        "censored; 'never': the median is not reached); test accuracy.",
+        "censored; 'never': the median is not reached) and seconds (an arm's seeds train as one batched model "
+        "and share one clock: seconds compare arms, not seeds); test accuracy.",
         "",
-        table([*header, "median steps to target", "test/acc"], rows),
+        table([*header, "median steps to target", "median seconds", "test/acc"], rows),
         "",
     ]
     picture = sensitivity_plot(tuning, final, tuned, plan, searched)

@@ -97,7 +97,8 @@ class SweepProgress:
 
 
 def show_summary(report: Path) -> None:
-    """The end of a study on the terminal: its banner if a miniature, the claims' table, the report's path."""
+    """The end of a study on the terminal: its banner if a miniature, the claims' table of each of its
+    sections (workload, ruleset, variant), the report's path."""
     from rich.table import Table
     from rich.text import Text
 
@@ -106,14 +107,17 @@ def show_summary(report: Path) -> None:
     text = report.read_text()
     banner = [line.strip("> *") for line in text.splitlines() if line.startswith("> **miniature")]
     lines = text.splitlines()
-    first = next((i for i, line in enumerate(lines) if line.startswith("| claim |")), len(lines))
-    end = next((i for i in range(first, len(lines)) if not lines[i].startswith("|")), len(lines))
-    claims = [line.strip("|").split(" | ") for line in lines[first + 2 : end]]  # (past the header and its rule)
-    if claims:
-        table = Table(title="claims (Holm-adjusted p)", show_lines=False)
+    section = ""
+    for i, line in enumerate(lines):
+        if line.startswith("## "):
+            section = f": {line[3:].lower()}"
+        if not line.startswith("| claim | difference"):
+            continue
+        end = next((k for k in range(i, len(lines)) if not lines[k].startswith("|")), len(lines))
+        table = Table(title=f"claims (Holm-adjusted p){section}", show_lines=False)
         for column in ("claim", "difference [95% CI]", "Holm p", "verdict"):
             table.add_column(column, justify="right" if column == "Holm p" else "left", overflow="fold")
-        for claim in claims:
+        for claim in (row.strip("|").split(" | ") for row in lines[i + 2 : end]):  # (past the header, rule)
             table.add_row(*(Text(cell.strip().replace("**", "")) for cell in claim))
         console.print(table)
     for line in banner:
