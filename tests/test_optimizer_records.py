@@ -22,7 +22,10 @@ def make(name: str, params: list[torch.Tensor], lr: float | None = None) -> torc
         k: (tuple(v) if k in _TUPLES and isinstance(v, list) else v) for k, v in yaml.items() if k not in NOT_ARGUMENTS
     }
     args.update(OPTIMIZERS[name].fixed, **({"lr": lr} if lr is not None else {}))
-    return OPTIMIZERS[name].cls(params, **args)
+    made = OPTIMIZERS[name].cls(params, **args)
+    if OPTIMIZERS[name].has_modes:  # (schedule-free: steps only in train mode, as the engine puts it)
+        made.train()  # type: ignore[attr-defined]
+    return made
 
 
 def walk(name: str, start: torch.Tensor, grads: list[torch.Tensor], lr: float | None = None) -> torch.Tensor:

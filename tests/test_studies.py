@@ -42,7 +42,9 @@ def test_study_in_miniature(tmp_path, name):
         assert main([name, "--smoke", "--out", str(out)]) == 0
     report = (out / "report.md").read_text()
     if name == "activations":
-        lines = [line for line in report.splitlines() if line.startswith("- candidate squareplus vs ")]
+        workload = report.split("## Variant ")[0]  # (then each held-out variant's section, the same lines)
+        assert report.count("## Variant ") == 4
+        lines = [line for line in workload.splitlines() if line.startswith("- candidate squareplus vs ")]
         assert len(lines) == 6 and all("two-sided Welch p = " in line or "n too small" in line for line in lines)
         assert all("Holm p = " in line for line in lines if "Welch" in line)
         assert "| squareplus | matched |" in report

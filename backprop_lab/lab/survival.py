@@ -6,6 +6,7 @@ test; both are scipy's (stats.ecdf, stats.logrank). Tested against hand computat
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +48,9 @@ def median_time(times: list[Reach]) -> tuple[float, float, float] | None:
     if not any(t.reached for t in times):
         return math.inf, math.inf, math.inf
     curve = stats.ecdf(_censored(times)).sf
-    bounds = curve.confidence_interval(0.95, method="log-log")
+    with warnings.catch_warnings():  # (undefined where the estimate is 0 or 1: NaN there, read as not crossing)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        bounds = curve.confidence_interval(0.95, method="log-log")
 
     def first_half(probabilities: np.ndarray) -> float:
         below = np.flatnonzero(np.nan_to_num(probabilities, nan=1.0) <= 0.5)

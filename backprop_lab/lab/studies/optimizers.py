@@ -64,17 +64,39 @@ def train_loss_auc(run: Run) -> float | None:
 
 
 def chosen_text(run: Run | None) -> str:
-    """The hyperparameters an arm was measured at, as its runs' overrides say (its YAML's: "defaults")."""
+    """The hyperparameters an arm was measured at, as its runs' overrides say (its YAML's: "defaults"),
+    numbers to 3 significant digits (the runs' overrides hold them in full)."""
     if run is None:
         return "-"
-    own = [f"{k.removeprefix('optimizer.')}={v}" for k, v in run.settings.items() if k.startswith("optimizer.")]
-    return " ".join(own) or "defaults"
+
+    def short(value: str) -> str:
+        try:
+            return f"{float(value):.3g}"
+        except ValueError:
+            return value
+
+    own = [f"{k.removeprefix('optimizer.')}={short(v)}" for k, v in run.settings.items() if k.startswith("optimizer.")]
+    return " ".join(own) or recipe_text(run)
+
+
+def recipe_text(run: Run) -> str:
+    """ "defaults", or, where a published recipe set the rate (train.yaml's `recipe`), which and to what."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    try:
+        recipe = json.loads((run.path / "summary.json").read_text()).get("recipe")
+        lr = OmegaConf.load(run.path / ".hydra" / "config.yaml").optimizer.lr
+    except (OSError, ValueError, AttributeError):
+        return "defaults"
+    return f"defaults; recipe {recipe}: lr={lr:g}" if recipe else "defaults"
 
 
 def protocol_lines(plan: Plan, arms: list[str], tuned: list[str], searched: int, target: float, whence: str) -> Lines:
     ruleset = plan.ruleset
     if ruleset.name == "oneshot":
-        how = "**oneshot**: every optimizer at its YAML's defaults, no tuning run"
+        how = "**oneshot**: every optimizer at its YAML's defaults (a published recipe's where one applies), no tuning"
     elif ruleset.name == "lr":
         how = (
             f"**lr**: each optimizer's learning rate from the log grid {', '.join(LR_GRID)} at seed {SEARCH_SEED}, "
@@ -228,9 +250,9 @@ def sensitivity_plot(tuning: list[Run], final: list[Run], arms: list[str], plan:
     ax.set_xlabel("learning rate")
     ax.set_ylabel(f"best validation accuracy within {searched} steps")
     ax.set_title(
-        f"learning-rate sensitivity: {plan.ruleset.label} tuning runs (seed {SEARCH_SEED}); "
-        "diamond: the measured seeds at the chosen rate, bar: their range",
-        fontsize=9,
+        f"learning-rate sensitivity: the {plan.ruleset.label} tuning runs (seed {SEARCH_SEED})\n"
+        "diamond: the measured seeds at the chosen rate (their mean; bar: their range)",
+        fontsize=10,
     )
     ax.grid(alpha=0.3)
     _legend_below(fig, ax)

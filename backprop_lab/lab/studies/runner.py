@@ -17,6 +17,9 @@ def count_jobs(train_args: list[str]) -> int | None:
     from backprop_lab.run.job_check import job_overrides
 
     overrides = [a for a in train_args if not a.startswith("-") and "=" in a]
+    if "hydra/sweeper=optuna" in overrides:  # a search: its trials
+        trials = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.sweeper.n_trials=")]
+        return int(trials[-1]) if trials and trials[-1].isdigit() else None
     jobs = job_overrides(overrides, multirun=True)
     return len(jobs) if jobs is not None else None
 

@@ -320,10 +320,11 @@ def run_study(req: Request) -> Path:
     seeds = ",".join(str(seed) for seed in range(count))
     found = sections(req, req.rulesets, seeds)
     setup = req.out / "study.json"  # what --report-only needs to recompute the same verdicts
-    small = json.loads(setup.read_text()).get("miniature") if req.report_only and setup.is_file() else None
+    saved = json.loads(setup.read_text()) if req.report_only and setup.is_file() else {}
+    small = saved.get("miniature")
     commands_file = req.out / "commands.md"
     commands = commands_file.read_text().splitlines() if req.report_only and commands_file.is_file() else []
-    wall = ""
+    wall = f"\n\nWall time of the sweeps: {saved['wall_s']:.0f} s." if "wall_s" in saved else ""
     if not req.report_only:
         first = setting_of(req.name, req.settings[0])
         small = miniature(first, req.smoke, count, req.extra, req.config_dir)
@@ -350,6 +351,8 @@ def run_study(req: Request) -> Path:
             s.plan.folder.mkdir(parents=True, exist_ok=True)
             run_sweep = sweep_runner(req, s.plan, [*s.overrides, *req.extra], commands, commands_file)
             study.sweeps(run_sweep, s.plan)
-        wall = f"\n\nWall time of the sweeps: {time.time() - started:.0f} s."
+        chosen["wall_s"] = time.time() - started
+        setup.write_text(json.dumps(chosen))
+        wall = f"\n\nWall time of the sweeps: {chosen['wall_s']:.0f} s."
     verdict = assemble(req, found, small, commands, wall)
     return write_report([req.out], req.out, ["test/acc"], title=f"Study: {req.name}", verdict=verdict)

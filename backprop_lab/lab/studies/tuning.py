@@ -1,12 +1,14 @@
 """The tuning rulesets (--tuning) of the optimizers study: the search each arm gets before its seeds
 are measured, the same for every arm, and what it chose. Self-tuning optimizers get none.
 
-- oneshot: each optimizer at its YAML's defaults (Crowded Valley's "one-shot" budget).
+- oneshot: each optimizer at its YAML's defaults, or a recipe's where one applies (Crowded Valley's
+  "one-shot" budget).
 - lr: the learning rate from LR_GRID at SEARCH_SEED; the best validation accuracy wins, a tie the
   larger rate (DeepOBS's protocol: a log grid at one seed, then the seeds at the best).
 - budget:N: N quasirandom trials (Optuna's QMC sampler, scrambled Sobol, seed SEARCH_SEED) over
   the search space the arm's YAML declares (`search:`); the best validation accuracy wins (AlgoPerf's
-  external tuning ruleset, with its quasirandom search).
+  external tuning ruleset, with its quasirandom search). Every arm gets the same points of the unit
+  cube, each mapped onto its own space (common random numbers).
 """
 
 from __future__ import annotations
