@@ -155,3 +155,43 @@ def test_compiled_model_trains_to_the_same_numbers(train):
         if r["split"] == "train"
     ]
     assert len(a) == 4 and torch.allclose(torch.tensor(a), torch.tensor(b), rtol=1e-4)
+
+
+def test_schedule_free_is_evaluated_and_kept_at_its_averaged_weights():
+    """Schedule-free AdamW steps at one point (y) and is evaluated at another (x, the average): three
+    full-batch steps by hand in train mode, then eval mode, give the x the engine must have evaluated
+    and kept as the best weights (at y the numbers would differ)."""
+    import copy
+
+    import schedulefree
+
+    cfg = make_cfg("data=synthetic", "optimizer=schedulefree_adamw", "trainer.batch_size=100000",
+                   "trainer.max_steps=3", "trainer.eval_every=3", "trainer.progress=off")  # fmt: skip
+    torch.manual_seed(0)
+    p = plan(cfg, load_arrays(cfg.data), torch.device("cpu"))
+    model, x, y = p.model, p.target.x_train, p.target.y_train
+    by_hand = copy.deepcopy(model)
+    opt = schedulefree.AdamWScheduleFree(by_hand.parameters(), lr=0.0025, betas=(0.9, 0.999), eps=1e-8)
+    opt.train()
+    for _ in range(3):
+        opt.zero_grad()
+        F.cross_entropy(by_hand(x), y).backward()
+        opt.step()
+    at_y = {n: t.detach().clone() for n, t in by_hand.named_parameters()}
+    opt.eval()
+
+    settings = StageSettings(
+        stage="train",
+        optimizer=build_optimizer(model, cfg.optimizer, decay_all=False),
+        scheduler=None,
+        regularization=Regularization(model, cfg.regularizer),
+        trainer=cfg.trainer,
+        max_steps=3,
+        logs=[Rows()],
+        progress=Quiet(),
+    )
+    (result,) = fit(model, p.target, [0], settings)
+    assert result.best_step == 3
+    for t, expected in zip(model.parameters(), by_hand.parameters(), strict=True):
+        torch.testing.assert_close(t.detach(), expected.detach(), rtol=1e-5, atol=1e-6)
+    assert any(not torch.allclose(t, at_y[n]) for n, t in by_hand.named_parameters())  # (x is not y)

@@ -270,14 +270,17 @@ def test_each_members_own_optimizer_steps_as_a_separate_one():
 
 
 def test_members_with_their_own_optimizers_and_schedules_end_where_their_own_runs_end(tmp_path):
-    """One group whose members differ in momentum, betas, weight decay, the optimizer itself (Muon is not
-    elementwise) and the schedule (a plateau reads each member's own score): each ends as its own run;
+    """One group whose members differ in momentum, betas, weight decay, the optimizer itself (Muon and
+    Prodigy are not elementwise; schedule-free AdamW switches its weights for evaluation) and the schedule
+    (a plateau reads each member's own score): each ends as its own run;
     so do the last two, a family (one Adam at two rates, under one cosine schedule)."""
     members = [
         ("optimizer=momentum", "optimizer.momentum=0.5", "seed=0"),
         ("optimizer=momentum", "optimizer.weight_decay=0.01", "scheduler=cosine", "seed=1"),
         ("optimizer=adam", "optimizer.betas=[0.8,0.99]", "scheduler=plateau", "scheduler.patience=0", "seed=0"),
         ("optimizer=muon", "seed=0"),
+        ("optimizer=prodigy", "seed=1"),  # (its step size is estimated from all of a member's parameters)
+        ("optimizer=schedulefree_adamw", "seed=0"),  # (evaluated and kept at its averaged weights)
         ("optimizer=adam", "optimizer.lr=0.01", "scheduler=cosine", "seed=0"),
         ("optimizer=adam", "optimizer.lr=0.003", "scheduler=cosine", "seed=1"),
     ]
@@ -287,7 +290,7 @@ def test_members_with_their_own_optimizers_and_schedules_end_where_their_own_run
         choices = {g: str(cfg[g].get("name", "")) for g in GROUPS if g in cfg}
         jobs.append(Job(cfg, tmp_path / f"member{k}", choices, list(overrides)))
     summaries = run_members(jobs)
-    assert summaries[1]["vectorized"]["differing"]["optimizer.weight_decay"] == [0.0, 0.01, 0.0, 0.0, 0.0, 0.0]
+    assert summaries[1]["vectorized"]["differing"]["optimizer.weight_decay"] == [0.0, 0.01, *[0.0] * 6]
     for k, overrides in enumerate(members):
         run_cfg(tmp_path / f"alone{k}", *FAST, *overrides)
         assert_same_rows(rows(tmp_path / f"member{k}"), rows(tmp_path / f"alone{k}"), rtol=1e-4)

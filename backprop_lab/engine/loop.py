@@ -601,6 +601,7 @@ def fit(
                     run.checkpoint_or_stop()
             if s.batch == run.batches_per_epoch:
                 s.order = None  # the next epoch draws a new order
+    optimizer_mode(run.optimizer, "eval")  # (schedule-free: the last weights kept are its averaged ones)
     for k in list(run.running):
         run.finish(k)
     progress.end_stage()

@@ -57,7 +57,7 @@ def sections(req: Request, rulesets: tuple[Ruleset, ...], seeds: str) -> list[Se
             parts = [*([setting] if len(req.settings) > 1 else []), *([_name(ruleset)] if len(rulesets) > 1 else [])]
             plan = _plan(req, setting, ruleset, seeds, parts)
             title = [
-                *([f"workload {setting}"] if len(req.settings) > 1 else []),
+                *([f"workload {setting}"] if len(req.settings) > 1 or req.variants else []),
                 *([f"tuning {ruleset.label}"] if len(rulesets) > 1 else []),
             ]
             found.append(Section(plan, ", ".join(title)))
