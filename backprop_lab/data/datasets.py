@@ -196,6 +196,9 @@ def arrays_from(arrays: dict[str, Any], cfg: Any, key: str, value: Any) -> Array
             raise ConfigError(key, value, f"gave arrays {sorted(arrays)}; it needs x and y (optionally x_test, y_test)")
     arrays = {k: v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v) for k, v in arrays.items()}
     x, y = arrays["x"], arrays["y"]
+    for name in ("x", "x_test"):  # (before the split: scikit-learn's own message names neither)
+        if name in arrays:
+            check_inputs(arrays[name], name, key, value)
     if len(x) != len(y) or y.ndim != 1 or x.ndim < 2:
         raise ConfigError(key, value, f"x must be (N, ...) and y (N,) integer labels; got x {x.shape}, y {y.shape}")
     if "x_test" in arrays and "y_test" in arrays:
@@ -387,11 +390,12 @@ class Split:
 
 
 def _select(x: np.ndarray, y: np.ndarray, classes: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Keep the examples of `classes` and renumber their labels 0..k-1 in that order."""
-    keep = np.isin(y, classes)
-    lookup = np.full(int(max(classes)) + 1, -1, dtype=np.int64)
-    lookup[classes] = np.arange(len(classes))
-    return x[keep], lookup[y[keep]]
+    """Keep the examples of `classes` and renumber their labels 0..k-1 in that order (memory of the
+    number of classes, not of the largest label)."""
+    wanted = np.asarray(classes, dtype=np.int64)
+    keep = np.isin(y, wanted)
+    sorter = np.argsort(wanted)
+    return x[keep], sorter[np.searchsorted(wanted, y[keep], sorter=sorter)].astype(np.int64)
 
 
 def make_split(arrays: Arrays, classes: list[int], cfg: Any, device: Any, n_train: int | None, key: str) -> Split:
@@ -492,12 +496,40 @@ def standardize(arrays: Arrays, mode: str) -> Arrays:
     return Arrays(apply(x), arrays.y, apply(arrays.x_test), arrays.y_test, None, None, note)
 
 
+MAX_LABEL = 2**31 - 1  # class labels are integers in [0, MAX_LABEL]
+
+
 def _check_labels(y: np.ndarray, name: str, key: str, value: Any) -> np.ndarray:
-    if not (np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y)))):
+    integral = np.issubdtype(y.dtype, np.floating) and bool(np.all(np.isfinite(y))) and np.all(y == np.round(y))
+    if not (np.issubdtype(y.dtype, np.integer) or integral):
         raise ConfigError(key, value, f"{name} must hold integer class labels; it holds {y.dtype}")
-    if len(y) and y.min() < 0:
-        raise ConfigError(key, value, f"{name} must hold class labels >= 0; it holds {int(y.min())}")
+    if len(y) and (y.min() < 0 or y.max() > MAX_LABEL):  # (compared in their own type: uint64's 2^64-1 too)
+        bad = y.min() if y.min() < 0 else y.max()
+        raise ConfigError(key, value, f"{name} must hold class labels in [0, {MAX_LABEL}]; it holds {bad:.10g}")
     return y.astype(np.int64)
+
+
+def check_inputs(x: np.ndarray, name: str, key: str, value: Any) -> None:
+    """Inputs a network can take: numbers (not text, objects or complex values), at least one example."""
+    if x.dtype.kind not in "biuf":
+        what = "complex numbers" if x.dtype.kind == "c" else f"{x.dtype} values"
+        raise ConfigError(key, value, f"{name} must hold real numbers; it holds {what}")
+    if len(x) == 0:
+        raise ConfigError(key, value, f"{name} is empty: it must hold at least one example")
+
+
+def check_classes(y: np.ndarray, y_test: np.ndarray, key: str, value: Any) -> None:
+    """At least two classes to tell apart, and no test class the training labels lack (its examples
+    would be dropped, and the accuracy computed on the rest)."""
+    classes = np.unique(y)
+    if len(classes) < 2:
+        raise ConfigError(
+            key, value, f"the training labels hold one class ({classes[0]}): a classifier needs two or more"
+        )
+    unseen = np.setdiff1d(np.unique(y_test), classes)
+    if len(unseen):
+        shown = ", ".join(map(str, unseen[:10])) + (", ..." if len(unseen) > 10 else "")
+        raise ConfigError(key, value, f"the test labels hold classes the training labels lack: {shown}")
 
 
 def load_arrays(cfg: Any) -> Arrays:
@@ -506,7 +538,10 @@ def load_arrays(cfg: Any) -> Arrays:
     key, value = ("data.path", cfg.get("path")) if "path" in cfg else ("data", cfg.name)
     if targets.is_target(cfg):
         key, value = "data._target_", cfg["_target_"]
+    check_inputs(arrays.x, "x", key, value)
+    check_inputs(arrays.x_test, "x_test", key, value)
     y, y_test = _check_labels(arrays.y, "y", key, value), _check_labels(arrays.y_test, "y_test", key, value)
+    check_classes(y, y_test, key, value)
     x, x_test = arrays.x, arrays.x_test
     if x.ndim == 3:  # (N, H, W) images from any loader: one channel
         x, x_test = x[:, None], x_test[:, None]

@@ -9,7 +9,9 @@ magic number or counts that disagree raise `FormatError`, one line naming the fi
 from __future__ import annotations
 
 import gzip
+import math
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +56,7 @@ def read_idx(path: Path) -> np.ndarray:
         raise FormatError(f"{path} is truncated: its header ends early")
     dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     dtype = np.dtype(_IDX_TYPES[raw[2]])
-    expected = int(np.prod(dims)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize  # (Python's integers: a header of 2^31 x 2^31 x 4 does not wrap)
     if len(raw) - header != expected:
         raise FormatError(
             f"{path} is truncated or damaged: its header promises {dims} "
@@ -147,6 +149,24 @@ def read_cifar_pickle(path: Path, label_key: str, num_classes: int) -> tuple[np.
     return data.reshape(-1, 3, 32, 32), labels
 
 
+def _eight_bit(path: Path, im: Any) -> Any:
+    """A 16-bit or 32-bit gray image scaled onto 8 bits by its type's range (Pillow's convert("L")
+    would clip every value above 255 to white); a float image refused (its range is not known)."""
+    from PIL import Image
+
+    if im.mode.startswith("I;16") or im.mode == "I":
+        values = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or values.max(initial=0) <= 65535 else 2.0**31 - 1
+        if values.min(initial=0) < 0:
+            raise FormatError(f"{path} holds negative pixel values ({im.mode}): save it as 8- or 16-bit")
+        return Image.fromarray(np.round(values * (255.0 / top)).astype(np.uint8), mode="L")
+    if im.mode == "F":
+        raise FormatError(
+            f"{path} is a floating-point image (mode F), whose range is not known: save it as 8- or 16-bit"
+        )
+    return im
+
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
@@ -166,12 +186,16 @@ def decode_images(files: list[Path], size: tuple[int, int] | None) -> np.ndarray
     images = []
     for f in files:
         try:
-            with Image.open(f) as im:
-                im.load()
-                images.append(im.copy())
+            with warnings.catch_warnings():  # Pillow's warning of a large image (over ~89 M pixels): refused
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(f) as im:
+                    im.load()
+                    images.append(_eight_bit(f, im.copy()))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise FormatError(f"{f} refused: {err}") from None
         except (UnidentifiedImageError, OSError, ValueError) as err:
             raise FormatError(f"{f} could not be read as an image ({type(err).__name__}: {err})") from None
-    gray = all(im.mode in ("1", "L", "LA", "I", "I;16", "F") for im in images)
+    gray = all(im.mode in ("1", "L", "LA") for im in images)
     arrays: list[np.ndarray] = []
     for f, im in zip(files, images, strict=True):
         im = im.convert("L" if gray else "RGB")

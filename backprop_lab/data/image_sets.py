@@ -126,6 +126,8 @@ def _idx_pair(images: Path, labels: Path, num_classes: int) -> tuple[np.ndarray,
         )
     if len(x) != len(y):
         raise formats.FormatError(f"{images} holds {len(x)} images but {labels} holds {len(y)} labels")
+    if not np.issubdtype(y.dtype, np.integer):  # (a cast would truncate 2.7 to 2)
+        raise formats.FormatError(f"{labels} holds {y.dtype} labels: an IDX label file holds integers (type 0x08)")
     formats._check_labels(labels, y.astype(np.int64), num_classes)
     return x, y.astype(np.int64)
 

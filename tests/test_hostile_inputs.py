@@ -1,0 +1,140 @@
+"""Files a hostile or careless user has (issue 31): each ends with the right numbers, or one line that
+names the file or key and the cause, exit 2, and no run folder left. The files are made here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_cli import EXE
+
+T = ["trainer.max_steps=20", "trainer.eval_every=10", "trainer.batch_size=8", "trainer.progress=off"]
+
+
+def train(folder: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run([EXE, "train", *overrides, *T], capture_output=True, text=True, cwd=folder, timeout=300)
+
+
+def refused(r: subprocess.CompletedProcess, folder: Path, *said: str) -> None:
+    """Exit 2, one line that says all of `said`, no traceback, no run folder left."""
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert all(s in r.stderr for s in said), r.stderr
+    assert not list(folder.glob("outputs/*/*/summary.json"))
+
+
+def two_classes(n: int = 40, features: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    y = np.arange(n) % 2
+    return rng.normal(size=(n, features)).astype(np.float32) + 3.0 * y[:, None], y
+
+
+@pytest.mark.parametrize(
+    ("arrays", "said"),
+    [
+        ({"y": np.array([0, 1] * 20, dtype=np.uint64) * np.uint64(2**64 - 1)}, "class labels in [0, 2147483647]"),
+        ({"y": np.array([0.0, 1e20] * 20)}, "class labels in [0, 2147483647]"),
+        ({"x": (np.ones((40, 6)) + 1j).astype(np.complex64)}, "x must hold real numbers; it holds complex"),
+        ({"x": np.array([["a"] * 6] * 40)}, "x must hold real numbers; it holds <U1 values"),
+        ({"x": np.zeros((0, 6), np.float32), "y": np.zeros(0, np.int64)}, "x is empty"),
+        ({"x_test": np.zeros((0, 6), np.float32), "y_test": np.zeros(0, np.int64)}, "x_test is empty"),
+        ({"y": np.zeros(40, np.int64)}, "the training labels hold one class (0)"),
+        ({"y_test": np.array([0, 1, 2, 1] * 5)}, "the test labels hold classes the training labels lack: 2"),
+    ],
+    ids=["uint64-max", "label-1e20", "complex-x", "string-x", "empty-x", "empty-x-test", "one-class", "unseen-class"],
+)
+def test_arrays_a_run_cannot_learn_from_are_refused_in_one_line(tmp_path, arrays, said):
+    x, y = two_classes()
+    given = {"x": x, "y": y, "x_test": x[:20], "y_test": y[:20], **arrays}
+    np.savez(tmp_path / "mine.npz", **given)
+    refused(train(tmp_path, "data=npz", "data.path=mine.npz"), tmp_path, "data.path=mine.npz", said)
+
+
+def test_a_large_label_costs_no_memory_of_its_size(tmp_path):
+    """Labels 0 and 300000000 train as two classes, and selecting them allocates memory of the number of
+    examples, not of the largest label (a lookup table sized by it: 2.4 GB)."""
+    import tracemalloc
+
+    from backprop_lab.data.datasets import _select
+
+    x, y = two_classes()
+    tracemalloc.start()
+    _, renumbered = _select(x, y * 300_000_000, [0, 300_000_000])
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 1_000_000 and renumbered.tolist() == y.tolist()
+    np.savez(tmp_path / "mine.npz", x=x, y=y * 300_000_000)
+    r = train(tmp_path, "data=npz", "data.path=mine.npz")
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_sixteen_bit_png_images_are_scaled_not_clipped(tmp_path):
+    """Two classes of 16-bit gray images, at about 1000 and 58000 of 65535: convert("L") would clip both
+    to white (chance accuracy); scaled onto 8 bits they are told apart."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label, level in (("dark", 1000), ("bright", 58000)):
+        (tmp_path / "photos" / label).mkdir(parents=True)
+        for i in range(30):
+            pixels = np.clip(level + rng.normal(0, 300, size=(8, 8)), 0, 65535).astype(np.uint16)
+            Image.fromarray(pixels).save(tmp_path / "photos" / label / f"{i}.png")
+    from backprop_lab.data.formats import decode_images
+
+    decoded = decode_images(sorted((tmp_path / "photos" / "dark").glob("*.png"))[:1], None)
+    assert decoded.dtype == np.uint8 and abs(int(decoded.mean()) - round(1000 * 255 / 65535)) <= 2
+    r = train(tmp_path, "data=images", "data.path=photos", "data.test_fraction=0.3")
+    assert r.returncode == 0, r.stderr[-2000:]
+    (summary,) = tmp_path.glob("outputs/*/*/summary.json")
+    assert json.loads(summary.read_text())["metrics"]["test/acc"] >= 0.9  # (clipped to white: 0.5)
+
+
+def test_a_float_image_and_a_decompression_bomb_are_refused_naming_the_file(tmp_path):
+    from PIL import Image
+
+    for label in ("a", "b"):
+        (tmp_path / "photos" / label).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((4, 4), 7, np.uint8)).save(tmp_path / "photos" / label / f"{i}.png")
+    Image.fromarray(np.full((4, 4), 0.5, np.float32)).save(tmp_path / "photos" / "a" / "float.tif")
+    (tmp_path / "photos" / "a" / "float.tif").rename(tmp_path / "photos" / "a" / "float.webp")  # (any image suffix)
+    r = train(tmp_path, "data=images", "data.path=photos")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[-2000:]
+    assert "float.webp" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "photos" / "a" / "float.webp").unlink()
+    Image.new("L", (12000, 12000)).save(tmp_path / "photos" / "b" / "huge.png")  # (over Pillow's 2x bomb limit)
+    r = train(tmp_path, "data=images", "data.path=photos")
+    refused(r, tmp_path, "huge.png", "refused")
+
+
+def idx(path: Path, data: np.ndarray, type_byte: int, dims: tuple[int, ...] | None = None) -> None:
+    dims = dims if dims is not None else data.shape
+    header = bytes([0, 0, type_byte, len(dims)]) + b"".join(int(d).to_bytes(4, "big") for d in dims)
+    path.write_bytes(header + data.astype(data.dtype.newbyteorder(">")).tobytes())
+
+
+def mnist_files(root: Path, labels: np.ndarray, label_type: int = 0x08) -> None:
+    folder = root / "MNIST" / "raw"
+    folder.mkdir(parents=True, exist_ok=True)
+    images = np.random.default_rng(0).integers(0, 255, size=(len(labels), 28, 28), dtype=np.uint8)
+    for prefix in ("train", "t10k"):
+        idx(folder / f"{prefix}-images-idx3-ubyte", images, 0x08)
+        idx(folder / f"{prefix}-labels-idx1-ubyte", labels, label_type)
+
+
+def test_idx_labels_of_a_float_type_are_refused_not_truncated(tmp_path):
+    mnist_files(tmp_path / "root", np.array([0.5, 1.7, 2.2, 3.9] * 5, dtype=np.float32), label_type=0x0D)
+    r = train(tmp_path, "data=mnist", f"data.root={tmp_path / 'root'}")
+    refused(r, tmp_path, "train-labels-idx1-ubyte", "holds float32 labels")
+
+
+def test_an_idx_header_whose_size_overflows_is_a_damaged_file(tmp_path):
+    from backprop_lab.data.formats import FormatError, read_idx
+
+    path = tmp_path / "train-images-idx3-ubyte"
+    idx(path, np.zeros(0, np.uint8), 0x08, dims=(2**31, 2**31, 4))  # (in 64 bits the product wraps to 0)
+    with pytest.raises(FormatError, match="truncated or damaged: its header promises"):
+        read_idx(path)
