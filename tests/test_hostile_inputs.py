@@ -138,3 +138,21 @@ def test_an_idx_header_whose_size_overflows_is_a_damaged_file(tmp_path):
     idx(path, np.zeros(0, np.uint8), 0x08, dims=(2**31, 2**31, 4))  # (in 64 bits the product wraps to 0)
     with pytest.raises(FormatError, match="truncated or damaged: its header promises"):
         read_idx(path)
+
+
+def test_compare_and_report_read_damaged_run_files(tmp_path):
+    """A summary.json holding [1, 2, 3], a metrics line `null`, rows without a stage: compare and report
+    list the run as damaged, skip the rows that are not rows, and report the rest."""
+    r = subprocess.run([EXE, "train", "-m", "seed=0,1,2", "trainer=smoke", "hydra.sweep.dir=sw"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    sweep = tmp_path / "sw"
+    (sweep / "0" / "summary.json").write_text("[1, 2, 3]")
+    with open(sweep / "1" / "metrics.jsonl", "a") as f:
+        f.write("null\n" + json.dumps({"split": "train", "step": 99, "loss": 1.0}) + "\n[1]\n")
+    for command in ("compare", "report"):
+        r = subprocess.run([EXE, command, "sw"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "damaged" in subprocess.run([EXE, "compare", "sw"], capture_output=True, text=True, cwd=tmp_path).stdout
+    report = (sweep / "report.md").read_text()
+    assert "summary.json is damaged: it holds a list" in report and "2 completed" in report

@@ -30,7 +30,7 @@ POOLED = {"seed", "trainer.progress", "trainer.save_weights", "trainer.threads"}
 @dataclass
 class Run:
     path: Path
-    status: str  # completed | diverged | failed | interrupted | running | unfinished
+    status: str  # completed | diverged | failed | interrupted | running | unfinished | damaged
     settings: dict[str, str]  # key -> value as the user wrote it (overrides + choices)
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
@@ -71,21 +71,25 @@ def read_run(path: Path) -> Run:
         settings[key] = canonical(value)
     try:
         summary = json.loads((path / "summary.json").read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return Run(path, "unfinished", settings, overrides=[str(o) for o in overrides])
-    for group, option in (summary.get("choices") or {}).items():
+    if not isinstance(summary, dict):  # valid JSON, but not a run's summary
+        error = f"summary.json is damaged: it holds a {type(summary).__name__}, not a run's summary"
+        return Run(path, "damaged", settings, error=error, overrides=[str(o) for o in overrides])
+    choices, given = summary.get("choices"), summary.get("metrics")
+    for group, option in (choices if isinstance(choices, dict) else {}).items():
         settings.setdefault(group, canonical(str(option)))
-    metrics = {k: v for k, v in (summary.get("metrics") or {}).items() if isinstance(v, (int, float))}
+    metrics = {k: v for k, v in (given if isinstance(given, dict) else {}).items() if isinstance(v, (int, float))}
     seed = summary.get("seed")
     return Run(
         path,
         str(summary.get("status", "unfinished")),
         settings,
         metrics,
-        summary.get("error"),
+        None if summary.get("error") is None else str(summary.get("error")),
         seed if isinstance(seed, int) else None,
         [str(o) for o in overrides],
-        [str(w) for w in summary.get("warnings") or []],
+        [str(w) for w in summary.get("warnings") or [] if isinstance(summary.get("warnings"), list)],
     )
 
 

@@ -37,14 +37,17 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Every complete line of a metrics.jsonl; a torn last line (a killed run) is skipped."""
+    """Every complete row of a metrics.jsonl; a torn last line (a killed run) is skipped, and so is a
+    line that is not one of its rows (not an object with a stage and a split: an edit, a damaged file)."""
     rows = []
     with open(path) as f:
         for line in f:
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if isinstance(row, dict) and isinstance(row.get("stage"), str) and isinstance(row.get("split"), str):
+                rows.append(row)
     return rows
 
 
