@@ -156,3 +156,11 @@ def test_compare_and_report_read_damaged_run_files(tmp_path):
     assert "damaged" in subprocess.run([EXE, "compare", "sw"], capture_output=True, text=True, cwd=tmp_path).stdout
     report = (sweep / "report.md").read_text()
     assert "summary.json is damaged: it holds a list" in report and "2 completed" in report
+
+
+def test_an_optimizer_yaml_without_lr_is_one_line_before_any_folder(tmp_path):
+    (tmp_path / "configs" / "optimizer").mkdir(parents=True)
+    (tmp_path / "configs" / "optimizer" / "nolr.yaml").write_text("name: sgd\nweight_decay: 0.0\n")
+    r = train(tmp_path, "--config-dir", "configs", "optimizer=nolr")
+    refused(r, tmp_path, "optimizer=nolr", "its YAML has no lr")
+    assert not (tmp_path / "outputs").exists()

@@ -75,7 +75,7 @@ def check_jobs(overrides: list[str], multirun: bool, config_dir: str | None = No
             for o in job:
                 if o.key_or_group not in GROUPS:
                     _set(cfg, o)
-            _check(cfg)
+            _check(cfg, {o.key_or_group: str(o.value()) for o in job if o.key_or_group in GROUPS})
         except RefusedError as err:
             line = " ".join(o.input_line for o in job if o.input_line)
             return f"{err}" + (f" (in the job: {line})" if multirun and line else "")
@@ -110,11 +110,11 @@ def _set(cfg: DictConfig, override: Any) -> None:
         OmegaConf.update(cfg, key, override.value(), merge=False)
 
 
-def _check(cfg: DictConfig) -> None:
+def _check(cfg: DictConfig, choices: dict[str, str]) -> None:
     """What a run checks before its data loads (training.check_settings), and the files it will read."""
     from backprop_lab.run.training import check_settings
 
-    _check_paths(check_settings(cfg, {}))
+    _check_paths(check_settings(cfg, choices))
 
 
 def _check_paths(values: dict[Any, Any]) -> None:

@@ -286,6 +286,9 @@ def check_settings(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
     missing = missing_package("optimizer", str(cfg.optimizer.get("name")))
     if missing:
         raise ConfigError("optimizer", cfg.optimizer.name, missing)
+    if "lr" not in cfg.optimizer:  # (schedules, the members' rates and the logs read it)
+        option = choices.get("optimizer") or cfg.optimizer.get("name") or cfg.optimizer.get("_target_")
+        raise ConfigError("optimizer", option, "its YAML has no lr: add its learning rate (lr: 0.001)")
     for group in targets.TARGET_GROUPS:  # a target that does not import is refused before any data loads
         if targets.is_target(cfg[group]):
             targets.resolve(group, cfg[group])
