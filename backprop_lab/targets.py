@@ -75,23 +75,49 @@ def arguments(group: str, node: Any) -> dict[str, Any]:
 
 
 def resolve(group: str, node: Any) -> Any:
-    """The object `node._target_` names. The working directory comes first on the import path, as
-    for `python -m`, so a module beside the user's configs imports."""
+    """The object `node._target_` names. A module beside the user's configs (the working directory)
+    imports: that folder is searched after the standard library and the installed packages, and only
+    while the target imports, so a `statistics.py` there never replaces the standard library's for the
+    rest of the run; a target module named like one of theirs is refused."""
     dotted = str(node[TARGET])
     module_name, _, attr = dotted.rpartition(".")
     key = f"{group}._target_"
     if not module_name:
         raise ConfigError(key, dotted, "name a module and an object in it, e.g. mylab.MyOptimizer")
     cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
+    shadowed = _shadowed(module_name.partition(".")[0], cwd)
+    if shadowed:
+        raise ConfigError(key, dotted, shadowed)
+    added = cwd not in sys.path
+    if added:
+        sys.path.append(cwd)
     try:
         module = importlib.import_module(module_name)
     except Exception as err:  # ModuleNotFoundError, or the module's own error while importing
         raise ConfigError(key, dotted, f"is not importable ({type(err).__name__}: {err})") from None
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
     if not hasattr(module, attr):
         raise ConfigError(key, dotted, f"is not importable (module {module_name} has no {attr})")
     return getattr(module, attr)
+
+
+def _shadowed(top: str, cwd: str) -> str | None:
+    """Why a module `top` of the working folder may not be a target's: one of the standard library or
+    the installed packages has its name (Python would import one in place of the other). None if not."""
+    import importlib.machinery
+    from pathlib import Path
+
+    if not ((Path(cwd) / f"{top}.py").is_file() or (Path(cwd) / top / "__init__.py").is_file()):
+        return None
+    elsewhere = [p for p in sys.path if p not in ("", cwd)]
+    if top in sys.builtin_module_names or importlib.machinery.PathFinder.find_spec(top, elsewhere) is not None:
+        return (
+            f"{top}.py in the working folder has the name of a module of the standard library or of an "
+            f"installed package: rename it (and its _target_)"
+        )
+    return None
 
 
 def call(group: str, node: Any, target: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -164,3 +164,22 @@ def test_an_optimizer_yaml_without_lr_is_one_line_before_any_folder(tmp_path):
     r = train(tmp_path, "--config-dir", "configs", "optimizer=nolr")
     refused(r, tmp_path, "optimizer=nolr", "its YAML has no lr")
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_users_module_never_replaces_the_standard_librarys(tmp_path):
+    """A statistics.py beside the user's configs (which would break the standard library's for the rest
+    of the run) is not imported in its place; a target that names it is refused in one line."""
+    import shutil
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    (tmp_path / "configs" / "act").mkdir(parents=True)
+    shutil.copy(examples / "mylab.py", tmp_path)
+    shutil.copy(examples / "configs" / "act" / "squareplus.yaml", tmp_path / "configs" / "act")
+    (tmp_path / "statistics.py").write_text("raise ImportError('the user statistics.py was imported')\n")
+    r = train(tmp_path, "--config-dir", "configs", "act=squareplus")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    (tmp_path / "configs" / "act" / "mean.yaml").write_text("_target_: statistics.fmean\n")
+    r = train(tmp_path, "--config-dir", "configs", "act=mean")
+    refused(
+        r, tmp_path / "nothing", "act._target_=statistics.fmean", "statistics.py in the working folder has the name"
+    )
