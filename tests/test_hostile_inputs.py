@@ -179,7 +179,7 @@ def test_a_users_module_never_replaces_the_standard_librarys(tmp_path):
     r = train(tmp_path, "--config-dir", "configs", "act=squareplus")
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
     (tmp_path / "configs" / "act" / "mean.yaml").write_text("_target_: statistics.fmean\n")
+    for run in tmp_path.glob("outputs/*/*"):
+        shutil.rmtree(run)  # (the run above)
     r = train(tmp_path, "--config-dir", "configs", "act=mean")
-    refused(
-        r, tmp_path / "nothing", "act._target_=statistics.fmean", "statistics.py in the working folder has the name"
-    )
+    refused(r, tmp_path, "act._target_=statistics.fmean", "statistics.py in the working folder has the name")
