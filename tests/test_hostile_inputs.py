@@ -183,3 +183,13 @@ def test_a_users_module_never_replaces_the_standard_librarys(tmp_path):
         shutil.rmtree(run)  # (the run above)
     r = train(tmp_path, "--config-dir", "configs", "act=mean")
     refused(r, tmp_path, "act._target_=statistics.fmean", "statistics.py in the working folder has the name")
+
+
+def test_an_activation_module_of_the_wrong_shape_is_named(tmp_path):
+    (tmp_path / "configs" / "act").mkdir(parents=True)
+    (tmp_path / "mylab.py").write_text(
+        "import torch\n\nclass Halve(torch.nn.Module):\n    def forward(self, x):\n        return x[..., ::2]\n"
+    )
+    (tmp_path / "configs" / "act" / "halve.yaml").write_text("_target_: mylab.Halve\n")
+    r = train(tmp_path, "--config-dir", "configs", "act=halve")
+    refused(r, tmp_path, "act._target_=mylab.Halve", "must return a tensor of its input's shape; (2, 8) gave (2, 4)")

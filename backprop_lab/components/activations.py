@@ -60,7 +60,18 @@ def _target_activation(act_cfg: Any) -> nn.Module:
     (its keys are passed with every call)."""
     target = targets.resolve("act", act_cfg)
     if isinstance(target, type) and issubclass(target, nn.Module):
-        return targets.call("act", act_cfg, target)
+        made = targets.call("act", act_cfg, target)
+        probe = torch.linspace(-3, 3, 16).view(2, 8)
+        try:  # (a module made for one width may refuse this probe: the run then says how)
+            out = made(probe)
+        except Exception:
+            return made
+        if not isinstance(out, torch.Tensor) or out.shape != probe.shape:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ConfigError(
+                "act._target_", act_cfg["_target_"], f"must return a tensor of its input's shape; (2, 8) gave {shape}"
+            )
+        return made
     if isinstance(target, type) or not callable(target):
         raise ConfigError(
             "act._target_", act_cfg["_target_"], "is not an nn.Module class or a function tensor -> tensor"
