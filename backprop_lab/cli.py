@@ -72,10 +72,15 @@ def resume_main(args: list[str]) -> int:
     if not run_dir.is_dir():
         print(f"error: RUN_DIR={run_dir} is not a folder; give the run folder of an interrupted run", file=sys.stderr)
         return 2
-    from backprop_lab.run.folder_lock import hold
+    from backprop_lab.run.folder_lock import hold, holder_problem
+    from backprop_lab.run.training import resumable
 
     scratch = scratch_for_other_ranks()
     try:
+        busy = holder_problem(run_dir)  # (first: a folder another process trains says so, whatever it holds)
+        if busy:
+            raise RefusedError(busy)
+        resumable(run_dir)  # read only: a folder that cannot be resumed gets no .lock and no train.log
         if scratch is None:  # (rank 0 alone holds the folder under torchrun)
             hold(run_dir)  # before the log is opened: a folder another process trains is left untouched
     except RefusedError as err:
@@ -109,10 +114,15 @@ def resume_sweep(sweep_dir: Path, retry_failed: bool) -> int:
     """`backprop-lab resume SWEEP_DIR`: the recorded sweep launched again into its folder, where each job
     keeps, resumes or starts (sweep_resume). Prints what it will do, then how the sweep stands."""
     from backprop_lab.errors import RefusedError
-    from backprop_lab.run.sweep_resume import RESUME_ENV, outcome, plan, sweep_argv
+    from backprop_lab.run.folder_lock import hold
+    from backprop_lab.run.sweep_resume import RESUME_ENV, outcome, plan, sweep_argv, verify
 
     try:
         argv = sweep_argv(sweep_dir)
+        problem = verify(sweep_dir, argv)
+        if problem:
+            raise RefusedError(problem)
+        hold(sweep_dir)  # one resume of a sweep at a time (the lock ends with this process)
     except RefusedError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

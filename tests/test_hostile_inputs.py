@@ -193,3 +193,68 @@ def test_an_activation_module_of_the_wrong_shape_is_named(tmp_path):
     (tmp_path / "configs" / "act" / "halve.yaml").write_text("_target_: mylab.Halve\n")
     r = train(tmp_path, "--config-dir", "configs", "act=halve")
     refused(r, tmp_path, "act._target_=mylab.Halve", "must return a tensor of its input's shape; (2, 8) gave (2, 4)")
+
+
+# ------------------------------------------------------------------ resume: what it resumes is verified
+def finished_sweep(tmp_path: Path) -> Path:
+    r = subprocess.run([EXE, "train", "-m", "seed=0,1", "optimizer.lr=0.001", "trainer=smoke", "hydra.sweep.dir=sw"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    return tmp_path / "sw"
+
+
+def resume(tmp_path: Path, folder: str) -> subprocess.CompletedProcess:
+    return subprocess.run([EXE, "resume", folder], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+
+
+def test_resume_refuses_an_edited_multirun_yaml_naming_both_values(tmp_path):
+    sweep = finished_sweep(tmp_path)
+    recorded = (sweep / "0" / ".hydra" / "overrides.yaml").read_text()
+    edited = (sweep / "multirun.yaml").read_text().replace("optimizer.lr=0.001", "optimizer.lr=0.1")
+    (sweep / "multirun.yaml").write_text(edited)
+    r = resume(tmp_path, "sw")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[-2000:]
+    assert "job 0 ran with optimizer.lr=0.001, and multirun.yaml now gives it optimizer.lr=0.1" in r.stderr
+    assert (sweep / "0" / ".hydra" / "overrides.yaml").read_text() == recorded  # (not relabelled)
+
+
+def test_resume_never_retrains_over_a_damaged_summary(tmp_path):
+    sweep = finished_sweep(tmp_path)
+    (sweep / "1" / "summary.json").write_text('{"status": "compl')
+    metrics = (sweep / "1" / "metrics.jsonl").read_text()
+    r = resume(tmp_path, "sw")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[-2000:]
+    assert "job 1: its summary.json is damaged" in r.stderr
+    assert (sweep / "1" / "metrics.jsonl").read_text() == metrics and (sweep / "1" / "weights").is_dir()
+
+
+def test_a_damaged_checkpoint_in_a_sweep_is_one_line_and_leaves_the_job_as_it_was(tmp_path):
+    sweep = finished_sweep(tmp_path)
+    summary = json.loads((sweep / "0" / "summary.json").read_text())
+    (sweep / "0" / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))
+    (sweep / "0" / "checkpoints").mkdir(exist_ok=True)
+    (sweep / "0" / "checkpoints" / "last.pt").write_bytes(b"PK\x03\x04 truncated")
+    r = resume(tmp_path, "sw")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[-2000:]
+    assert "job 0: checkpoints/last.pt is damaged" in r.stderr and "Traceback" not in r.stderr
+    assert json.loads((sweep / "0" / "summary.json").read_text())["status"] == "interrupted"
+
+
+def test_a_second_resume_of_a_sweep_is_one_line(tmp_path):
+    from backprop_lab.run.folder_lock import hold, release
+
+    sweep = finished_sweep(tmp_path)
+    hold(sweep)  # (this process resumes it)
+    try:
+        r = resume(tmp_path, "sw")
+    finally:
+        release(sweep)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "is in use by process" in r.stderr, r.stderr
+
+
+def test_resume_of_a_folder_that_is_no_run_writes_nothing_into_it(tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.txt").write_text("mine")
+    r = resume(tmp_path, "photos")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "RUN_DIR=photos is not valid" in r.stderr, r.stderr
+    assert sorted(p.name for p in (tmp_path / "photos").iterdir()) == ["a.txt"]

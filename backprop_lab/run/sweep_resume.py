@@ -53,6 +53,56 @@ def sweep_argv(sweep_dir: Path) -> list[str]:
     return [*(["--config-dir", own[0]] if own else []), "-m", *kept, *task, f"hydra.sweep.dir={sweep_dir}"]
 
 
+def verify(sweep_dir: Path, argv: list[str]) -> str | None:
+    """Why the recorded sweep cannot be resumed as it stands, in one line (None: it can), read only,
+    before anything is launched or written: a job's folder whose settings differ from what
+    multirun.yaml would now give it (an edited multirun.yaml: the job's runs were made with the other
+    value), a damaged summary.json (resuming would retrain over it), or a checkpoint that does not load."""
+    from omegaconf import OmegaConf
+
+    from backprop_lab.errors import ConfigError
+    from backprop_lab.run.job_check import job_overrides
+
+    task = [a for a in argv if "=" in a and not a.startswith(("hydra.", "hydra/", "-"))]
+    jobs = job_overrides(task, multirun=True) or []
+    expected = {str(k): [o.input_line for o in job] for k, job in enumerate(jobs)}
+    for job_dir in sorted(job_dirs(sweep_dir), key=lambda p: int(p.name)):
+        name = f"SWEEP_DIR={sweep_dir}: job {job_dir.name}"
+        try:
+            recorded = [str(o) for o in OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")]
+        except Exception:
+            recorded = None  # (a job killed before Hydra wrote it: it starts again)
+        wanted = expected.get(job_dir.name)
+        if recorded is not None and wanted is not None and recorded != wanted:
+            return f"{name} ran {_difference(recorded, wanted)}; restore multirun.yaml, or start a new sweep"
+        path = job_dir / "summary.json"
+        if path.exists() and read_summary(job_dir) is None:
+            return (
+                f"{name}: its summary.json is damaged (not a run's summary), and resuming would train it again "
+                "over its results: repair or remove it"
+            )
+        if action(job_dir) == "resume":
+            from backprop_lab.run.checkpoint import load_checkpoint
+
+            try:
+                load_checkpoint(job_dir)
+            except ConfigError as err:
+                return f"{name}: {err.allowed}"
+    return None
+
+
+def _difference(recorded: list[str], wanted: list[str]) -> str:
+    """The first setting in which a job's recorded overrides and multirun.yaml's differ, both values."""
+
+    def split(items: list[str]) -> dict[str, str]:
+        pairs = (o.lstrip("+~").partition("=") for o in items)
+        return {key: value for key, _, value in pairs}
+
+    was, now = split(recorded), split(wanted)
+    key = next(k for k in [*was, *now] if was.get(k) != now.get(k))
+    return f"with {key}={was.get(key, '(unset)')}, and multirun.yaml now gives it {key}={now.get(key, '(unset)')}"
+
+
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
     try:
         summary = json.loads((Path(run_dir) / "summary.json").read_text())

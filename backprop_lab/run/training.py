@@ -193,12 +193,15 @@ def resume(run_dir: Path) -> dict[str, Any]:
             release(run_dir)
 
 
-def _resume(run_dir: Path) -> dict[str, Any]:
-    from backprop_lab.run.checkpoint import load_checkpoint
-    from backprop_lab.run.runlog import read_metrics, rewrite_metrics
+def resumable(run_dir: Path) -> tuple[dict[str, Any], DictConfig]:
+    """A run folder's summary and config if it can be resumed, read only (nothing is locked or written
+    before this says yes); else the ConfigError that says why."""
+    from backprop_lab.run.checkpoint import checkpoint_path
 
     try:
         previous = json.loads((run_dir / "summary.json").read_text())
+        if not isinstance(previous, dict):
+            raise ValueError("its summary.json is not a run's summary")
         if previous.get("status") in ("completed", "diverged", "pruned"):
             raise ConfigError(
                 "RUN_DIR", str(run_dir), f"has already finished ({previous['status']}); nothing to resume"
@@ -214,6 +217,18 @@ def _resume(run_dir: Path) -> dict[str, Any]:
             str(run_dir),
             f"is not a readable run folder ({type(err).__name__}: it needs summary.json and .hydra/config.yaml)",
         ) from None
+    if not checkpoint_path(run_dir).is_file():
+        from backprop_lab.run.checkpoint import load_checkpoint
+
+        load_checkpoint(run_dir)  # (its one line: no checkpoint, and why there may be none)
+    return previous, cfg
+
+
+def _resume(run_dir: Path) -> dict[str, Any]:
+    from backprop_lab.run.checkpoint import load_checkpoint
+    from backprop_lab.run.runlog import read_metrics, rewrite_metrics
+
+    previous, cfg = resumable(run_dir)
     state = load_checkpoint(run_dir)
     console.print(f"resumed from step {state['step']} (stage {state['stage']}) in {run_dir}", markup=False)
     done = [s for s in previous.get("stages", []) if s["stage"] != state["stage"]]
