@@ -146,6 +146,11 @@ def main(argv: list[str] | None = None) -> None:
     garbage collector alone; as the command's own process it pauses it during start-up (gc_pause)."""
     own_process = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
+    import logging
+
+    logging.raiseExceptions = (
+        False  # a log that cannot be written (a full disk) prints no traceback: the run's line says it
+    )
     if not argv or argv[0] in ("-h", "--help", "help"):
         groups = "".join(f"  {g:<12} {', '.join(opts)}\n" for g, opts in group_options().items())
         print(USAGE.format(groups=groups), end="")

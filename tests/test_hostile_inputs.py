@@ -258,3 +258,65 @@ def test_resume_of_a_folder_that_is_no_run_writes_nothing_into_it(tmp_path):
     r = resume(tmp_path, "photos")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "RUN_DIR=photos is not valid" in r.stderr, r.stderr
     assert sorted(p.name for p in (tmp_path / "photos").iterdir()) == ["a.txt"]
+
+
+# ------------------------------------------------------------------ a fault while writing
+def test_a_full_disk_mid_run_fails_in_one_line_leaving_the_last_checkpoint_and_no_temporary_file(
+    tmp_path, monkeypatch, capsys
+):
+    """The second checkpoint hits a full disk halfway: the run ends failed with the cause in summary.json,
+    no .tmp file is left, the first checkpoint still loads, and resume continues from it once the disk
+    has room again."""
+    import errno
+
+    import torch
+    from conftest import FAST, make_cfg, run_cfg
+    from omegaconf import OmegaConf
+
+    from backprop_lab.run import checkpoint
+    from backprop_lab.run.training import resume
+
+    real_save, calls = torch.save, []
+
+    def save(state, f):
+        calls.append(1)
+        if len(calls) == 2:
+            f.write(b"half a checkpoint")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(state, f)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save)
+    run_dir = tmp_path / "run"
+    steps = [*FAST, "trainer.max_steps=30", "trainer.eval_every=10", "trainer.checkpoint_every=10"]
+    (run_dir / ".hydra").mkdir(parents=True)
+    summary = run_cfg(run_dir, *steps)
+    err = capsys.readouterr().err
+    assert summary["status"] == "failed" and "no space left" in summary["error"]
+    assert err.count("error: ") == 1 and "Traceback" not in err and f"backprop-lab resume {run_dir}" in err
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
+    assert not [p for p in run_dir.rglob("*") if p.name.endswith(".tmp")]
+    assert checkpoint.load_checkpoint(run_dir)["step"] == 10
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)  # (room again)
+    OmegaConf.save(make_cfg(*steps), run_dir / ".hydra" / "config.yaml")  # (what Hydra writes for a run)
+    assert resume(run_dir)["status"] == "completed"
+
+
+def test_a_summary_that_cannot_be_written_ends_the_run_in_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from conftest import FAST, run_cfg
+
+    from backprop_lab.run import runlog
+
+    real = runlog.write_json_atomic
+
+    def write(path, data):
+        if isinstance(data, dict) and data.get("status") not in (None, "running"):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        real(path, data)
+
+    monkeypatch.setattr(runlog, "write_json_atomic", write)
+    summary = run_cfg(tmp_path / "run", *FAST)
+    err = capsys.readouterr().err
+    assert summary["status"] == "failed" and "a read-only file system" in summary["error"]
+    assert err.count("error: ") == 1 and "Traceback" not in err

@@ -35,11 +35,15 @@ class Checkpointer:
     def save(self, state: dict[str, Any]) -> None:
         self.path.parent.mkdir(exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)  # (only a whole file replaces the last good checkpoint)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # (no half-written file left behind: a full disk, a lost permission)
+            raise
 
     def remove(self) -> None:
         """A finished run needs no checkpoint (weights/ keeps its best and last weights)."""

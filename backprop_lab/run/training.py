@@ -6,6 +6,7 @@ summary.json (status completed / diverged / failed / interrupted) and returns th
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -581,19 +582,30 @@ def _run_members(
     except Exception as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        log.error("run failed:\n%s", traceback.format_exc())
-        update(status="failed", error=f"{type(err).__name__}: {err}")
-        err_console.print(
-            f"error: {type(err).__name__}: {err} (traceback in {jobs[0].run_dir}/train.log; "
-            "HYDRA_FULL_ERROR=1 shows it here)",
-            markup=False,
-        )
+        fault = write_fault(err, jobs[0].run_dir)
+        if fault:  # (the disk: no traceback to write, and train.log may not take one)
+            update(status="failed", error=fault)
+            err_console.print(f"error: {fault}", markup=False)
+        else:
+            log.error("run failed:\n%s", traceback.format_exc())
+            update(status="failed", error=f"{type(err).__name__}: {err}")
+            err_console.print(
+                f"error: {type(err).__name__}: {err} (traceback in {jobs[0].run_dir}/train.log; "
+                "HYDRA_FULL_ERROR=1 shows it here)",
+                markup=False,
+            )
     finally:
         finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
         for k, (job, summary, runlog) in enumerate(zip(jobs, summaries, runlogs, strict=True)):
             summary.update(stages=stages[k], wall_time_s=round(time.time() - started, 3), finished_at=finished)
-            runlog.summary(**summary)
-            runlog.close(summary, {**job.choices, "seed": job.cfg.get("seed"), "lr": job.cfg.optimizer.get("lr")})
+            params = {**job.choices, "seed": job.cfg.get("seed"), "lr": job.cfg.optimizer.get("lr")}
+            try:
+                runlog.summary(**summary)
+                runlog.close(summary, params)
+            except OSError as err:  # (a full disk, a folder made read-only: the summary cannot be written)
+                if summary.get("status") != "failed":
+                    summary.update(status="failed", error=write_fault(err, job.run_dir))
+                    err_console.print(f"error: {summary['error']}", markup=False)
     if count == 1 and stages[0]:
         show_results(summaries[0]["status"], stages[0], str(jobs[0].run_dir))
         from backprop_lab.run.published import note
@@ -603,6 +615,28 @@ def _run_members(
     elif count > 1 and any(stages):
         show_members(summaries)
     return summaries
+
+
+WRITE_FAULTS = {  # the errors of a folder that cannot be written, as the run's one line names them
+    errno.ENOSPC: "no space left",
+    errno.EDQUOT: "over its disk quota",
+    errno.EROFS: "a read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EIO: "an I/O error",
+}
+
+
+def write_fault(err: BaseException, run_dir: Path) -> str | None:
+    """The one line for a run that could not write its folder (a full disk, a lost permission, an I/O
+    error), with what to do; None for any other error."""
+    if not isinstance(err, OSError) or err.errno not in WRITE_FAULTS:
+        return None
+    where = f" ({err.filename})" if err.filename else ""
+    return (
+        f"the run could not write to {run_dir}: {WRITE_FAULTS[err.errno]}{where}; its last checkpoint is intact: "
+        f"free space or restore the permission, then backprop-lab resume {run_dir}"
+    )
 
 
 def _conclude(summary: dict[str, Any], final: dict[str, Any], results: list[Any], count: int, classes: int) -> None:
