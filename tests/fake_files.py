@@ -58,7 +58,7 @@ def digits_as_mnist(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
 def random_cifar(n: int, num_classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(N, 3, 32, 32) uint8 images whose class shows in the mean colour (learnable), and their labels."""
     rng = np.random.default_rng(seed)
-    labels = rng.integers(0, num_classes, size=n)
+    labels = rng.permutation(np.arange(n) % num_classes)  # every class, where n allows (as in the real sets)
     base = np.random.default_rng(1234).integers(0, 256, size=(num_classes, 3, 1, 1))  # same classes in every split
     noise = rng.normal(0, 40, size=(n, 3, 32, 32))
     return np.clip(base[labels] + noise, 0, 255).astype(np.uint8), labels
