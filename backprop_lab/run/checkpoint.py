@@ -8,6 +8,7 @@ and read with torch.load(weights_only=True), so it cannot carry code.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 from pathlib import Path
@@ -35,9 +36,11 @@ class Checkpointer:
     def save(self, state: dict[str, Any]) -> None:
         self.path.parent.mkdir(exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
+        buffer = io.BytesIO()  # (serialised first: a full disk is then the file's OSError, not a torch
+        torch.save(state, buffer)  # RuntimeError from inside its zip writer)
         try:
             with open(tmp, "wb") as f:
-                torch.save(state, f)
+                f.write(buffer.getbuffer())
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)  # (only a whole file replaces the last good checkpoint)
