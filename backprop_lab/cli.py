@@ -72,6 +72,14 @@ def resume_main(args: list[str]) -> int:
     if not run_dir.is_dir():
         print(f"error: RUN_DIR={run_dir} is not a folder; give the run folder of an interrupted run", file=sys.stderr)
         return 2
+    if (run_dir / "optimization_results.yaml").is_file():  # (our Optuna sweeper's folder has no multirun.yaml)
+        print(
+            f"error: RUN_DIR={run_dir} is not valid: it is an Optuna search, whose sweeper chooses its jobs as it "
+            "goes; resume its runs one by one (backprop-lab resume RUN_DIR), or continue the search by running it "
+            "again with hydra.sweeper.storage",
+            file=sys.stderr,
+        )
+        return 2
     from backprop_lab.run.folder_lock import hold, holder_problem
     from backprop_lab.run.training import resumable
 

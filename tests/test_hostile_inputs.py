@@ -350,3 +350,29 @@ def test_a_real_full_disk_mid_run(tmp_path):
         assert resumed == json.loads((tmp_path / "ref" / "summary.json").read_text())["metrics"]
     finally:
         subprocess.run(["umount", str(small)], capture_output=True)
+
+
+def test_resume_refuses_edited_seeds(tmp_path):
+    sweep = finished_sweep(tmp_path)
+    (sweep / "multirun.yaml").write_text((sweep / "multirun.yaml").read_text().replace("seed=0,1", "seed=5,6"))
+    r = resume(tmp_path, "sw")
+    assert r.returncode == 2 and "job 0 ran with seed=0, and multirun.yaml now gives it seed=5" in r.stderr, r.stderr
+
+
+def test_resume_of_an_optuna_sweep_folder_writes_nothing_into_it(tmp_path):
+    search = [EXE, "train", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "trainer=smoke"]
+    r = subprocess.run([*search, "hydra.sweep.dir=search"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "search").rglob("*"))
+    r = resume(tmp_path, "search")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "chooses its jobs as it goes" in r.stderr, r.stderr
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "search").rglob("*")) == before
+
+
+def test_an_image_folder_of_one_class_is_refused(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "photos" / "cats").mkdir(parents=True)
+    for i in range(6):
+        Image.fromarray(np.full((4, 4), 10 * i, np.uint8)).save(tmp_path / "photos" / "cats" / f"{i}.png")
+    refused(train(tmp_path, "data=images", "data.path=photos"), tmp_path, "data.path=photos", "hold one class")
