@@ -376,3 +376,26 @@ def test_an_image_folder_of_one_class_is_refused(tmp_path):
     for i in range(6):
         Image.fromarray(np.full((4, 4), 10 * i, np.uint8)).save(tmp_path / "photos" / "cats" / f"{i}.png")
     refused(train(tmp_path, "data=images", "data.path=photos"), tmp_path, "data.path=photos", "hold one class")
+
+
+def test_sixteen_bit_rgb_pngs_are_scaled_by_their_range(tmp_path):
+    """A 16-bit RGB PNG (written here byte by byte: Pillow writes none) decodes to 8 bits per channel
+    within one level of value * 255 / 65535."""
+    import struct
+    import zlib
+
+    from backprop_lab.data.formats import decode_images
+
+    pixels = np.full((4, 4, 3), [1000, 30000, 58000], dtype=np.uint16)
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 4, 4, 16, 2, 0, 0, 0)  # 4x4, 16 bits, RGB
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    (tmp_path / "rgb16.png").write_bytes(png)
+    decoded = decode_images([tmp_path / "rgb16.png"], None)
+    assert decoded.shape == (1, 3, 4, 4) and decoded.dtype == np.uint8
+    expected = np.array([1000, 30000, 58000]) * 255 / 65535
+    assert np.all(np.abs(decoded[0, :, 0, 0] - expected) <= 1)
