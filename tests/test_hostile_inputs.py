@@ -399,3 +399,14 @@ def test_sixteen_bit_rgb_pngs_are_scaled_by_their_range(tmp_path):
     assert decoded.shape == (1, 3, 4, 4) and decoded.dtype == np.uint8
     expected = np.array([1000, 30000, 58000]) * 255 / 65535
     assert np.all(np.abs(decoded[0, :, 0, 0] - expected) <= 1)
+
+
+def test_resume_never_picks_up_a_target_the_sweep_did_not_have(tmp_path):
+    sweep = finished_sweep(tmp_path)
+    recorded = (sweep / "multirun.yaml").read_text()
+    (sweep / "multirun.yaml").write_text(
+        recorded.replace("- trainer=smoke", "- trainer=smoke\n    - +data._target_=os.system")
+    )
+    assert "+data._target_=os.system" in (sweep / "multirun.yaml").read_text()
+    r = resume(tmp_path, "sw")
+    assert r.returncode == 2 and "job 0 ran with data._target_=(unset), and multirun.yaml now gives it" in r.stderr
