@@ -410,3 +410,22 @@ def test_resume_never_picks_up_a_target_the_sweep_did_not_have(tmp_path):
     assert "+data._target_=os.system" in (sweep / "multirun.yaml").read_text()
     r = resume(tmp_path, "sw")
     assert r.returncode == 2 and "job 0 ran with data._target_=(unset), and multirun.yaml now gives it" in r.stderr
+
+
+def test_images_that_would_not_fit_in_memory_are_refused_before_decoding(tmp_path, monkeypatch):
+    """The decoded size is added up from the files' headers and refused, naming the file where it
+    crosses the limit, before the pixels are decoded; TIFF files are read like the others."""
+    from PIL import Image
+
+    from backprop_lab.data import formats
+
+    (tmp_path / "a").mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((64, 64), i, np.uint8)).save(tmp_path / "a" / f"{i}.tif")
+    files = sorted(formats.image_files(tmp_path)["a"])
+    assert [f.suffix for f in files] == [".tif"] * 3
+    monkeypatch.setattr(formats, "_memory_limit", lambda: 64 * 64 * 2.5)
+    with pytest.raises(formats.FormatError, match=r"2\.tif: the images up to this one decode to"):
+        formats.decode_images(files, None)
+    monkeypatch.setattr(formats, "_memory_limit", lambda: 1e9)
+    assert formats.decode_images(files, None).shape == (3, 1, 64, 64)

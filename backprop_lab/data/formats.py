@@ -167,7 +167,18 @@ def _eight_bit(path: Path, im: Any) -> Any:
     return im
 
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+def _memory_limit() -> float:
+    """MEMORY_SHARE of this machine's memory in bytes (no limit where the machine does not say)."""
+    import os
+
+    try:
+        return MEMORY_SHARE * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # (no sysconf: Windows)
+        return math.inf
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+MEMORY_SHARE = 0.5  # decoded images may take at most this share of the machine's memory
 
 
 def image_files(folder: Path) -> dict[str, list[Path]]:
@@ -184,15 +195,24 @@ def decode_images(files: list[Path], size: tuple[int, int] | None) -> np.ndarray
     from PIL import Image, UnidentifiedImageError
 
     images = []
+    limit, decoded = _memory_limit(), 0
     for f in files:
         try:
             with warnings.catch_warnings():  # Pillow's warning of a large image (over ~89 M pixels): refused
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 with Image.open(f) as im:
+                    decoded += (size[0] * size[1] if size else im.width * im.height) * len(im.getbands())
+                    if decoded > limit:  # (from the headers, before the pixels are decoded)
+                        raise FormatError(
+                            f"{f}: the images up to this one decode to {decoded / 2**30:.1f} GiB, over half of this "
+                            "machine's memory: set data.size=[H,W] smaller, or use fewer images"
+                        )
                     im.load()
                     images.append(_eight_bit(f, im.copy()))
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             raise FormatError(f"{f} refused: {err}") from None
+        except FormatError:
+            raise
         except (UnidentifiedImageError, OSError, ValueError) as err:
             raise FormatError(f"{f} could not be read as an image ({type(err).__name__}: {err})") from None
     gray = all(im.mode in ("1", "L", "LA") for im in images)
