@@ -88,16 +88,16 @@ def main(argv: list[str]) -> int:
         print(f"error: --config-dir={args.config_dir} is not a folder", file=sys.stderr)
         return 2
     settings = tuple(args.settings.split(",")) if args.settings else (args.setting,)
-    rulesets = rulesets_of(args.name, args.tuning) if args.tuning else []
-    problem = rulesets if isinstance(rulesets, str) else options_problem(args, settings)
+    found = rulesets_of(args.name, args.tuning) if args.tuning else []
+    rulesets = found if isinstance(found, list) else []
+    problem = found if isinstance(found, str) else options_problem(args, settings)
     if not problem and args.candidate:
-        problem = candidate_problem(args.name, args.candidate, args.config_dir, rulesets)  # type: ignore[arg-type]
+        problem = candidate_problem(args.name, args.candidate, args.config_dir, rulesets)
     for setting in settings if not problem and not args.report_only else ():
         problem = problem or setting_problem(args.name, setting, args.overrides, args.config_dir)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    assert isinstance(rulesets, list)
     out = args.out or Path("studies") / args.name / time.strftime("%Y-%m-%d_%H-%M-%S")
     request = Request(
         args.name, out, args.overrides, args.smoke, args.report_only, args.launcher, args.candidate,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from backprop_lab.lab.compare import Run
 from backprop_lab.lab.studies.registry import STUDIES, setting_of
-from backprop_lab.lab.studies.study import SEEDS, SMOKE, Plan, RunSweep, Setting
+from backprop_lab.lab.studies.study import SEEDS, SMOKE, Plan, Ruleset, RunSweep, Setting
 
 
 def count_jobs(train_args: list[str]) -> int | None:
@@ -146,7 +147,9 @@ def _sweep_in_process(train_args: list[str], log_path: Path) -> int:
     return code
 
 
-def candidate_problem(study: str, candidate: str, config_dir: Path | None, rulesets: list[Any] = ()) -> str | None:  # type: ignore[assignment]
+def candidate_problem(
+    study: str, candidate: str, config_dir: Path | None, rulesets: Sequence[Ruleset] = ()
+) -> str | None:
     """Why `--candidate GROUP=OPTION` cannot join this study, as one line; None when it can."""
     from backprop_lab.run.job_check import check_composition, compose_train
 
