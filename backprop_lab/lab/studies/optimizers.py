@@ -29,7 +29,7 @@ def optimizers_sweeps(run_sweep: RunSweep, plan: Plan) -> None:
     spaces = {arm: search_space(arm, plan.config_dir) for arm in tuned} if plan.ruleset.name == "budget" else {}
     chosen = tune(run_sweep, plan, tuned, spaces)
     for arm in [*OPTIMIZERS, *(SELF_TUNING if plan.self_tuning else ()), *([plan.candidate] if plan.candidate else [])]:
-        overrides = chosen[arm].overrides if arm in chosen else []
+        overrides = chosen.get(arm, [])
         run_sweep(f"final_{arm}", [f"optimizer={arm}", *overrides, f"seed={plan.seeds}"])
 
 

@@ -13,7 +13,6 @@ are measured, the same for every arm, and what it chose. Self-tuning optimizers 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from backprop_lab.lab.compare import Run, canonical, find_runs
@@ -41,14 +40,6 @@ def parse_rulesets(text: str) -> list[Ruleset] | str:
     return found
 
 
-@dataclass
-class Tuned:
-    """What tuning chose for one arm: its overrides (optimizer.lr=..., ...), and the runs it took."""
-
-    overrides: list[str]
-    trials: int
-
-
 def search_space(option: str, config_dir: Path | None) -> dict[str, str]:
     """The `search:` of an optimizer option's YAML: key -> Hydra sweep grammar ({} if it declares none)."""
     from omegaconf import OmegaConf
@@ -61,10 +52,11 @@ def search_space(option: str, config_dir: Path | None) -> dict[str, str]:
     return {str(k): str(v) for k, v in values.items()}
 
 
-def tune(run_sweep: RunSweep, plan: Plan, arms: list[str], spaces: dict[str, dict[str, str]]) -> dict[str, Tuned]:
-    """Run the ruleset's tuning sweeps for `arms` (those the ruleset tunes), and what each chose."""
+def tune(run_sweep: RunSweep, plan: Plan, arms: list[str], spaces: dict[str, dict[str, str]]) -> dict[str, list[str]]:
+    """Run the ruleset's tuning sweeps for `arms` (those the ruleset tunes); what each chose, as overrides
+    (optimizer.lr=..., ...; none: its defaults). The report counts each arm's runs from the folders."""
     if plan.ruleset.name == "oneshot" or not arms:
-        return {arm: Tuned([], 0) for arm in arms}
+        return {arm: [] for arm in arms}
     steps = [] if plan.smoke else [f"trainer.max_steps={plan.setting.search_steps}"]  # (--smoke's own otherwise)
     if plan.ruleset.name == "lr":
         grid = LR_GRID[2:4] if plan.smoke else LR_GRID
@@ -75,7 +67,7 @@ def tune(run_sweep: RunSweep, plan: Plan, arms: list[str], spaces: dict[str, dic
             f"{plan.setting.search_steps} steps; the best validation accuracy wins, a tie the larger rate",
         )
         runs = find_runs([folder])
-        return {arm: _best_rate(completed(runs, optimizer=arm), len(grid)) for arm in arms}
+        return {arm: _best_rate(completed(runs, optimizer=arm)) for arm in arms}
     trials = plan.ruleset.trials
     chosen = {}
     for arm in arms:
@@ -98,16 +90,16 @@ def tune(run_sweep: RunSweep, plan: Plan, arms: list[str], spaces: dict[str, dic
             ],
             note=f"budget:{trials}: {trials} quasirandom trials over {arm}'s declared space",
         )
-        chosen[arm] = _best_trial(completed(find_runs([folder]), optimizer=arm), list(spaces[arm]), trials)
+        chosen[arm] = _best_trial(completed(find_runs([folder]), optimizer=arm), list(spaces[arm]))
     return chosen
 
 
-def _best_rate(runs: list[Run], trials: int) -> Tuned:
+def _best_rate(runs: list[Run]) -> list[str]:
     """The rate of the best validation accuracy; a tie: the larger rate."""
     tried = [(r.metrics.get("val/acc", -1.0), r.settings.get("optimizer.lr", "")) for r in runs]
     if not tried:
-        return Tuned([], trials)  # (every trial failed: the defaults, and the report says so)
-    return Tuned([f"optimizer.lr={best_rate(tried)}"], trials)
+        return []  # (every trial failed: the defaults, and the report says so)
+    return [f"optimizer.lr={best_rate(tried)}"]
 
 
 def best_rate(tried: list[tuple[float, str]]) -> str:
@@ -116,13 +108,13 @@ def best_rate(tried: list[tuple[float, str]]) -> str:
     return max(tried, key=lambda t: (t[0], float(t[1] or 0)))[1]
 
 
-def _best_trial(runs: list[Run], keys: list[str], trials: int) -> Tuned:
+def _best_trial(runs: list[Run], keys: list[str]) -> list[str]:
     """The hyperparameters of the trial with the best validation accuracy (a tie: the earlier trial)."""
     scored = [r for r in runs if isinstance(r.metrics.get("val/acc"), float)]
     if not scored:
-        return Tuned([], trials)
+        return []
     best = max(scored, key=lambda r: (r.metrics["val/acc"], -int(r.path.name) if r.path.name.isdigit() else 0))
-    return Tuned([f"optimizer.{k}={best.settings[f'optimizer.{k}']}" for k in keys], trials)
+    return [f"optimizer.{k}={best.settings[f'optimizer.{k}']}" for k in keys]
 
 
 def trials_of(runs: list[Run], arm: str) -> int:
